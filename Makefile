@@ -1,0 +1,59 @@
+# minivlm — every target creates .venv when missing and installs into it.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: lab test lint unit notebooks student slides browser bench clean-venv
+
+$(VENV)/bin/python:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## make lab: install, then open JupyterLab on the notebooks
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/
+
+## make test: install, lint, unit tests, then every notebook through nbval
+test: $(STAMP) browser
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest tests -q
+	$(PY) -m pytest --nbval-lax notebooks -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+unit: $(STAMP)
+	$(PY) -m pytest tests -q
+
+notebooks: $(STAMP)
+	$(PY) -m pytest --nbval-lax notebooks -q
+
+## make student: regenerate student exercise notebooks (refuses to overwrite learner work)
+student: $(STAMP)
+	$(PY) -m minivlm student exercises/
+
+## make slides: build every deck to offline reveal.js HTML under slides/build/
+slides: $(STAMP)
+	$(PY) -m minivlm slides slides/ --out slides/build
+
+## headless Chromium for the slide tests: installed when missing and the machine allows
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "warning: could not install chromium; browser tests will skip"; \
+	  else echo "note: chromium not found and cannot be installed here; browser tests will skip (apt-get install chromium)"; fi; }
+
+bench: $(STAMP)
+	$(PY) benchmarks/attention.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,3 @@
+from minivlm.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Building blocks shared by every model (attention, blocks, ViT, text encoders, LM)."""

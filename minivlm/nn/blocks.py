@@ -1,0 +1,217 @@
+"""Transformer building blocks shared by every model.
+
+* :class:`TransformerBlock` — self-attention, optional cross-attention, MLP or
+  SwiGLU; pre-norm (ViT, CLIP, GPT, Llama) or post-norm (BERT: Devlin et al.
+  2019, which follows Vaswani et al. 2017, §3.1).
+* :class:`RMSNorm` (Zhang & Sennrich 2019), :class:`SwiGLU` (Shazeer 2020),
+  :class:`RotaryEmbedding` (Su et al. 2021, RoFormer §3.4).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from minivlm.nn.attention import KVCache, MultiHeadAttention
+
+Tensor = torch.Tensor
+LayerNorm = nn.LayerNorm
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x²) + eps) * weight — LayerNorm without centring or bias."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        dtype = x.dtype
+        x32 = x.float()  # normalise in float32 even under bf16 autocast, as Llama does
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+
+def quick_gelu(x: Tensor) -> Tensor:
+    """CLIP's GELU approximation x·σ(1.702x) (Radford et al. 2021, released code)."""
+    return x * torch.sigmoid(1.702 * x)
+
+
+_ACTS = {
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "quick_gelu": quick_gelu,
+    "relu": F.relu,
+    "silu": F.silu,
+}
+
+
+def get_activation(name: str):
+    """Activation function by name (``gelu``, ``gelu_tanh``, ``quick_gelu``, ``relu``, ``silu``)."""
+    if name not in _ACTS:
+        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(_ACTS)}")
+    return _ACTS[name]
+
+
+class MLP(nn.Module):
+    """Two-layer feed-forward network: fc2(act(fc1(x)))."""
+
+    def __init__(self, dim: int, hidden: int, act: str = "gelu", bias: bool = True,
+                 out_dim: int | None = None) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden, bias=bias)
+        self.fc2 = nn.Linear(hidden, out_dim or dim, bias=bias)
+        self.act_name = act
+        self.act = get_activation(act)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))  # (..., D) -> (..., hidden) -> (..., D)
+
+
+class SwiGLU(nn.Module):
+    """Gated MLP of Llama: down(silu(gate(x)) * up(x)) (Shazeer 2020, §2)."""
+
+    def __init__(self, dim: int, hidden: int, bias: bool = False) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden, bias=bias)
+        self.up_proj = nn.Linear(dim, hidden, bias=bias)
+        self.down_proj = nn.Linear(hidden, dim, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (RoFormer §3.4), in the Llama "rotate half" layout.
+
+    ``forward(positions)`` returns ``(cos, sin)`` of shape (B, 1, T, head_dim)
+    (or (1, 1, T, head_dim) for 1-D positions), ready for :func:`apply_rotary`
+    on (B, H, T, head_dim) queries and keys.
+    """
+
+    def __init__(self, head_dim: int, base: float = 10000.0) -> None:
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"RotaryEmbedding: head_dim must be even, got {head_dim}")
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)  # (hd/2,)
+
+    def forward(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        if positions.dim() == 1:
+            positions = positions[None]  # (1, T)
+        freqs = positions[..., None].float() * self.inv_freq  # (B, T, hd/2)
+        emb = torch.cat([freqs, freqs], dim=-1)  # (B, T, hd)
+        return emb.cos()[:, None], emb.sin()[:, None]  # (B, 1, T, hd) each
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    """(x1, x2) -> (-x2, x1) on the two halves of the last dimension."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate (B, H, T, hd) ``x`` by position-dependent angles."""
+    return (x * cos + rotate_half(x) * sin).to(x.dtype)
+
+
+def make_norm(kind: str, dim: int, eps: float) -> nn.Module:
+    if kind == "layernorm":
+        return nn.LayerNorm(dim, eps=eps)
+    if kind == "rmsnorm":
+        return RMSNorm(dim, eps=eps)
+    raise ValueError(f"unknown norm {kind!r}; expected 'layernorm' or 'rmsnorm'")
+
+
+class TransformerBlock(nn.Module):
+    """One transformer layer.
+
+    Pre-norm (``prenorm=True``)::
+
+        x = x + SelfAttn(norm1(x))
+        x = x + CrossAttn(norm_cross(x), context)      # if cross_attention
+        x = x + MLP(norm2(x))
+
+    Post-norm (``prenorm=False``, BERT)::
+
+        x = norm1(x + SelfAttn(x)); x = norm_cross(x + CrossAttn(x, context)); x = norm2(x + MLP(x))
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        mlp_ratio: float = 4.0,
+        mlp_hidden: int | None = None,
+        cross_attention: bool = False,
+        kv_dim: int | None = None,
+        norm: str = "layernorm",
+        eps: float = 1e-6,
+        mlp: str = "gelu",
+        qkv_bias: bool = True,
+        out_bias: bool | None = None,
+        mlp_bias: bool | None = None,
+        prenorm: bool = True,
+        num_kv_heads: int | None = None,
+        head_dim: int | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        hidden = mlp_hidden or int(dim * mlp_ratio)
+        out_bias = qkv_bias if out_bias is None else out_bias
+        mlp_bias = (mlp != "swiglu") if mlp_bias is None else mlp_bias
+        self.prenorm = prenorm
+        self.norm1 = make_norm(norm, dim, eps)
+        self.attn = MultiHeadAttention(dim, num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
+                                       qkv_bias=qkv_bias, out_bias=out_bias, dropout=dropout)
+        self.cross_attention = cross_attention
+        if cross_attention:
+            self.norm_cross = make_norm(norm, dim, eps)
+            self.cross_attn = MultiHeadAttention(dim, num_heads, kv_dim=kv_dim, head_dim=head_dim,
+                                                 qkv_bias=qkv_bias, out_bias=out_bias,
+                                                 dropout=dropout)
+        self.norm2 = make_norm(norm, dim, eps)
+        if mlp == "swiglu":
+            self.mlp: nn.Module = SwiGLU(dim, hidden, bias=mlp_bias)
+        else:
+            self.mlp = MLP(dim, hidden, act=mlp, bias=mlp_bias)
+        self.drop = nn.Dropout(dropout)
+        self.last_attn: Tensor | None = None
+        self.last_cross_attn: Tensor | None = None
+
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        context: Tensor | None = None,
+        context_mask: Tensor | None = None,
+        need_weights: bool = False,
+        rope: tuple[Tensor, Tensor] | None = None,
+        kv_cache: KVCache | None = None,
+    ) -> Tensor:
+        """x: (B, T, D); context: (B, S, kv_dim) for cross-attention -> (B, T, D)."""
+        if self.cross_attention and context is None:
+            raise ValueError(
+                "TransformerBlock: this block has cross-attention; pass context=(B, S, kv_dim)"
+            )
+        if self.prenorm:
+            a, self.last_attn = self.attn(self.norm1(x), mask=mask, need_weights=need_weights,
+                                          rope=rope, kv_cache=kv_cache)
+            x = x + self.drop(a)
+            if self.cross_attention:
+                c, self.last_cross_attn = self.cross_attn(self.norm_cross(x), context,
+                                                          mask=context_mask,
+                                                          need_weights=need_weights)
+                x = x + self.drop(c)
+            return x + self.drop(self.mlp(self.norm2(x)))
+        a, self.last_attn = self.attn(x, mask=mask, need_weights=need_weights, rope=rope,
+                                      kv_cache=kv_cache)
+        x = self.norm1(x + self.drop(a))
+        if self.cross_attention:
+            c, self.last_cross_attn = self.cross_attn(x, context, mask=context_mask,
+                                                      need_weights=need_weights)
+            x = self.norm_cross(x + self.drop(c))
+        return self.norm2(x + self.drop(self.mlp(x)))
