@@ -7,17 +7,14 @@ Both paths compute softmax(QKᵀ/√d)V (``minivlm.nn.attention.attend``); the
 explicit path materialises the (B, H, T, T) score and weight matrices, SDPA
 does not have to. Time is the median of ``torch.utils.benchmark`` runs of a
 forward + backward pass. Peak memory is measured on CUDA with
-``torch.cuda.max_memory_allocated``; on the CPU, in a fresh subprocess per
-point, as the growth of the peak resident set size (``ru_maxrss``) over a
-baseline that holds the same inputs.
+``torch.cuda.max_memory_allocated``; on the CPU as the growth of the peak
+resident set size during the step (Linux's VmHWM, reset before each point).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
@@ -45,18 +42,27 @@ def time_point(B: int, H: int, T: int, d: int, explicit: bool, device: str,
     return t.blocked_autorange(min_run_time=0.5).median
 
 
-def cpu_peak_mb(B: int, H: int, T: int, d: int, explicit: bool | None) -> float:
-    """Peak RSS (MiB) of a fresh process that runs one step (None = inputs only)."""
-    code = (
-        "import resource,sys,torch;torch.set_num_threads(1);"
-        "sys.path.insert(0,'.');from benchmarks.attention import _inputs,_step;"
-        f"q,k,v=_inputs({B},{H},{T},{d},'cpu',torch.float32);"
-        + ("" if explicit is None else f"_step(q,k,v,{explicit});")
-        + "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=Path(__file__).resolve().parents[1])
-    return int(out.stdout.strip().splitlines()[-1]) / 1024  # KiB -> MiB
+def _proc_status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def cpu_peak_mb(B: int, H: int, T: int, d: int, explicit: bool) -> float:
+    """Peak resident memory (MiB) added by one step on the CPU (Linux only).
+
+    Writing 5 to /proc/self/clear_refs resets the kernel's peak-RSS counter
+    (VmHWM), so the peak of this step alone is VmHWM after it minus VmRSS before.
+    """
+    q, k, v = _inputs(B, H, T, d, "cpu", torch.float32)
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return float("nan")
+    before = _proc_status_kib("VmRSS")
+    _step(q, k, v, explicit)
+    return (_proc_status_kib("VmHWM") - before) / 1024
 
 
 def cuda_peak_mb(B: int, H: int, T: int, d: int, explicit: bool, dtype: torch.dtype) -> float:
@@ -79,12 +85,12 @@ def run(lengths: list[int], B: int, H: int, d: int, device: str) -> list[dict]:
             if device == "cuda":
                 row[f"{name}_MiB"] = cuda_peak_mb(B, H, T, d, explicit, dtype)
             else:
-                base = cpu_peak_mb(B, H, T, d, None)
-                row[f"{name}_MiB"] = max(cpu_peak_mb(B, H, T, d, explicit) - base, 0.0)
+                row[f"{name}_MiB"] = cpu_peak_mb(B, H, T, d, explicit)
         row["speedup"] = row["explicit_ms"] / row["sdpa_ms"]
         rows.append(row)
         print(f"{device:5s} T={T:5d}  explicit {row['explicit_ms']:8.2f} ms "
-              f"{row['explicit_MiB']:8.1f} MiB | sdpa {row['sdpa_ms']:8.2f} ms {row['sdpa_MiB']:8.1f} MiB | "
+              f"{row['explicit_MiB']:8.1f} MiB | sdpa {row['sdpa_ms']:8.2f} ms "
+              f"{row['sdpa_MiB']:8.1f} MiB | "
               f"speedup {row['speedup']:.2f}x", flush=True)
     return rows
 
