@@ -1,11 +1,21 @@
 """Vision Transformer image encoder (Dosovitskiy et al. 2021, "An Image is Worth 16x16 Words").
 
-(The lead wrote ``patchify``; the ViT module follows below.)
+``patchify`` cuts images into patches; :class:`ViT` embeds them, prepends a
+CLS token, adds learned positions and runs pre-norm transformer blocks.
+``ViT.from_timm`` copies a timm ``VisionTransformer`` so that ``vit(x)`` equals
+``timm_model.forward_features(x)``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from minivlm.nn.blocks import TransformerBlock, get_activation
+from minivlm.registry import register_model
 
 Tensor = torch.Tensor
 
@@ -19,7 +29,9 @@ def patchify(images: Tensor, patch_size: int) -> Tensor:
     ``Conv2d(C, D, p, stride=p)`` weight reshaped to (D, C*p*p).
     """
     if images.dim() != 4:
-        raise ValueError(f"patchify: expected images of shape (B, C, H, W), got {tuple(images.shape)}")
+        raise ValueError(
+            f"patchify: expected images of shape (B, C, H, W), got {tuple(images.shape)}"
+        )
     B, C, H, W = images.shape
     p = patch_size
     if H % p or W % p:
@@ -27,3 +39,452 @@ def patchify(images: Tensor, patch_size: int) -> Tensor:
     x = images.reshape(B, C, H // p, p, W // p, p)  # (B, C, h, p, w, p)
     x = x.permute(0, 2, 4, 1, 3, 5)  # (B, h, w, C, p, p)
     return x.reshape(B, (H // p) * (W // p), C * p * p)  # (B, N, C*p*p)
+
+
+# ---------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class ViTConfig:
+    """Sizes and switches of a Vision Transformer (defaults: ViT-B/16 at 224 px).
+
+    ``pre_norm`` adds a LayerNorm between the embeddings and the first block
+    (CLIP's ``ln_pre``); ``final_norm`` normalises every output token;
+    ``fc_norm`` instead normalises the pooled vector (timm's choice for
+    ``global_pool="avg"``). ``num_classes > 0`` adds a linear classifier head.
+    """
+
+    image_size: int = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    mlp_hidden: int | None = None  # overrides mlp_ratio when given
+    qkv_bias: bool = True
+    act: str = "gelu"
+    eps: float = 1e-6
+    class_token: bool = True
+    pre_norm: bool = False
+    final_norm: bool = True
+    fc_norm: bool = False
+    patch_bias: bool = True
+    dropout: float = 0.0
+    num_classes: int = 0
+    global_pool: str = "token"  # "token" (CLS) or "avg" (mean of patch tokens)
+
+    def __post_init__(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"ViTConfig: image_size {self.image_size} is not divisible by "
+                f"patch_size {self.patch_size}"
+            )
+        if self.dim % self.num_heads:
+            raise ValueError(
+                f"ViTConfig: dim {self.dim} is not divisible by num_heads {self.num_heads}"
+            )
+        if self.global_pool not in ("token", "avg"):
+            raise ValueError(
+                f"ViTConfig: global_pool must be 'token' or 'avg', got {self.global_pool!r}"
+            )
+        if self.global_pool == "token" and not self.class_token:
+            raise ValueError("ViTConfig: global_pool='token' needs class_token=True (or use 'avg')")
+        get_activation(self.act)  # raises a clear error for an unknown name
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per side at the configured image size."""
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size**2
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patches (1 for the CLS token, else 0)."""
+        return int(self.class_token)
+
+    @property
+    def hidden(self) -> int:
+        return self.mlp_hidden or int(self.dim * self.mlp_ratio)
+
+
+@dataclass
+class ViTOutput:
+    """What :meth:`ViT.encode` returns.
+
+    last_hidden_state: (B, P+N, D) all tokens after the final norm (= ``vit(x)``).
+    hidden_states: depth+1 tensors (B, P+N, D): the input to block 0 (after the
+        optional pre-norm), then the output of every block, before the final norm.
+        ``hidden_states[-2]`` is the penultimate layer LLaVA feeds its projector.
+    attentions: depth tensors (B, H, P+N, P+N) of attention weights.
+    """
+
+    last_hidden_state: Tensor
+    hidden_states: list[Tensor] | None = None
+    attentions: list[Tensor] | None = None
+
+
+# ---------------------------------------------------------------------------
+# Position embeddings at another resolution
+# ---------------------------------------------------------------------------
+
+
+def resample_pos_embed(
+    pos_embed: Tensor,
+    new_grid: tuple[int, int],
+    old_grid: tuple[int, int],
+    num_prefix_tokens: int = 1,
+) -> Tensor:
+    """Resize learned patch positions to another patch grid (as timm's ``resample_abs_pos_embed``).
+
+    pos_embed: (1, P + h*w, D) with P prefix (CLS) positions, which are kept as they are;
+    the (h, w) grid of patch positions is resized to ``new_grid`` with bicubic
+    interpolation (antialiased when shrinking). Returns (1, P + H'*W', D).
+    Fine-tuning at a higher resolution than pre-training relies on this (ViT §3.2).
+    """
+    if tuple(new_grid) == tuple(old_grid):
+        return pos_embed
+    P = num_prefix_tokens
+    D = pos_embed.shape[-1]
+    n_old = P + old_grid[0] * old_grid[1]
+    if pos_embed.dim() != 3 or pos_embed.shape[1] != n_old:
+        raise ValueError(
+            f"resample_pos_embed: expected pos_embed of shape (1, {n_old}, D) "
+            f"for a {old_grid} grid with {P} prefix tokens, got {tuple(pos_embed.shape)}"
+        )
+    prefix, grid = pos_embed[:, :P], pos_embed[:, P:]  # (1, P, D), (1, h*w, D)
+    grid = grid.float().reshape(1, old_grid[0], old_grid[1], D).permute(0, 3, 1, 2)  # (1, D, h, w)
+    grid = F.interpolate(grid, size=tuple(new_grid), mode="bicubic", antialias=True)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, -1, D).to(pos_embed.dtype)  # (1, H'*W', D)
+    return torch.cat([prefix, grid], dim=1)
+
+
+# ---------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------
+
+
+class ViT(nn.Module):
+    """Vision Transformer image encoder (Dosovitskiy et al. 2021, §3.1, Eq. 1-4).
+
+    images (B, C, H, W)
+      -> patch embedding: ``Conv2d(C, D, p, stride=p)``, which is exactly
+         ``patchify(images, p) @ W.reshape(D, C*p*p).T + b`` (a linear map of
+         each flattened patch; the convolution is just the faster way)
+      -> prepend the learned CLS token, add learned positions (1+N, D)
+      -> [pre-norm] -> ``depth`` pre-norm :class:`TransformerBlock` s -> final LayerNorm
+      -> (B, 1+N, D): ``vit(images)``, equal to timm's ``forward_features``.
+
+    Images of another size than ``config.image_size`` (divisible by the patch
+    size) work too: the patch positions are interpolated (:func:`resample_pos_embed`).
+    """
+
+    def __init__(self, config: ViTConfig | None = None, **overrides) -> None:
+        super().__init__()
+        cfg = replace(config or ViTConfig(), **overrides)
+        self.config = cfg
+        D, p = cfg.dim, cfg.patch_size
+        self.patch_embed = nn.Conv2d(cfg.in_chans, D, kernel_size=p, stride=p, bias=cfg.patch_bias)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.class_token else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_prefix_tokens + cfg.num_patches, D))
+        self.pos_drop = nn.Dropout(cfg.dropout)
+        self.norm_pre = nn.LayerNorm(D, eps=cfg.eps) if cfg.pre_norm else nn.Identity()
+        self.blocks = nn.ModuleList(
+            TransformerBlock(
+                D,
+                cfg.num_heads,
+                mlp_hidden=cfg.hidden,
+                eps=cfg.eps,
+                mlp=cfg.act,
+                qkv_bias=cfg.qkv_bias,
+                out_bias=True,
+                mlp_bias=True,
+                prenorm=True,
+                dropout=cfg.dropout,
+            )
+            for _ in range(cfg.depth)
+        )
+        self.norm = nn.LayerNorm(D, eps=cfg.eps) if cfg.final_norm else nn.Identity()
+        self.fc_norm = nn.LayerNorm(D, eps=cfg.eps) if cfg.fc_norm else nn.Identity()
+        self.head_drop = nn.Dropout(cfg.dropout)
+        self.head = nn.Linear(D, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """timm-style init: truncated normal (std 0.02) for linears and positions."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        # the patch embedding is a linear map of C*p*p pixels: LeCun-style fan-in init
+        w = self.patch_embed.weight
+        nn.init.trunc_normal_(w, std=(1.0 / w[0].numel()) ** 0.5)
+        if self.patch_embed.bias is not None:
+            nn.init.zeros_(self.patch_embed.bias)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=1e-6)
+
+    # -- pieces -------------------------------------------------------------
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return self.config.num_prefix_tokens
+
+    def _check_images(self, images: Tensor) -> None:
+        cfg = self.config
+        if not isinstance(images, Tensor) or images.dim() != 4:
+            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+            raise ValueError(
+                f"ViT: expected images of shape (B, {cfg.in_chans}, H, W), got {shape}"
+            )
+        if images.shape[1] != cfg.in_chans:
+            raise ValueError(
+                f"ViT: expected {cfg.in_chans} channels in images (B, C, H, W), got shape "
+                f"{tuple(images.shape)}"
+            )
+        if not images.is_floating_point():
+            raise TypeError(f"ViT: expected floating-point images, got dtype {images.dtype}")
+        H, W = images.shape[-2:]
+        if H % cfg.patch_size or W % cfg.patch_size:
+            raise ValueError(
+                f"ViT: image size {H}x{W} is not divisible by patch_size {cfg.patch_size}"
+            )
+
+    def pos_embed_for(self, grid: tuple[int, int]) -> Tensor:
+        """Position embeddings (1, P + h*w, D) for an (h, w) patch grid."""
+        g = self.config.grid_size
+        return resample_pos_embed(self.pos_embed, grid, (g, g), self.num_prefix_tokens)
+
+    def embed(self, images: Tensor) -> Tensor:
+        """(B, C, H, W) -> tokens entering block 0, (B, P+N, D)."""
+        self._check_images(images)
+        x = self.patch_embed(images)  # (B, D, h, w)
+        B, D, h, w = x.shape
+        x = x.flatten(2).transpose(1, 2)  # (B, N, D), patches in raster order
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)  # (B, 1+N, D)
+        x = x + self.pos_embed_for((h, w))
+        return self.norm_pre(self.pos_drop(x))
+
+    # -- forward passes -----------------------------------------------------
+
+    def forward(self, images: Tensor) -> Tensor:
+        """(B, C, H, W) -> all tokens after the final norm, (B, P+N, D)."""
+        x = self.embed(images)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)
+
+    def encode(
+        self, images: Tensor, need_weights: bool = False, return_layers: bool = False
+    ) -> ViTOutput:
+        """Like ``forward`` but also returns per-layer tokens and/or attention weights."""
+        x = self.embed(images)
+        hidden = [x] if return_layers else None
+        attns: list[Tensor] | None = [] if need_weights else None
+        for blk in self.blocks:
+            x = blk(x, need_weights=need_weights)
+            if hidden is not None:
+                hidden.append(x)
+            if attns is not None:
+                attns.append(blk.last_attn)
+        return ViTOutput(self.norm(x), hidden, attns)
+
+    def pool(self, tokens: Tensor) -> Tensor:
+        """(B, P+N, D) -> (B, D): the CLS token or the mean of the patch tokens."""
+        if self.config.global_pool == "token":
+            return tokens[:, 0]
+        return tokens[:, self.num_prefix_tokens :].mean(dim=1)
+
+    def forward_head(self, tokens: Tensor, pre_logits: bool = False) -> Tensor:
+        """(B, P+N, D) tokens -> (B, num_classes) logits (or the pooled (B, D) features)."""
+        x = self.head_drop(self.fc_norm(self.pool(tokens)))
+        return x if pre_logits else self.head(x)
+
+    def classify(self, images: Tensor) -> Tensor:
+        """(B, C, H, W) -> (B, num_classes) logits; needs ``num_classes > 0``."""
+        if self.config.num_classes <= 0:
+            raise ValueError("ViT.classify: this ViT has no head; build it with num_classes > 0")
+        return self.forward_head(self.forward(images))
+
+    # -- timm interop -------------------------------------------------------
+
+    @classmethod
+    def from_timm(cls, model: nn.Module) -> ViT:
+        """Build a ViT with the config and weights of a timm ``VisionTransformer``.
+
+        timm fuses the query, key and value projections into one ``qkv`` linear;
+        it is split into ``q_proj``, ``k_proj``, ``v_proj``. Features that this
+        ViT does not implement (layer scale, register tokens, QK-norm, attention
+        pooling, ...) raise a ValueError naming them.
+        """
+        cfg = _config_from_timm(model)
+        vit = cls(cfg)
+        ref = next(model.parameters())
+        vit.to(device=ref.device, dtype=ref.dtype)
+        vit.load_state_dict(_state_from_timm(model, cfg), strict=True)
+        return vit.train(model.training)
+
+
+def _timm_act_name(act: nn.Module) -> str:
+    """Name of our activation that matches a timm activation module (checked numerically)."""
+    x = torch.linspace(-5, 5, 201)
+    with torch.no_grad():
+        y = act(x.clone())
+    for name in ("gelu", "gelu_tanh", "quick_gelu", "relu", "silu"):
+        if torch.allclose(get_activation(name)(x), y, atol=1e-6):
+            return name
+    raise ValueError(f"ViT.from_timm: unsupported activation {type(act).__name__}")
+
+
+def _config_from_timm(model: nn.Module) -> ViTConfig:
+    try:
+        from timm.layers import PatchEmbed
+        from timm.layers.mlp import Mlp
+        from timm.models.vision_transformer import Attention, Block, VisionTransformer
+    except ImportError as e:  # pragma: no cover - timm is a dependency
+        raise ImportError("ViT.from_timm needs timm (pip install timm)") from e
+
+    def unsupported(what: str) -> ValueError:
+        return ValueError(f"ViT.from_timm: this timm model uses {what}, which minivlm's ViT lacks")
+
+    if type(model) is not VisionTransformer:
+        raise TypeError(
+            "ViT.from_timm: expected a timm.models.vision_transformer.VisionTransformer, "
+            f"got {type(model).__name__}"
+        )
+    pe = model.patch_embed
+    if type(pe) is not PatchEmbed or not isinstance(pe.norm, nn.Identity):
+        raise unsupported(f"a {type(pe).__name__} patch embedding with a norm layer")
+    if getattr(pe, "dynamic_img_pad", False):
+        raise unsupported("dynamic image padding")
+    if getattr(model, "reg_token", None) is not None:
+        raise unsupported("register tokens")
+    if model.pos_embed is None:
+        raise unsupported("no position embedding")
+    if getattr(model, "no_embed_class", False):
+        raise unsupported("no_embed_class (no position for the class token)")
+    if getattr(model, "attn_pool", None) is not None:
+        raise unsupported("attention pooling (global_pool='map'/'prr')")
+    if not isinstance(model.patch_drop, nn.Identity):
+        raise unsupported("patch dropout")
+    class_token = model.cls_token is not None
+    num_classes = model.head.out_features if isinstance(model.head, nn.Linear) else 0
+    pool = model.global_pool
+    if pool == "":
+        if num_classes:
+            raise unsupported("global_pool='' with a classifier head")
+        pool = "token" if class_token else "avg"
+    if pool not in ("token", "avg"):
+        raise unsupported(f"global_pool={pool!r}")
+    if pool == "avg" and getattr(model, "pool_include_prefix", False):
+        raise unsupported("pool_include_prefix=True")
+    (ph, pw), (ih, iw) = pe.patch_size, pe.img_size
+    if ph != pw or ih != iw:
+        raise unsupported(f"non-square patches {pe.patch_size} or images {pe.img_size}")
+
+    blk0 = model.blocks[0]
+    for i, blk in enumerate(model.blocks):
+        where = f"block {i}: "
+        if type(blk) is not Block:
+            raise unsupported(where + f"block type {type(blk).__name__}")
+        if not (isinstance(blk.ls1, nn.Identity) and isinstance(blk.ls2, nn.Identity)):
+            raise unsupported(where + "layer scale (init_values)")
+        a = blk.attn
+        if type(a) is not Attention:
+            raise unsupported(where + f"attention type {type(a).__name__}")
+        if not (isinstance(a.q_norm, nn.Identity) and isinstance(a.k_norm, nn.Identity)):
+            raise unsupported(where + "QK-norm")
+        if not isinstance(getattr(a, "norm", nn.Identity()), nn.Identity):
+            raise unsupported(where + "attention scale-norm")
+        if getattr(a, "gate", None) is not None:
+            raise unsupported(where + "gated attention")
+        if a.proj.bias is None:
+            raise unsupported(where + "an attention output projection without bias")
+        if a.num_heads * a.head_dim != model.embed_dim:
+            raise unsupported(where + "a head dimension other than dim / num_heads")
+        m = blk.mlp
+        if type(m) is not Mlp or not isinstance(m.norm, nn.Identity):
+            raise unsupported(where + f"MLP type {type(m).__name__} / MLP norm")
+        if m.fc1.bias is None or m.fc2.bias is None:
+            raise unsupported(where + "an MLP without biases")
+        for norm in (blk.norm1, blk.norm2):
+            if not isinstance(norm, nn.LayerNorm) or not norm.elementwise_affine:
+                raise unsupported(where + f"norm layer {type(norm).__name__}")
+
+    return ViTConfig(
+        image_size=ih,
+        patch_size=ph,
+        in_chans=pe.proj.in_channels,
+        dim=model.embed_dim,
+        depth=len(model.blocks),
+        num_heads=blk0.attn.num_heads,
+        mlp_hidden=blk0.mlp.fc1.out_features,
+        mlp_ratio=blk0.mlp.fc1.out_features / model.embed_dim,
+        qkv_bias=blk0.attn.qkv.bias is not None,
+        act=_timm_act_name(blk0.mlp.act),
+        eps=blk0.norm1.eps,
+        class_token=class_token,
+        pre_norm=not isinstance(model.norm_pre, nn.Identity),
+        final_norm=not isinstance(model.norm, nn.Identity),
+        fc_norm=not isinstance(model.fc_norm, nn.Identity),
+        patch_bias=pe.proj.bias is not None,
+        num_classes=num_classes,
+        global_pool=pool,
+    )
+
+
+def _state_from_timm(model: nn.Module, cfg: ViTConfig) -> dict[str, Tensor]:
+    """timm state dict -> ours (split fused qkv; rename proj -> out_proj)."""
+    src = model.state_dict()
+    D = cfg.dim
+    out: dict[str, Tensor] = {}
+    renames = {"patch_embed.proj.": "patch_embed.", "attn.proj.": "attn.out_proj."}
+    for k, v in src.items():
+        if ".attn.qkv." in k:
+            kind = k.rsplit(".", 1)[1]  # weight or bias
+            prefix = k.split(".attn.qkv.")[0]
+            for j, name in enumerate(("q_proj", "k_proj", "v_proj")):
+                out[f"{prefix}.attn.{name}.{kind}"] = v[j * D : (j + 1) * D]
+            continue
+        for old, new in renames.items():
+            k = k.replace(old, new)
+        out[k] = v
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Presets
+# ---------------------------------------------------------------------------
+
+_PRESETS: dict[str, dict] = {
+    # 64x64 shapes-world images: 8x8 grid of 8-px patches, a few seconds per epoch on a CPU
+    "vit_tiny_shapes": dict(image_size=64, patch_size=8, dim=128, depth=4, num_heads=4),
+    # the published sizes (ViT Table 1); ViT-B/16 has 85.8M parameters without a head
+    "vit_b16": dict(image_size=224, patch_size=16, dim=768, depth=12, num_heads=12),
+    "vit_b32": dict(image_size=224, patch_size=32, dim=768, depth=12, num_heads=12),
+    "vit_l14": dict(image_size=224, patch_size=14, dim=1024, depth=24, num_heads=16),
+}
+
+
+def _make_factory(name: str):
+    def factory(**overrides) -> ViT:
+        return ViT(ViTConfig(**{**_PRESETS[name], **overrides}))
+
+    factory.__name__ = name
+    factory.__doc__ = f"ViT preset {name!r}: {_PRESETS[name]} (keyword overrides change it)."
+    return factory
+
+
+for _name in _PRESETS:
+    register_model(_name)(_make_factory(_name))
