@@ -1,1 +1,83 @@
-"""Data: the procedural shapes world, a word-level tokenizer and loaders for real formats."""
+"""Data: the procedural shapes world, a word-level tokenizer and loaders for real formats.
+
+>>> from minivlm.data import ShapesWorld, shapes_tokenizer, CaptionDataset, make_loader
+>>> data = ShapesWorld().generate(2000, seed=0)
+>>> loader = make_loader(CaptionDataset(data, shapes_tokenizer()), batch_size=64)
+"""
+
+from minivlm.data.datasets import (
+    IGNORE_INDEX,
+    CaptionDataset,
+    ClassificationDataset,
+    CocoCaptions,
+    DialogueDataset,
+    ImageFolderClassification,
+    ImageTextCollator,
+    ITMDataset,
+    LlavaConversations,
+    VQADataset,
+    encode_chat,
+    image_transform,
+    load_image,
+    make_loader,
+    move_to,
+)
+from minivlm.data.shapes import (
+    ANSWERS,
+    COLORS,
+    DIALOGUE_TASKS,
+    NEGATIVE_KINDS,
+    QTYPES,
+    RELATIONS,
+    SHAPES,
+    SIZES,
+    Background,
+    Obj,
+    Scene,
+    ShapesData,
+    ShapesWorld,
+    caption_truth,
+    pixel_values,
+    to_image,
+    vocabulary,
+)
+from minivlm.data.tokenizer import SPECIAL_TOKENS, HFTokenizerAdapter, Tokenizer, shapes_tokenizer
+
+__all__ = [
+    "ANSWERS",
+    "COLORS",
+    "DIALOGUE_TASKS",
+    "IGNORE_INDEX",
+    "NEGATIVE_KINDS",
+    "QTYPES",
+    "RELATIONS",
+    "SHAPES",
+    "SIZES",
+    "SPECIAL_TOKENS",
+    "Background",
+    "CaptionDataset",
+    "ClassificationDataset",
+    "CocoCaptions",
+    "DialogueDataset",
+    "HFTokenizerAdapter",
+    "ITMDataset",
+    "ImageFolderClassification",
+    "ImageTextCollator",
+    "LlavaConversations",
+    "Obj",
+    "Scene",
+    "ShapesData",
+    "ShapesWorld",
+    "Tokenizer",
+    "VQADataset",
+    "caption_truth",
+    "encode_chat",
+    "image_transform",
+    "load_image",
+    "make_loader",
+    "move_to",
+    "pixel_values",
+    "shapes_tokenizer",
+    "to_image",
+    "vocabulary",
+]
