@@ -1,0 +1,445 @@
+"""Checks (minivlm.grading): right solutions pass; deliberately broken ones fail with a
+message that names the mistake; learner code can't crash, hang or fool the checker."""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+
+from minivlm.grading import Case, CheckResult, check, get_check, list_checks, register_check
+from minivlm.grading import core as grading_core
+from minivlm.grading.sandbox import FORK_AVAILABLE, dumps_safe, loads_safe
+from minivlm.nn.attention import attend
+from minivlm.nn.vit import patchify as ref_patchify
+
+SEED = 1234
+
+
+# ----------------------------------------------------------------------------- patchify
+def patchify_right(images, patch_size):
+    B, C, H, W = images.shape
+    p = patch_size
+    x = images.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(B, (H // p) * (W // p), C * p * p)
+
+
+def patchify_unfold(images, patch_size):  # a different, also right, solution
+    p = patch_size
+    x = images.unfold(2, p, p).unfold(3, p, p)  # (B, C, h, w, p, p)
+    B, C, h, w = x.shape[:4]
+    return x.permute(0, 2, 3, 1, 4, 5).reshape(B, h * w, C * p * p)
+
+
+def patchify_ppc(images, patch_size):  # each patch flattened (p, p, C)
+    B, C, H, W = images.shape
+    p = patch_size
+    x = images.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 3, 5, 1)
+    return x.reshape(B, -1, C * p * p)
+
+
+def patchify_column_major(images, patch_size):
+    B, C, H, W = images.shape
+    p = patch_size
+    x = images.reshape(B, C, H // p, p, W // p, p).permute(0, 4, 2, 1, 3, 5)
+    return x.reshape(B, -1, C * p * p)
+
+
+def patchify_hw_transposed(images, patch_size):  # treats dim 3 as the height
+    B, C, H, W = images.shape
+    p = patch_size
+    x = images.reshape(B, C, H // p, p, W // p, p).permute(0, 4, 2, 1, 5, 3)
+    return x.reshape(B, -1, C * p * p)
+
+
+def patchify_squeeze(images, patch_size):  # only works for B > 1
+    return patchify_right(images, patch_size).squeeze()
+
+
+def patchify_square_only(images, patch_size):  # uses H for both sides
+    B, C, H, _ = images.shape
+    p = patch_size
+    x = images.reshape(B, C, H // p, p, H // p, p).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(B, -1, C * p * p)
+
+
+def patchify_float32(images, patch_size):  # right in float32, casts float64 down
+    return patchify_right(images.to(torch.float32), patch_size)
+
+
+def patchify_transposed_output(images, patch_size):
+    return patchify_right(images, patch_size).transpose(1, 2)
+
+
+def patchify_numpy(images, patch_size):
+    return patchify_right(images, patch_size).numpy()
+
+
+# ----------------------------------------------------------------------------- attention
+def make_attention(*, scale="div", dim=-1, invert=False, mask_mode="-inf", normalise=True,
+                   cast=False, squeeze=False, detach=False):
+    def attention(q, k, v, mask=None):
+        if cast:
+            q, k, v = q.float(), k.float(), v.float()
+        d = q.shape[-1]
+        s = q @ k.transpose(-2, -1)
+        s = {"div": s / math.sqrt(d), "none": s, "mul": s * math.sqrt(d)}[scale]
+        if mask is not None:
+            m = ~mask if invert else mask
+            if mask_mode == "-inf":
+                s = s.masked_fill(~m, float("-inf"))
+            elif mask_mode == "zero":
+                s = s * m
+        w = s.softmax(dim=dim) if normalise else s.exp()
+        if detach:
+            w = w.detach()
+        out = w @ v
+        if squeeze:
+            return out.squeeze(), w.squeeze()
+        return out, w
+
+    return attention
+
+
+def attention_big_negative(q, k, v, mask=None):  # right: -1e9 instead of -inf
+    s = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        s = s.masked_fill(~mask, -1e9)
+    w = torch.softmax(s, dim=-1)
+    return w @ v, w
+
+
+def attention_sdpa_weights(q, k, v, mask=None):  # right: reuse the library's weights
+    out, w = attend(q, k, v, mask, need_weights=True)
+    return out, w
+
+
+# ----------------------------------------------------------------------------- causal mask
+def causal_right(T):
+    return torch.tril(torch.ones(T, T, dtype=torch.bool))
+
+
+def causal_arange(T):
+    i = torch.arange(T)
+    return i[None, :] <= i[:, None]
+
+
+RIGHT = [
+    ("patchify", patchify_right),
+    ("patchify", patchify_unfold),
+    ("patchify", ref_patchify),
+    ("attention", make_attention()),
+    ("attention", attention_big_negative),
+    ("attention", attention_sdpa_weights),
+    ("causal_mask", causal_right),
+    ("causal_mask", causal_arange),
+]
+
+
+@pytest.mark.parametrize("name,fn", RIGHT, ids=[f"{n}-{f.__name__}" for n, f in RIGHT])
+def test_right_solutions_pass(name, fn):
+    r = check(name, fn, seed=SEED)
+    assert r.passed, str(r)
+    assert r.points == r.max_points == get_check(name).points
+    assert r.status == "passed"
+
+
+# (check, broken function, words the message must contain)
+BROKEN = [
+    ("patchify", patchify_ppc, ["values differ", "(p, p, C) order"]),
+    ("patchify", patchify_column_major, ["values differ", "column by column", "raster order"]),
+    ("patchify", patchify_hw_transposed, ["values differ", "H and W swapped"]),
+    ("patchify", patchify_squeeze, ["output shape (4, 48) but expected (1, 4, 48)",
+                                    "batch of size 1", ".squeeze()"]),
+    ("patchify", patchify_square_only, ["raised RuntimeError", "non-square", "H=12 != W=8",
+                                        "images.reshape(B, C, H // p, p, H // p, p)"]),
+    ("patchify", patchify_float32, ["dtype float32 but expected float64", "float64 images"]),
+    ("patchify", patchify_transposed_output, ["output shape", "last two axes are swapped"]),
+    ("patchify", patchify_numpy, ["numpy array", "expected a torch.Tensor", "torch.from_numpy"]),
+    ("attention", make_attention(scale="mul"), ["values differ", "multiplied by sqrt(d)"]),
+    ("attention", make_attention(scale="none"), ["values differ", "without the 1/sqrt(d) scale"]),
+    ("attention", make_attention(dim=-2), ["values differ", "softmax over the wrong axis"]),
+    ("attention", make_attention(invert=True), ["causal mask", "mask is inverted"]),
+    ("attention", make_attention(mask_mode="zero"), ["causal mask", "multiplying the scores",
+                                                     "-inf"]),
+    ("attention", make_attention(mask_mode="ignore"), ["causal mask", "not zero where the mask "
+                                                       "is False"]),
+    ("attention", make_attention(normalise=False), ["values differ", "without normalising"]),
+    ("attention", make_attention(cast=True), ["dtype float32 but expected float64",
+                                              "don't convert to float32"]),
+    ("attention", make_attention(squeeze=True), ["batch of size 1", "output shape (4, 16) but "
+                                                 "expected (1, 1, 4, 16)"]),
+    ("attention", make_attention(detach=True), ["values match", "does not depend on q",
+                                                ".detach()"]),
+    ("causal_mask", lambda T: torch.ones(T, T, dtype=torch.bool).tril(diagonal=-1),
+     ["entries differ", "off by one", "diagonal is True"]),
+    ("causal_mask", lambda T: torch.ones(T, T, dtype=torch.bool).tril(diagonal=1),
+     ["entries differ", "off by one", "i+1"]),
+    ("causal_mask", lambda T: torch.ones(T, T, dtype=torch.bool).triu(),
+     ["entries differ", "transposed"]),
+    ("causal_mask", lambda T: ~torch.ones(T, T, dtype=torch.bool).tril(),
+     ["entries differ", "inverted"]),
+    ("causal_mask", lambda T: torch.ones(T, T).tril(), ["dtype float32 but expected bool",
+                                                        "torch.bool"]),
+]
+
+
+@pytest.mark.parametrize("name,fn,words", BROKEN,
+                         ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(BROKEN)])
+def test_broken_solutions_fail_with_a_pointed_message(name, fn, words):
+    r = check(name, fn, seed=SEED)
+    assert not r.passed and r.points == 0, str(r)
+    assert r.status in ("failed", "raised"), str(r)
+    for w in words:
+        assert w in r.message, f"{w!r} not in:\n{r.message}"
+    # every kind of random input trips the same mistake, not just this seed
+    r2 = check(name, fn, seed=SEED + 1)
+    assert not r2.passed and r2.summary.split(":")[0] == r.summary.split(":")[0]
+
+
+def test_message_states_input_tolerance_and_index():
+    r = check("attention", make_attention(scale="none"), seed=SEED)
+    first = r.message.splitlines()[0]
+    assert first.startswith("out: values differ: max abs error ")
+    assert " at index (" in first and "rtol=0.0001, atol=1e-05" in first
+    assert "case 1/7 (self-attention, B=2, H=2, T=5, d=8, no mask): q (2, 2, 5, 8) float32" \
+        in r.message
+    assert r.message.splitlines()[-1].startswith("hint: ")
+
+
+def test_same_seed_same_verdict_and_fresh_inputs_otherwise():
+    a = check("attention", make_attention(scale="none"), seed=7)
+    b = check("attention", make_attention(scale="none"), seed=7)
+    c = check("attention", make_attention(scale="none"), seed=8)
+    assert a.message == b.message
+    assert a.message != c.message  # other random numbers
+    assert check("patchify", patchify_right).seed != check("patchify", patchify_right).seed
+
+
+# ----------------------------------------------------------------------------- robustness
+def not_attempted(images, patch_size):
+    """Docstring kept by the student version."""
+    raise NotImplementedError("replace this line with your solution")
+
+
+def test_not_implemented_is_not_attempted():
+    r = check("patchify", not_attempted)
+    assert r.status == "not attempted" and r.summary == "not attempted"
+    assert "not attempted yet" in r.message and not r.passed
+
+
+def test_library_not_implemented_error_is_an_error_not_a_todo():
+    def uses_unsupported(images, patch_size):
+        return torch.ones(2, 2, dtype=torch.bool) @ torch.ones(2, 2, dtype=torch.bool)
+
+    r = check("patchify", uses_unsupported)
+    assert r.status in ("raised", "failed"), str(r)
+
+
+def test_exception_reports_the_learners_line():
+    def broken(images, patch_size):
+        B = images.shape[0]
+        return images[B + 10]  # IndexError here
+
+    r = check("patchify", broken)
+    assert r.status == "raised"
+    assert "raised IndexError" in r.summary
+    assert "return images[B + 10]  # IndexError here" in r.message
+    assert "in broken" in r.message
+
+
+def test_runaway_code_is_stopped_after_the_time_limit():
+    def forever(images, patch_size):
+        while True:
+            pass
+
+    t0 = time.monotonic()
+    r = check("patchify", forever, timeout=1.0)
+    elapsed = time.monotonic() - t0
+    assert r.status == "timed out" and "timed out after 1 s" in r.message
+    assert elapsed < 5, elapsed
+
+
+@pytest.mark.skipif(not FORK_AVAILABLE, reason="needs fork")
+def test_a_function_that_exits_the_process_does_not_take_the_caller_with_it():
+    def exits(images, patch_size):
+        os._exit(3)
+
+    r = check("patchify", exits)
+    assert not r.passed and "exit code 3" in r.message
+
+    def crashes(images, patch_size):
+        os.kill(os.getpid(), 9)
+
+    assert "SIGKILL" in check("patchify", crashes).message
+
+    def calls_exit(images, patch_size):
+        raise SystemExit(2)
+
+    assert check("patchify", calls_exit).summary.startswith("raised SystemExit")
+
+
+def test_wrong_signature_and_not_a_function():
+    r = check("patchify", lambda images: images)
+    assert r.status == "wrong signature"
+    assert "expected patchify(images, patch_size), got <lambda>(images)" in r.summary
+    r = check("patchify", 42)
+    assert r.status == "failed" and "expected a function" in r.message
+    r = check("no_such_check", patchify_right)
+    assert r.status == "check error" and "known checks" in r.message and not r
+
+
+def test_learner_prints_do_not_leak_and_inputs_are_copies():
+    seen = []
+
+    def mutating(images, patch_size):
+        print("debug output from the learner")
+        out = patchify_right(images, patch_size).clone()
+        with torch.no_grad():
+            images.zero_()  # must not disturb the reference comparison
+        seen.append(1)  # runs in a child: the parent's list stays empty
+        return out
+
+    r = check("patchify", mutating)
+    assert r.passed, str(r)
+    if FORK_AVAILABLE:
+        assert seen == []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] not in "ZX"  # zombies are dead
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not FORK_AVAILABLE, reason="needs fork")
+def test_killing_the_kernel_mid_check_leaves_no_runaway_child(tmp_path):
+    pidfile = tmp_path / "child.pid"
+    script = (
+        "import os\n"
+        "from minivlm.grading import check\n"
+        "def forever(images, patch_size):\n"
+        f"    open({str(pidfile)!r}, 'w').write(str(os.getpid()))\n"
+        "    while True:\n"
+        "        pass\n"
+        "check('patchify', forever, timeout=120)\n"
+    )
+    kernel = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 60
+        while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        child = int(pidfile.read_text())
+        assert _alive(child)
+    finally:
+        kernel.kill()
+        kernel.wait()
+    deadline = time.monotonic() + 5
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(child):
+        os.kill(child, 9)
+        pytest.fail("the learner's runaway function outlived the process that checked it")
+
+
+@pytest.mark.skipif(not FORK_AVAILABLE, reason="needs fork")
+def test_fork_after_parallel_torch_work_does_not_hang():
+    # libgomp's thread pool does not survive fork; the child must not use it.
+    torch.set_num_threads(max(2, torch.get_num_threads()))
+    a = torch.randn(512, 512)
+    for _ in range(3):
+        a = (a @ a).tanh()
+    t0 = time.monotonic()
+    r = check("attention", make_attention(), timeout=10)
+    assert r.passed, str(r)
+    assert time.monotonic() - t0 < 5
+
+
+def test_thread_fallback_without_fork(monkeypatch):
+    monkeypatch.setenv("MINIVLM_CHECK_NO_FORK", "1")
+    assert check("patchify", patchify_right).passed
+    assert check("patchify", patchify_ppc).status == "failed"
+    stop = threading.Event()
+
+    def slow(images, patch_size):
+        stop.wait(10)
+        return patchify_right(images, patch_size)
+
+    r = check("patchify", slow, timeout=0.5)
+    stop.set()
+    assert r.status == "timed out" and "background thread" in r.message
+
+
+def test_per_check_overhead_is_small():
+    check("attention", make_attention())  # warm up imports
+    t0 = time.monotonic()
+    for name, fn in [("patchify", patchify_right), ("attention", make_attention()),
+                     ("causal_mask", causal_right)]:
+        assert check(name, fn).passed
+    per_check = (time.monotonic() - t0) / 3
+    print(f"per check: {per_check * 1000:.0f} ms")
+    assert per_check < 1.0
+
+
+def test_results_never_unpickle_classes():
+    assert loads_safe(dumps_safe({"a": [1, 2.5, b"x", None]})) == {"a": [1, 2.5, b"x", None]}
+    with pytest.raises(pickle.UnpicklingError):
+        loads_safe(pickle.dumps(torch.zeros(2)))
+
+
+# ----------------------------------------------------------------------------- results, registry
+def test_result_display():
+    ok = check("causal_mask", causal_right)
+    bad = check("causal_mask", lambda T: torch.ones(T, T, dtype=torch.bool).triu())
+    def todo_fn(T):
+        raise NotImplementedError("replace this line with your solution")
+
+    todo = check("causal_mask", todo_fn)
+    assert bool(ok) and not bad
+    assert "#2e7d32" in ok._repr_html_() and "\u2714 causal_mask" in ok._repr_html_()
+    assert "#c62828" in bad._repr_html_() and "(0/1 points)" in bad._repr_html_()
+    assert str(ok).startswith("[PASS] causal_mask (1/1 points)")
+    assert str(bad).startswith("[FAIL] causal_mask (0/1 points): ")
+    assert repr(bad) == str(bad)
+    assert todo.status == "not attempted" and "#b26a00" in todo._repr_html_()
+    assert str(todo).startswith("[TODO] causal_mask (0/1 points): not attempted yet")
+    r = CheckResult("x<y>", False, 0, 1, "a <b> & c", status="failed")
+    assert "x&lt;y&gt;" in r._repr_html_() and "a &lt;b&gt; &amp; c" in r._repr_html_()
+    assert CheckResult.from_dict(bad.to_dict()) == bad
+
+
+def test_exercise_00_registers_its_checks():
+    names = [c.name for c in list_checks("00_patchify_attention")]
+    assert names == ["patchify", "attention", "causal_mask"]
+    assert [get_check(n).points for n in names] == [2, 3, 1]
+    assert get_check("patchify").signature == "patchify(images, patch_size)"
+
+
+def test_a_new_check_takes_a_few_lines(monkeypatch):
+    monkeypatch.setattr(grading_core, "_CHECKS", dict(grading_core._CHECKS))
+
+    def softmax_ref(x):
+        return x.softmax(dim=-1)
+
+    @register_check("toy_softmax", signature="softmax(x)", reference=softmax_ref, points=1,
+                    exercise="99_toy", grad=True,
+                    mistakes=[("softmax over the first axis", lambda x: x.softmax(dim=0))])
+    def toy_cases(gen):
+        yield Case("a (3, 4) matrix", torch.randn(3, 4, generator=gen))
+        yield Case("float64", torch.randn(2, 5, generator=gen, dtype=torch.float64))
+
+    assert check("toy_softmax", lambda x: x.exp() / x.exp().sum(-1, keepdim=True)).passed
+    r = check("toy_softmax", lambda x: x.softmax(dim=0))
+    assert "hint: softmax over the first axis" in r.message
+    with pytest.raises(ValueError, match="registered twice"):
+        register_check("toy_softmax", signature="softmax(x)", reference=softmax_ref)(
+            lambda gen: [])
