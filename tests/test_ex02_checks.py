@@ -1,0 +1,177 @@
+"""Exercise 02 (ViLT) checks: right solutions pass; deliberately broken ones fail with a message
+that names the mistake; the instructor source passes every check and its generated student
+version fails them as "not attempted"."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+import torch.nn.functional as F
+
+from minivlm.grading import check, get_check, list_checks
+from minivlm.grading.student import generate_student, make_student, read_source
+from minivlm.models.vilt import build_single_stream_input as lib_build
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE = ROOT / "exercises" / "02_vilt_fusion.ipynb"
+EXERCISE = "02_vilt_fusion"
+SEED = 1234
+
+
+# ----------------------------------------------------------------------------- single stream
+def make_stream(*, order="text_first", types=(0, 1), add_types=True, mask_order="text_first",
+                ones_mask=False, squeeze=False, float32=False):
+    def build_single_stream_input(text_embeds, image_embeds, text_mask, image_mask,
+                                  type_embedding):
+        B, T, _ = text_embeds.shape
+        N1 = image_embeds.shape[1]
+        text, image = text_embeds, image_embeds
+        if float32:
+            text, image = text.float(), image.float()
+        if add_types:
+            text = text + type_embedding(torch.full((B, T), types[0], dtype=torch.long))
+            image = image + type_embedding(torch.full((B, N1), types[1], dtype=torch.long))
+        x = torch.cat([text, image] if order == "text_first" else [image, text], dim=1)
+        masks = [text_mask, image_mask.to(text_mask.dtype)]
+        mask = torch.cat(masks if mask_order == "text_first" else masks[::-1], dim=1)
+        if ones_mask:
+            mask = torch.ones_like(mask)
+        if squeeze:
+            x, mask = x.squeeze(), mask.squeeze()
+        if float32:
+            x = x.float()
+        return x, mask
+
+    return build_single_stream_input
+
+
+def stream_by_weight_rows(text_embeds, image_embeds, text_mask, image_mask, type_embedding):
+    """A right solution that indexes the embedding table instead of calling it."""
+    w = type_embedding.weight  # (2, D)
+    x = torch.cat([text_embeds + w[0], image_embeds + w[1]], dim=1)
+    return x, torch.cat([text_mask, image_mask.to(text_mask.dtype)], dim=1)
+
+
+# ----------------------------------------------------------------------------- ITM loss
+def make_itm(*, flip=False, dim=1, reduce="mean", by_softplus=False):
+    def itm_loss(pos_logits, neg_logits):
+        if by_softplus:  # 2-way CE = softplus of the other class's margin
+            return torch.cat([F.softplus(pos_logits[:, 0] - pos_logits[:, 1]),
+                              F.softplus(neg_logits[:, 1] - neg_logits[:, 0])]).mean()
+        logits = torch.cat([pos_logits, neg_logits])
+        labels = torch.cat([torch.ones(len(pos_logits)), torch.zeros(len(neg_logits))]).long()
+        if flip:
+            labels = 1 - labels
+        logp = logits.log_softmax(dim=dim)
+        nll = -logp.gather(1, labels[:, None])[:, 0]  # (B+M,)
+        if reduce == "mean":
+            return nll.mean()
+        if reduce == "all":  # mean over rows and the 2 classes
+            return -(logp * F.one_hot(labels, 2)).mean()
+        if reduce == "means":
+            return (nll[: len(pos_logits)].mean() + nll[len(pos_logits):].mean()) / 2
+        return nll.sum()
+
+    return itm_loss
+
+
+RIGHT = [
+    ("build_single_stream_input", lib_build),
+    ("build_single_stream_input", make_stream()),
+    ("build_single_stream_input", stream_by_weight_rows),
+    ("itm_loss", make_itm()),
+    ("itm_loss", make_itm(by_softplus=True)),
+    ("itm_loss", lambda p, n: F.cross_entropy(
+        torch.cat([p, n]), torch.cat([torch.ones(len(p)), torch.zeros(len(n))]).long())),
+]
+
+
+@pytest.mark.parametrize("name,fn", RIGHT, ids=[f"{n}-{i}" for i, (n, _) in enumerate(RIGHT)])
+def test_right_solutions_pass(name, fn):
+    r = check(name, fn, seed=SEED)
+    assert r.passed, str(r)
+    assert r.points == r.max_points == get_check(name).points
+    assert r.status == "passed"
+
+
+BROKEN = [
+    ("build_single_stream_input", make_stream(order="image_first", mask_order="image_first"),
+     ["values differ", "image comes first", "text [CLS]"]),
+    ("build_single_stream_input", make_stream(order="image_first"),
+     ["values differ", "image comes first", "same order"]),
+    ("build_single_stream_input", make_stream(types=(1, 0)),
+     ["values differ", "modality-type ids are swapped"]),
+    ("build_single_stream_input", make_stream(add_types=False),
+     ["values differ", "no modality-type embedding was added"]),
+    ("build_single_stream_input", make_stream(mask_order="image_first"),
+     ["mask", "wrong order"]),
+    ("build_single_stream_input", make_stream(ones_mask=True),
+     ["mask", "all ones", "padded"]),
+    ("build_single_stream_input", make_stream(squeeze=True), ["batch of size 1"]),
+    ("build_single_stream_input", make_stream(float32=True), ["dtype float32 but expected "
+                                                              "float64"]),
+    ("itm_loss", make_itm(flip=True), ["values differ", "labels are flipped"]),
+    ("itm_loss", make_itm(dim=0), ["values differ", "over the batch (dim=0)"]),
+    ("itm_loss", make_itm(reduce="all"), ["values differ", "over the 2 classes as well"]),
+    ("itm_loss", make_itm(reduce="means"), ["values differ", "M != B", "all B+M pairs"]),
+    ("itm_loss", make_itm(reduce="sum"), ["values differ", "take their mean"]),
+]
+
+
+@pytest.mark.parametrize("name,fn,words", BROKEN,
+                         ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(BROKEN)])
+def test_broken_solutions_fail_with_a_pointed_message(name, fn, words):
+    r = check(name, fn, seed=SEED)
+    assert not r.passed and r.points == 0, str(r)
+    assert r.status in ("failed", "raised"), str(r)
+    for w in words:
+        assert w in r.message, f"{w!r} not in:\n{r.message}"
+    r2 = check(name, fn, seed=SEED + 1)  # other random inputs trip the same mistake
+    assert not r2.passed and r2.summary.split(":")[0] == r.summary.split(":")[0]
+
+
+def test_exercise_02_registers_its_checks():
+    names = [c.name for c in list_checks(EXERCISE)]
+    assert names == ["build_single_stream_input", "itm_loss"]
+    assert sum(c.points for c in list_checks(EXERCISE)) == 5
+    for c in list_checks(EXERCISE):
+        assert c.grad, c.name
+
+
+# ----------------------------------------------------------------------------- the notebooks
+def _defined_functions(nb: nbformat.NotebookNode) -> dict:
+    """Run the import cell and the cells that define functions (not demos, not checks)."""
+    ns: dict = {}
+    for c in nb.cells:
+        if c.cell_type != "code" or "solution" in c.metadata.get("tags", []):
+            continue
+        if c.id == "imports" or c.source.lstrip().startswith("def "):
+            exec(compile(c.source, f"<{c.id}>", "exec", dont_inherit=True), ns)
+    return ns
+
+
+def test_source_passes_all_checks_and_student_fails_them_cleanly():
+    src = read_source(SOURCE)
+    student, _ = make_student(src, source_name=SOURCE.name, exercise=EXERCISE)
+    src_ns, stu_ns = _defined_functions(src), _defined_functions(student)
+    checks = list_checks(EXERCISE)
+    assert len(checks) == 2
+    sources = "\n".join(c.source for c in src.cells if c.cell_type == "code")
+    for chk in checks:
+        assert f'check("{chk.name}", {chk.function})' in sources  # the notebook checks it
+        good = check(chk.name, src_ns[chk.function])
+        assert good.passed, str(good)
+        todo = check(chk.name, stu_ns[chk.function])
+        assert todo.status == "not attempted" and todo.points == 0, str(todo)
+    stu_code = "\n".join(c.source for c in student.cells if c.cell_type == "code")
+    assert "BEGIN SOLUTION" not in stu_code and "torch.cat([text" not in stu_code
+    assert "def build_single_stream_input(text_embeds" in stu_code
+    assert "def itm_loss(pos_logits" in stu_code
+
+
+def test_committed_student_notebook_is_up_to_date():
+    assert generate_student(SOURCE, check=True).status == "unchanged", (
+        "run `python -m minivlm student exercises/02_vilt_fusion.ipynb`")
