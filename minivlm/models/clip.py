@@ -383,28 +383,13 @@ class CLIP(nn.Module):
         )
 
         # HF vision names -> ours (the blocks have the same layout as the text encoder's)
-        emb = vm.embeddings
-        sd: dict[str, Tensor] = {
-            "image_encoder.cls_token": emb.class_embedding.reshape(1, 1, -1),
-            "image_encoder.patch_embed.weight": emb.patch_embedding.weight,
-            "image_encoder.pos_embed": emb.position_embedding.weight[None],  # (1, 1+N, D)
-            "image_encoder.norm_pre.weight": vm.pre_layrnorm.weight,
-            "image_encoder.norm_pre.bias": vm.pre_layrnorm.bias,
-            "image_encoder.norm.weight": vm.post_layernorm.weight,
-            "image_encoder.norm.bias": vm.post_layernorm.bias,
+        vision_sd = vision_state_from_hf(dict(vm.state_dict()), hv.num_hidden_layers)
+        sd: dict[str, Tensor] = {f"image_encoder.{k}": v for k, v in vision_sd.items()}
+        sd.update({
             "visual_projection.weight": model.visual_projection.weight,
             "text_projection.weight": model.text_projection.weight,
             "logit_scale": model.logit_scale.reshape(()),
-        }
-        names = {"self_attn.q_proj": "attn.q_proj", "self_attn.k_proj": "attn.k_proj",
-                 "self_attn.v_proj": "attn.v_proj", "self_attn.out_proj": "attn.out_proj",
-                 "layer_norm1": "norm1", "layer_norm2": "norm2", "mlp.fc1": "mlp.fc1",
-                 "mlp.fc2": "mlp.fc2"}  # fmt: skip
-        for i, layer in enumerate(vm.encoder.layers):
-            for src, dst in names.items():
-                mod = layer.get_submodule(src)
-                sd[f"image_encoder.blocks.{i}.{dst}.weight"] = mod.weight
-                sd[f"image_encoder.blocks.{i}.{dst}.bias"] = mod.bias
+        })  # fmt: skip
         sd = {k: v.detach().clone() for k, v in sd.items()}
         sd.update({f"text_encoder.{k}": v for k, v in text_encoder.state_dict().items()})
 
@@ -454,6 +439,33 @@ class CLIP(nn.Module):
 # ---------------------------------------------------------------------------
 
 Template = str | Callable[[str], str]
+
+
+def vision_state_from_hf(v: dict[str, Tensor], depth: int) -> dict[str, Tensor]:
+    """HF ``CLIPVisionTransformer`` state dict -> :class:`ViT` names (``CLIP.from_hf``, LLaVA).
+
+    ``v`` is consumed (popped); leftover keys raise a ValueError.
+    """
+    out = {
+        "cls_token": v.pop("embeddings.class_embedding").reshape(1, 1, -1),
+        "patch_embed.weight": v.pop("embeddings.patch_embedding.weight"),
+        "pos_embed": v.pop("embeddings.position_embedding.weight")[None],  # (1, 1+N, D)
+    }
+    for hf_name, ours in (("pre_layrnorm", "norm_pre"), ("post_layernorm", "norm")):
+        for p in ("weight", "bias"):
+            out[f"{ours}.{p}"] = v.pop(f"{hf_name}.{p}")
+    names = {"self_attn.q_proj": "attn.q_proj", "self_attn.k_proj": "attn.k_proj",
+             "self_attn.v_proj": "attn.v_proj", "self_attn.out_proj": "attn.out_proj",
+             "layer_norm1": "norm1", "layer_norm2": "norm2", "mlp.fc1": "mlp.fc1",
+             "mlp.fc2": "mlp.fc2"}  # fmt: skip
+    for i in range(depth):
+        for src, dst in names.items():
+            for p in ("weight", "bias"):
+                out[f"blocks.{i}.{dst}.{p}"] = v.pop(f"encoder.layers.{i}.{src}.{p}")
+    v.pop("embeddings.position_ids", None)  # a buffer of 0..N, not a weight
+    if v:
+        raise ValueError(f"from_hf: unexpected CLIP vision tower weights {sorted(v)[:5]}")
+    return {k: t.detach().clone() for k, t in out.items()}
 
 
 def _fill(template: Template, classname: str) -> str:

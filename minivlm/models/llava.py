@@ -1,0 +1,893 @@
+"""LLaVA (Liu et al. 2023, "Visual Instruction Tuning"; LLaVA-1.5: Liu et al. 2024, "Improved
+Baselines with Visual Instruction Tuning").
+
+A frozen CLIP image encoder, a small projector and a decoder-only language model. The image
+becomes a row of "visual words" that sit in the prompt where ``<image>`` was (§4.1, Figure 1)::
+
+    H_v = ViT_{layer}(X_v)[:, 1:]          # (B, N, d_v)  penultimate layer, CLS dropped (§5.2)
+    E_v = W(H_v)                           # (B, N, D)    linear (LLaVA) or MLP (LLaVA-1.5 §3.2)
+    E   = E_text[ids], with the N <image> slots of each row replaced by E_v
+    logits = LM(inputs_embeds=E)           # (B, T, V)    Vicuna / Llama, causal
+
+Training has two stages (§4.2): (1) feature alignment, where only the projector ``W`` learns
+(image-caption pairs turned into one-turn chats), and (2) end-to-end instruction tuning, where
+projector and language model learn and the vision tower stays frozen
+(:meth:`LLaVA.freeze_for_stage`). The loss is next-token cross-entropy on the assistant's
+answers only (§4.2, Table 2: only the assistant's tokens enter the loss).
+
+Read top to bottom: :class:`LlavaConfig`, the projector (:func:`build_projector`), splicing image
+features into the text (:func:`merge_image_features`, :func:`expand_image_tokens`), the chat
+template (:class:`ChatTemplate`, :class:`LlavaCollator`), the model :class:`LLaVA` with
+``generate`` and ``from_hf``, and the presets ``llava_tiny`` / ``llava_1_5_7b``.
+
+As with current Hugging Face processors, ``input_ids`` already hold one ``<image>`` token per
+image feature (``N = num_image_tokens``); the model swaps them for the projected features.
+Padding is on the right.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from minivlm.data.tokenizer import IMAGE
+from minivlm.models.clip import clip_vision_config, vision_state_from_hf
+from minivlm.nn.blocks import MLP, get_activation
+from minivlm.nn.lm import IGNORE_INDEX, TINY, DecoderLM, LMConfig
+from minivlm.nn.text import _HF_ACTS
+from minivlm.nn.vit import ViT, ViTConfig
+from minivlm.registry import register_model
+
+Tensor = torch.Tensor
+
+__all__ = [
+    "IMAGE_TOKEN_ID",
+    "SHAPES_CHAT",
+    "VICUNA_V1",
+    "LLaVA",
+    "ChatTemplate",
+    "LlavaCollator",
+    "LlavaConfig",
+    "LlavaOutput",
+    "build_projector",
+    "expand_image_tokens",
+    "merge_image_features",
+]
+
+IMAGE_TOKEN_ID = 7  # <image> in minivlm.data.tokenizer
+PROJECTOR_TYPES = ("linear", "mlp2x_gelu")
+
+
+# ---------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------
+
+
+def _tiny_vision() -> ViTConfig:
+    """clip_tiny's image encoder: 64 px shapes-world images, 8x8 patches of 8 px."""
+    return clip_vision_config(image_size=64, patch_size=8, dim=128, depth=3, num_heads=4,
+                              mlp_hidden=256)  # fmt: skip
+
+
+@dataclass
+class LlavaConfig:
+    """Sizes and switches of LLaVA (defaults: ``llava_tiny``'s sizes, vocabulary 256).
+
+    vision: the CLIP image encoder (:func:`~minivlm.models.clip.clip_vision_config`; a dict
+        is merged into it). text: the language model (:class:`~minivlm.nn.lm.LMConfig`; a dict
+        is merged into the ``lm_tiny`` defaults).
+    projector_type: "linear" (LLaVA, §4.1) or "mlp2x_gelu" (LLaVA-1.5, §3.2: Linear-GELU-Linear).
+    projector_act: the MLP's activation (HF's ``projector_hidden_act``), default exact GELU.
+    vision_feature_layer: which ViT layer feeds the projector, indexing the depth+1 hidden
+        states (0 = embeddings, -1 = last block, -2 = penultimate: LLaVA's choice, 0.96
+        points better than the last layer on ScienceQA, §5.2); a list concatenates several
+        layers along the feature axis.
+    vision_feature_select_strategy: "default" drops the CLS token (N = patches), "full" keeps it.
+    image_token_id: the ``<image>`` placeholder id in ``input_ids`` (7 in minivlm.data).
+    """
+
+    vision: ViTConfig = field(default_factory=_tiny_vision)
+    text: LMConfig = field(default_factory=LMConfig)
+    projector_type: str = "mlp2x_gelu"
+    projector_act: str = "gelu"
+    projector_bias: bool = True
+    vision_feature_layer: int | list[int] = -2
+    vision_feature_select_strategy: str = "default"
+    image_token_id: int = IMAGE_TOKEN_ID
+
+    def __post_init__(self) -> None:
+        if isinstance(self.vision, dict):
+            self.vision = clip_vision_config(**self.vision)
+        if isinstance(self.text, dict):
+            self.text = LMConfig(**{**TINY, **self.text})
+        if not isinstance(self.vision, ViTConfig):
+            raise TypeError(
+                f"LlavaConfig.vision: expected a ViTConfig or dict, got "
+                f"{type(self.vision).__name__}"
+            )
+        if not isinstance(self.text, LMConfig):
+            raise TypeError(
+                f"LlavaConfig.text: expected an LMConfig or dict, got {type(self.text).__name__}"
+            )
+        if self.projector_type not in PROJECTOR_TYPES:
+            raise ValueError(
+                f"LlavaConfig.projector_type: expected one of {PROJECTOR_TYPES}, "
+                f"got {self.projector_type!r}"
+            )
+        get_activation(self.projector_act)  # a clear error for an unknown name
+        if self.vision_feature_select_strategy not in ("default", "full"):
+            raise ValueError(
+                "LlavaConfig.vision_feature_select_strategy: expected 'default' "
+                f"(drop CLS) or 'full', got {self.vision_feature_select_strategy!r}"
+            )
+        if self.vision_feature_select_strategy == "default" and not self.vision.class_token:
+            raise ValueError(
+                "LlavaConfig: select strategy 'default' drops the CLS token, but "
+                "the vision config has class_token=False; use 'full'"
+            )
+        n = self.vision.depth + 1
+        for layer in self.feature_layers_raw:
+            if not isinstance(layer, int) or not -n <= layer < n:
+                raise ValueError(
+                    f"LlavaConfig.vision_feature_layer: expected ints in [{-n}, "
+                    f"{n - 1}] (the {n} hidden states of a depth-{n - 1} ViT), "
+                    f"got {self.vision_feature_layer!r}"
+                )
+        if not 0 <= self.image_token_id < self.text.vocab_size:
+            raise ValueError(
+                f"LlavaConfig.image_token_id={self.image_token_id} is outside the "
+                f"language model's vocabulary [0, {self.text.vocab_size})"
+            )
+
+    @property
+    def feature_layers_raw(self) -> list[int]:
+        v = self.vision_feature_layer
+        return list(v) if isinstance(v, (list, tuple)) else [v]
+
+    @property
+    def feature_layers(self) -> list[int]:
+        """The vision feature layers as non-negative indices into the depth+1 hidden states."""
+        n = self.vision.depth + 1
+        return [layer % n for layer in self.feature_layers_raw]
+
+    @property
+    def num_image_tokens(self) -> int:
+        """N: image features (= ``<image>`` tokens) per image at the configured image size."""
+        drop_cls = self.vision_feature_select_strategy == "default"
+        return self.vision.num_patches + self.vision.num_prefix_tokens * (not drop_cls)
+
+    @property
+    def projector_in_dim(self) -> int:
+        return self.vision.dim * len(self.feature_layers_raw)
+
+
+@dataclass
+class LlavaOutput:
+    """What :meth:`LLaVA.forward` returns.
+
+    loss: next-token cross-entropy over labels != -100 (when ``labels`` are given).
+    logits: (B, T, V). image_features: (B_img, N, D) projected image features (or None).
+    hidden_states: (B, T, D) after the language model's final norm.
+    """
+
+    loss: Tensor | None
+    logits: Tensor
+    image_features: Tensor | None = None
+    hidden_states: Tensor | None = None
+
+
+# ---------------------------------------------------------------------------
+# Projector
+# ---------------------------------------------------------------------------
+
+
+def build_projector(
+    kind: str, in_dim: int, out_dim: int, act: str = "gelu", bias: bool = True
+) -> nn.Module:
+    """The vision-language connector W: (..., d_v) -> (..., D).
+
+    "linear": one ``nn.Linear`` (LLaVA, §4.1). "mlp2x_gelu": ``fc1`` Linear(d_v, D), GELU,
+    ``fc2`` Linear(D, D) (LLaVA-1.5, §3.2). For CLIP ViT-L (1024) into Vicuna-7B (4096) they
+    have 4,198,400 and 20,979,712 parameters.
+    """
+    if kind == "linear":
+        return nn.Linear(in_dim, out_dim, bias=bias)
+    if kind == "mlp2x_gelu":
+        return MLP(in_dim, out_dim, act=act, bias=bias, out_dim=out_dim)
+    raise ValueError(f"build_projector: expected kind in {PROJECTOR_TYPES}, got {kind!r}")
+
+
+# ---------------------------------------------------------------------------
+# Image tokens in the text
+# ---------------------------------------------------------------------------
+
+
+def merge_image_features(
+    inputs_embeds: Tensor,
+    input_ids: Tensor,
+    image_features: Tensor,
+    image_token_id: int = IMAGE_TOKEN_ID,
+) -> Tensor:
+    """Put image features in the ``<image>`` slots of the token embeddings.
+
+    inputs_embeds (B, T, D) token embeddings; input_ids (B, T) with ``image_token_id`` at the
+    slots; image_features (B_img, N, D). Images fill the slots in reading order (row by row,
+    left to right), N slots per image, as Hugging Face's ``masked_scatter`` does: usually
+    B_img == B and each row holds exactly N slots; a row may also hold k*N slots for k images.
+    Returns new embeddings (B, T, D); a wrong number of slots raises ValueError naming the row.
+    """
+    if input_ids.shape != inputs_embeds.shape[:2]:
+        raise ValueError(
+            f"merge_image_features: input_ids {tuple(input_ids.shape)} and "
+            f"inputs_embeds {tuple(inputs_embeds.shape)} disagree on (B, T)"
+        )
+    if image_features.dim() != 3 or image_features.shape[-1] != inputs_embeds.shape[-1]:
+        raise ValueError(
+            f"merge_image_features: expected image_features of shape (B_img, N, "
+            f"{inputs_embeds.shape[-1]}), got {tuple(image_features.shape)}"
+        )
+    slots = input_ids == image_token_id  # (B, T)
+    per_row = slots.sum(dim=1).tolist()  # image tokens in each row
+    n_img, N = image_features.shape[:2]
+    one_each = n_img == input_ids.shape[0]  # the common case: one image per row
+    total_ok = sum(per_row) == n_img * N
+    for r, got in enumerate(per_row):
+        # a row holds whole images; with one image per row, name the row whose count is off
+        if got % N or (one_each and not total_ok and got != N):
+            want = f"{N}" if one_each else f"a multiple of {N}"
+            raise ValueError(
+                f"merge_image_features: batch row {r}: expected {want} image tokens (id "
+                f"{image_token_id}, one per image feature), got {got}; build the prompt with "
+                f"num_image_tokens={N} or expand_image_tokens(...)"
+            )
+    if not total_ok:
+        raise ValueError(
+            f"merge_image_features: expected {n_img} images x {N} = {n_img * N} image tokens "
+            f"in the batch, got {sum(per_row)} (per row: {per_row})"
+        )
+    feats = image_features.to(inputs_embeds.dtype).reshape(-1, image_features.shape[-1])
+    out = inputs_embeds.clone()
+    out[slots] = feats  # boolean indexing visits the slots in row-major order, like masked_scatter
+    return out
+
+
+def expand_image_tokens(
+    input_ids: Tensor,
+    num_image_tokens: int,
+    image_token_id: int = IMAGE_TOKEN_ID,
+    attention_mask: Tensor | None = None,
+    labels: Tensor | None = None,
+    pad_id: int = 0,
+) -> dict[str, Tensor]:
+    """Repeat each single ``<image>`` token ``num_image_tokens`` times (HF-processor style).
+
+    input_ids (B, T) right-padded (``attention_mask`` (B, T) 1/0, default all ones). Returns
+    ``input_ids``, ``attention_mask`` and (when given) ``labels`` (B, T'), right-padded with
+    ``pad_id`` / 0 / -100; labels at the new image slots are -100.
+    """
+    if input_ids.dim() != 2:
+        raise ValueError(
+            f"expand_image_tokens: expected input_ids (B, T), got {tuple(input_ids.shape)}"
+        )
+    if num_image_tokens < 1:
+        raise ValueError(
+            f"expand_image_tokens: num_image_tokens must be >= 1, got {num_image_tokens}"
+        )
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    for name, t in (("attention_mask", attention_mask), ("labels", labels)):
+        if t is not None and t.shape != input_ids.shape:
+            raise ValueError(
+                f"expand_image_tokens: {name} {tuple(t.shape)} does not match "
+                f"input_ids {tuple(input_ids.shape)}"
+            )
+    rows_ids, rows_lab = [], []
+    for r in range(input_ids.shape[0]):
+        keep = attention_mask[r].bool()
+        ids = input_ids[r][keep]  # (t,) real tokens
+        reps = torch.where(ids == image_token_id, num_image_tokens, 1)  # (t,)
+        rows_ids.append(ids.repeat_interleave(reps))
+        if labels is not None:
+            lab = labels[r][keep].masked_fill(ids == image_token_id, IGNORE_INDEX)
+            rows_lab.append(lab.repeat_interleave(reps))
+    T = max((len(x) for x in rows_ids), default=0)
+    B = len(rows_ids)
+    out = {
+        "input_ids": input_ids.new_full((B, T), pad_id),
+        "attention_mask": attention_mask.new_zeros((B, T)),
+    }
+    if labels is not None:
+        out["labels"] = labels.new_full((B, T), IGNORE_INDEX)
+    for r, ids in enumerate(rows_ids):
+        out["input_ids"][r, : len(ids)] = ids
+        out["attention_mask"][r, : len(ids)] = 1
+        if labels is not None:
+            out["labels"][r, : len(ids)] = rows_lab[r]
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Chat template: dialogue -> input_ids + labels (loss on the assistant only)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """A Vicuna-v1 style conversation format (LLaVA's ``conv_vicuna_v1``)::
+
+        [BOS] {system} USER: <image>\\n{question} ASSISTANT: {answer}[EOS]
+        USER: {question} ASSISTANT: {answer}[EOS] ...     (no line break between turns)
+
+    Only the answers and their [EOS] are learned; the system prompt, the user turns and the
+    "ASSISTANT:" prefix get label -100. Each piece is tokenized on its own (exact for the
+    word-level shapes tokenizer; sub-word tokenizers may split a little differently than on
+    the joined string).
+    """
+
+    system: str = ""
+    user: str = "USER"
+    assistant: str = "ASSISTANT"
+
+    def render(
+        self,
+        turns: Sequence[dict[str, str]],
+        add_generation_prompt: bool = False,
+        eos: str = "</s>",
+    ) -> str:
+        """The prompt as one string (for reading; :meth:`encode` is what the model sees)."""
+        system, turns = _split_system(turns, self.system)
+        out = f"{system} " if system else ""
+        for turn in turns:
+            if turn["from"] == "human":
+                out += f"{self.user}: {turn['value']} "
+            else:
+                out += f"{self.assistant}: {turn['value']}{eos}"
+        return out + (f"{self.assistant}:" if add_generation_prompt else "")
+
+    def encode(
+        self,
+        tokenizer: Any,
+        turns: Sequence[dict[str, str]],
+        num_image_tokens: int = 1,
+        add_generation_prompt: bool = False,
+    ) -> dict[str, list[int]]:
+        """Dialogue -> ``{"input_ids": [...], "labels": [...]}`` (lists of equal length).
+
+        turns: ``[{"from": "human"|"gpt", "value": str}, ...]`` (an optional first "system"
+        turn replaces the template's system prompt), alternating and starting with "human".
+        Each ``<image>`` becomes ``num_image_tokens`` copies of ``tokenizer.image_id``.
+        ``add_generation_prompt`` ends with "ASSISTANT:" (the last turn must be human's).
+        """
+        if num_image_tokens < 1:
+            raise ValueError(
+                f"ChatTemplate.encode: num_image_tokens must be >= 1, got {num_image_tokens}"
+            )
+        if tokenizer.bos_id is None or tokenizer.eos_id is None:
+            raise ValueError("ChatTemplate.encode: the tokenizer needs bos and eos tokens")
+        system, turns = _split_system(turns, self.system)
+        if add_generation_prompt and (not turns or turns[-1]["from"] != "human"):
+            raise ValueError(
+                "ChatTemplate.encode: add_generation_prompt needs the last turn to be the human's"
+            )
+        ids = [tokenizer.bos_id] + (tokenizer.encode(system) if system else [])
+        labels = [IGNORE_INDEX] * len(ids)
+        for turn in turns:
+            if turn["from"] == "human":
+                seg = tokenizer.encode(f"{self.user}:")
+                for j, piece in enumerate(turn["value"].split(IMAGE)):
+                    if j:
+                        if getattr(tokenizer, "image_id", None) is None:
+                            raise ValueError(
+                                "ChatTemplate.encode: the dialogue has <image> but "
+                                "the tokenizer has no image token"
+                            )
+                        seg += [tokenizer.image_id] * num_image_tokens
+                    seg += tokenizer.encode(piece)
+                ids += seg
+                labels += [IGNORE_INDEX] * len(seg)
+            else:
+                head = tokenizer.encode(f"{self.assistant}:")
+                answer = tokenizer.encode(turn["value"]) + [tokenizer.eos_id]
+                ids += head + answer
+                labels += [IGNORE_INDEX] * len(head) + answer
+        if add_generation_prompt:
+            head = tokenizer.encode(f"{self.assistant}:")
+            ids += head
+            labels += [IGNORE_INDEX] * len(head)
+        return {"input_ids": ids, "labels": labels}
+
+
+def _split_system(
+    turns: Sequence[dict[str, str]], default: str
+) -> tuple[str, list[dict[str, str]]]:
+    """Check the turns; return (system prompt, the human/gpt turns)."""
+    if isinstance(turns, (str, dict)) or not isinstance(turns, Sequence):
+        raise TypeError(f"expected a list of turns {{'from', 'value'}}, got {type(turns).__name__}")
+    turns = list(turns)
+    for k, t in enumerate(turns):
+        if (
+            not isinstance(t, dict)
+            or t.get("from") not in ("human", "gpt", "system")
+            or not isinstance(t.get("value"), str)
+        ):
+            raise ValueError(
+                f"turn {k}: expected {{'from': 'human'|'gpt'|'system', 'value': str}}, got {t!r}"
+            )
+    system = default
+    if turns and turns[0]["from"] == "system":
+        system, turns = turns[0]["value"], turns[1:]
+    for k, t in enumerate(turns):
+        want = "human" if k % 2 == 0 else "gpt"
+        if t["from"] != want:
+            raise ValueError(
+                f"turn {k}: expected a '{want}' turn (turns alternate human, gpt, "
+                f"starting with human), got {t['from']!r}"
+            )
+    return system, turns
+
+
+# LLaVA's Vicuna-v1 template, with its system prompt (for sub-word tokenizers).
+VICUNA_V1 = ChatTemplate(
+    system="A chat between a curious user and an artificial intelligence assistant. The "
+    "assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+# The shapes world's vocabulary has no words for a system prompt: the same format without one.
+SHAPES_CHAT = ChatTemplate()
+
+
+class LlavaCollator:
+    """Batch dialogues for training: ``collate(items) -> {pixel_values, input_ids,
+    attention_mask, labels}``, right-padded (labels -100 on padding).
+
+    Each item is a dict with ``conversations`` (or ``turns``), the dialogue, and
+    ``pixel_values`` (or ``image``), a (C, H, W) tensor, e.g. ``LlavaConversations`` items with
+    ``transform=image_transform(S)``; an image of None is a text-only dialogue (then
+    ``pixel_values`` holds only the other rows' images, in order). ``num_image_tokens`` is
+    the model's N (``model.num_image_tokens``). ``max_length`` truncates from the right, but
+    never inside the image tokens (that raises ValueError).
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        num_image_tokens: int,
+        template: ChatTemplate = SHAPES_CHAT,
+        max_length: int | None = None,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.num_image_tokens = num_image_tokens
+        self.template = template
+        self.max_length = max_length
+
+    def encode(self, turns: Sequence[dict[str, str]]) -> dict[str, list[int]]:
+        enc = self.template.encode(self.tokenizer, turns, self.num_image_tokens)
+        if self.max_length is not None and len(enc["input_ids"]) > self.max_length:
+            image_id = getattr(self.tokenizer, "image_id", None)
+            n_before = enc["input_ids"].count(image_id)
+            enc = {k: v[: self.max_length] for k, v in enc.items()}
+            if enc["input_ids"].count(image_id) != n_before:
+                raise ValueError(
+                    f"LlavaCollator: max_length={self.max_length} cuts into the "
+                    f"{n_before} image tokens; raise max_length"
+                )
+        return enc
+
+    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Tensor]:
+        encs, images = [], []
+        for k, it in enumerate(items):
+            turns = it.get("conversations", it.get("turns"))
+            image = it.get("pixel_values", it.get("image"))
+            if turns is None:
+                raise ValueError(f"LlavaCollator: item {k} has no 'conversations'")
+            enc = self.encode(turns)
+            if image is None:  # a text-only dialogue (LLaVA mixes some in): no image tokens
+                if getattr(self.tokenizer, "image_id", None) in enc["input_ids"]:
+                    raise ValueError(f"LlavaCollator: item {k} has <image> but no image")
+            elif not isinstance(image, Tensor):
+                raise TypeError(
+                    f"LlavaCollator: item {k}: expected a (C, H, W) image tensor in "
+                    f"'pixel_values' or 'image', got {type(image).__name__} (give "
+                    "the dataset transform=image_transform(size))"
+                )
+            else:
+                images.append(image)
+            encs.append(enc)
+        batch = self.tokenizer.pad([e["input_ids"] for e in encs])
+        labels = self.tokenizer.pad([e["labels"] for e in encs], pad_value=IGNORE_INDEX)
+        batch["labels"] = labels["input_ids"]
+        if images:  # (B_img, C, H, W), B_img <= B: the images of the rows that have one
+            batch["pixel_values"] = torch.stack(images)
+        return batch
+
+
+# ---------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------
+
+
+class LLaVA(nn.Module):
+    """LLaVA: CLIP ViT -> projector -> image features spliced into a Llama-style LM (§4.1).
+
+    Submodules: ``vision_tower`` (:class:`~minivlm.nn.vit.ViT`), ``projector`` (Linear or
+    MLP ``fc1``/``fc2``) and ``lm`` (:class:`~minivlm.nn.lm.DecoderLM`).
+    """
+
+    def __init__(self, config: LlavaConfig | None = None, **overrides: Any) -> None:
+        super().__init__()
+        cfg = config or LlavaConfig()
+        if overrides:
+            cfg = replace(cfg, **overrides)
+        self.config = cfg
+        self.vision_tower = ViT(cfg.vision)
+        self.projector = build_projector(
+            cfg.projector_type,
+            cfg.projector_in_dim,
+            cfg.text.dim,
+            cfg.projector_act,
+            cfg.projector_bias,
+        )
+        self.lm = DecoderLM(cfg.text)
+
+    @property
+    def num_image_tokens(self) -> int:
+        """N: image tokens per image (= features after the select strategy)."""
+        return self.config.num_image_tokens
+
+    # -- images ---------------------------------------------------------------
+
+    def vision_features(self, pixel_values: Tensor) -> Tensor:
+        """(B, C, H, W) -> (B, N, d_v * layers): the chosen ViT layer(s), CLS dropped or kept.
+
+        Only the blocks up to the deepest chosen layer run (the last block's output is not
+        needed for the default penultimate layer). Without any trainable vision parameter and
+        pixels that need no gradient, the tower runs under ``torch.no_grad``.
+        """
+        vit, cfg = self.vision_tower, self.config
+        need_grad = torch.is_grad_enabled() and (
+            pixel_values.requires_grad or any(p.requires_grad for p in vit.parameters())
+        )
+        layers = cfg.feature_layers
+        with torch.set_grad_enabled(need_grad):
+            x = vit.embed(pixel_values)  # (B, P+N, d_v), input of block 0 = hidden state 0
+            hidden = {0: x}
+            for i, blk in enumerate(vit.blocks[: max(layers)], start=1):
+                x = blk(x)
+                hidden[i] = x
+            feats = [hidden[layer] for layer in layers]  # each (B, P+N, d_v)
+            if cfg.vision_feature_select_strategy == "default":
+                feats = [f[:, vit.num_prefix_tokens :] for f in feats]  # drop CLS: (B, N, d_v)
+        return torch.cat(feats, dim=-1)
+
+    def encode_images(self, pixel_values: Tensor) -> Tensor:
+        """(B, C, H, W) -> projected image features (B, N, D) in the LM's embedding space."""
+        return self.projector(self.vision_features(pixel_values))  # (B, N, D)
+
+    def embed_inputs(
+        self, input_ids: Tensor, pixel_values: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Token embeddings (B, T, D) with image features in the ``<image>`` slots.
+
+        Returns ``(inputs_embeds, image_features or None)``.
+        """
+        embeds = self.lm.embed(input_ids)  # (B, T, D), checks dtype and vocabulary
+        image_id = self.config.image_token_id
+        if pixel_values is None:
+            n = int((input_ids == image_id).sum())
+            if n:
+                raise ValueError(
+                    f"LLaVA: input_ids hold {n} image tokens (id {image_id}) but "
+                    "no pixel_values were given"
+                )
+            return embeds, None
+        feats = self.encode_images(pixel_values)  # (B_img, N, D)
+        return merge_image_features(embeds, input_ids, feats, image_id), feats
+
+    # -- forward --------------------------------------------------------------
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        pixel_values: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        **ignored: Any,
+    ) -> LlavaOutput:
+        """input_ids (B, T) with N ``<image>`` tokens per image, pixel_values (B_img, C, H, W),
+        attention_mask (B, T) right-padded, labels (B, T) with -100 where no loss (shifted
+        inside). Other batch keys (``index``, ...) are ignored.
+        """
+        embeds, feats = self.embed_inputs(input_ids, pixel_values)
+        out = self.lm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels)
+        return LlavaOutput(
+            loss=out.loss, logits=out.logits, image_features=feats, hidden_states=out.hidden_states
+        )
+
+    # -- two-stage training (§4.2) ---------------------------------------------
+
+    def freeze_for_stage(self, stage: int) -> LLaVA:
+        """Stage 1 (feature alignment): only the projector learns. Stage 2 (instruction
+        tuning): projector and language model learn. The vision tower is frozen in both."""
+        if stage not in (1, 2):
+            raise ValueError(f"LLaVA.freeze_for_stage: expected stage 1 or 2, got {stage!r}")
+        self.vision_tower.requires_grad_(False)
+        self.projector.requires_grad_(True)
+        self.lm.requires_grad_(stage == 2)
+        return self
+
+    def trainable_parameters(self) -> dict[str, int]:
+        """Trainable parameter counts per part: vision_tower, projector, lm."""
+        return {
+            name: sum(p.numel() for p in getattr(self, name).parameters() if p.requires_grad)
+            for name in ("vision_tower", "projector", "lm")
+        }
+
+    # -- generation -----------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: Tensor,
+        pixel_values: Tensor | None = None,
+        max_new_tokens: int = 20,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        attention_mask: Tensor | None = None,
+        eos_id: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Answer a prompt; returns only the new tokens, LongTensor (B, T_new).
+
+        The prompt (usually ending with "ASSISTANT:") is embedded with its image features and
+        continued by :meth:`DecoderLM.generate` with a KV cache: greedy at ``temperature=0``,
+        else temperature / top-k / top-p sampling. Right-padded prompts need
+        ``attention_mask``; rows stop at ``eos_id`` (default the LM's).
+        """
+        embeds, _ = self.embed_inputs(input_ids, pixel_values)
+        return self.lm.generate(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            eos_id=eos_id,
+            generator=generator,
+        )
+
+    # -- Hugging Face interop ---------------------------------------------------
+
+    @classmethod
+    def from_hf(cls, model: nn.Module) -> LLaVA:
+        """Copy a ``transformers.LlavaForConditionalGeneration`` with a CLIP vision tower and a
+        Llama language model: ``model(input_ids, pixel_values, attention_mask).logits`` then
+        equal HF's. Works with both the transformers >= 4.52 layout (``model.language_model``)
+        and the older one (``language_model.model``)."""
+        hc = getattr(model, "config", None)
+        if hc is None or getattr(hc, "model_type", None) != "llava":
+            raise TypeError(
+                "LLaVA.from_hf: expected a transformers "
+                f"LlavaForConditionalGeneration, got {type(model).__name__}"
+            )
+        vc, tc = hc.vision_config, hc.text_config
+        if tc.model_type != "llama":
+            raise ValueError(
+                f"LLaVA.from_hf: only Llama language models are supported, got {tc.model_type!r}"
+            )
+        if vc.model_type not in ("clip_vision_model", "clip"):
+            raise ValueError(
+                f"LLaVA.from_hf: only CLIP vision towers are supported, got {vc.model_type!r}"
+            )
+        act = _HF_ACTS.get(vc.hidden_act)
+        proj_act = _HF_ACTS.get(hc.projector_hidden_act)
+        if act is None or proj_act is None:
+            raise ValueError(
+                f"LLaVA.from_hf: unsupported activation (vision {vc.hidden_act!r},"
+                f" projector {hc.projector_hidden_act!r})"
+            )
+        sd = model.state_dict()
+        prefix = _find_prefixes(sd)
+
+        # language model: DecoderLM.from_hf on a LlamaForCausalLM-shaped view of the weights
+        lm_sd = {
+            "model." + k[len(prefix["lm"]) :]: v
+            for k, v in sd.items()
+            if k.startswith(prefix["lm"])
+        }
+        if prefix["head"] in sd:
+            lm_sd["lm_head.weight"] = sd[prefix["head"]]
+        lm = DecoderLM.from_hf(_HFView(tc, lm_sd))
+
+        layer = hc.vision_feature_layer
+        cfg = LlavaConfig(
+            vision=clip_vision_config(
+                image_size=vc.image_size,
+                patch_size=vc.patch_size,
+                in_chans=vc.num_channels,
+                dim=vc.hidden_size,
+                depth=vc.num_hidden_layers,
+                num_heads=vc.num_attention_heads,
+                mlp_hidden=vc.intermediate_size,
+                mlp_ratio=vc.intermediate_size / vc.hidden_size,
+                act=act,
+                eps=vc.layer_norm_eps,
+            ),
+            text=lm.config,
+            projector_type="mlp2x_gelu",
+            projector_act=proj_act,
+            projector_bias=bool(getattr(hc, "multimodal_projector_bias", True)),
+            vision_feature_layer=list(layer) if isinstance(layer, (list, tuple)) else int(layer),
+            vision_feature_select_strategy=hc.vision_feature_select_strategy,
+            image_token_id=int(
+                getattr(hc, "image_token_id", None)
+                if getattr(hc, "image_token_id", None) is not None
+                else hc.image_token_index
+            ),
+        )
+        v = {k[len(prefix["vision"]) :]: t for k, t in sd.items() if k.startswith(prefix["vision"])}
+        vision_sd = vision_state_from_hf(v, vc.num_hidden_layers)
+        proj_sd = {
+            f"fc{i}.{p}": sd[f"{prefix['projector']}linear_{i}.{p}"]
+            for i in (1, 2)
+            for p in ("weight", "bias")
+            if f"{prefix['projector']}linear_{i}.{p}" in sd
+        }
+
+        with torch.device("meta"):  # no time spent on a random init that is overwritten
+            llava = cls(cfg)
+        llava.lm = lm
+        llava.vision_tower.load_state_dict(vision_sd, strict=True, assign=True)
+        llava.projector.load_state_dict(proj_sd, strict=True, assign=True)
+        dtype = next(model.parameters()).dtype
+        return llava.to(dtype).train(model.training)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> LLaVA:
+        """Load e.g. ``"llava-hf/llava-1.5-7b-hf"`` with ``transformers`` and copy it (needs the
+        network the first time, or a local folder written by ``save_pretrained``)."""
+        try:
+            from transformers import LlavaForConditionalGeneration
+        except ImportError as e:
+            raise RuntimeError(
+                "LLaVA.from_pretrained needs transformers: pip install transformers"
+            ) from e
+        try:
+            hf = LlavaForConditionalGeneration.from_pretrained(name_or_path, **kwargs)
+        except Exception as e:  # noqa: BLE001 - re-raised with advice, the cause attached
+            raise RuntimeError(
+                f"LLaVA.from_pretrained: could not load {name_or_path!r} with transformers "
+                f"({type(e).__name__}: {e}). Check the name (e.g. 'llava-hf/llava-1.5-7b-hf'), "
+                "download it once while online, or pass a local folder."
+            ) from e
+        return cls.from_hf(hf.eval())
+
+
+class _HFView:
+    """Just enough of a ``LlamaForCausalLM`` (config, state_dict, parameters) for
+    :meth:`DecoderLM.from_hf`."""
+
+    def __init__(self, config: Any, state: dict[str, Tensor]) -> None:
+        self.config, self._state = config, state
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return self._state
+
+    def parameters(self):
+        return iter(self._state.values())
+
+
+def _find_prefixes(sd: dict[str, Tensor]) -> dict[str, str]:
+    """Key prefixes of the parts in a LLaVA state dict (transformers 4.x or 5.x layout)."""
+    layouts = [
+        dict(vision="model.vision_tower.", projector="model.multi_modal_projector.",
+             lm="model.language_model.", head="lm_head.weight"),
+        dict(vision="vision_tower.", projector="multi_modal_projector.",
+             lm="language_model.model.", head="language_model.lm_head.weight"),
+    ]  # fmt: skip
+    for lay in layouts:
+        if f"{lay['lm']}embed_tokens.weight" in sd and f"{lay['projector']}linear_1.weight" in sd:
+            for sub in ("", "vision_model."):  # CLIPVisionModel nests vision_model in 4.x
+                if f"{lay['vision']}{sub}embeddings.class_embedding" in sd:
+                    return {**lay, "vision": lay["vision"] + sub}
+            raise ValueError(
+                "LLaVA.from_hf: expected a CLIP vision tower (no "
+                f"{lay['vision']}embeddings.class_embedding)"
+            )
+    raise ValueError(
+        "LLaVA.from_hf: unrecognised state dict layout (keys start with "
+        f"{sorted({k.split('.')[0] for k in sd})})"
+    )
+
+
+# ---------------------------------------------------------------------------
+# Presets
+# ---------------------------------------------------------------------------
+
+_PRESETS: dict[str, dict[str, Any]] = {
+    # shapes world: clip_tiny's ViT (64 px, 64 patches -> N = 64 image tokens), lm_tiny's LM
+    # (dim 128, 4 layers, GQA 4/2 heads); vocab_size = len(shapes_tokenizer()) unless overridden
+    "llava_tiny": dict(vision=asdict(_tiny_vision()), text=dict(TINY)),
+    # LLaVA-1.5-7B (§3.2, Table 1): CLIP ViT-L/14 at 336 px (N = 576), Vicuna-7B (Llama-2-7B
+    # shape, vocabulary 32,064 in llava-hf with <image> = 32000, pad = 32001), MLP projector
+    "llava_1_5_7b": dict(
+        vision=asdict(
+            clip_vision_config(
+                image_size=336, patch_size=14, dim=1024, depth=24, num_heads=16, mlp_hidden=4096
+            )
+        ),
+        text=dict(
+            TINY,
+            vocab_size=32064,
+            dim=4096,
+            depth=32,
+            num_heads=32,
+            num_kv_heads=32,
+            mlp_hidden=11008,
+            max_len=4096,
+            eps=1e-5,
+            pad_id=32001,
+            bos_id=1,
+            eos_id=2,
+        ),
+        image_token_id=32000,
+    ),
+}
+
+_TOP_FIELDS = {f.name for f in fields(LlavaConfig)} - {"vision", "text"}
+
+
+def _preset_config(name: str, overrides: dict[str, Any]) -> LlavaConfig:
+    """Preset ``name`` with flat overrides: LlavaConfig fields, ``vision_<field>``,
+    ``text_<field>``, and the shortcuts ``vocab_size`` and ``image_size``."""
+    preset = _PRESETS[name]
+    top = {k: v for k, v in preset.items() if k not in ("vision", "text")}
+    vision, text = dict(preset["vision"]), dict(preset["text"])
+    if (
+        name == "llava_tiny"
+        and "vocab_size" not in overrides
+        and "text_vocab_size" not in overrides
+    ):
+        from minivlm.data.tokenizer import shapes_tokenizer
+
+        text["vocab_size"] = len(shapes_tokenizer())
+    for key, value in overrides.items():
+        if key in _TOP_FIELDS:
+            top[key] = value
+        elif key.startswith("vision_") and key[7:] in ViTConfig.__dataclass_fields__:
+            vision[key[7:]] = value
+        elif key.startswith("text_"):
+            text[key[5:]] = value
+        elif key == "vocab_size":
+            text[key] = value
+        elif key == "image_size":
+            vision[key] = value
+        else:
+            raise ValueError(
+                f"{name}: unknown override {key!r}; expected a LlavaConfig field "
+                f"{sorted(_TOP_FIELDS)}, vision_<ViTConfig field>, "
+                "text_<LMConfig field>, vocab_size or image_size"
+            )
+    try:
+        return LlavaConfig(vision=ViTConfig(**vision), text=LMConfig(**text), **top)
+    except TypeError as e:
+        raise ValueError(f"{name}: bad override ({e})") from e
+
+
+def _make_factory(name: str):
+    def factory(**overrides: Any) -> LLaVA:
+        return LLaVA(_preset_config(name, overrides))
+
+    factory.__name__ = name
+    factory.__doc__ = (
+        f"LLaVA preset {name!r}. Overrides: LlavaConfig fields, vision_<field>, "
+        "text_<field>, vocab_size, image_size."
+    )
+    return factory
+
+
+for _name in _PRESETS:
+    register_model(_name)(_make_factory(_name))
