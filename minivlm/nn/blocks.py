@@ -182,6 +182,52 @@ class TransformerBlock(nn.Module):
         self.last_attn: Tensor | None = None
         self.last_cross_attn: Tensor | None = None
 
+    # The three sub-layers, each with its residual connection and norm. ``forward`` chains
+    # them; a model that routes positions differently (BLIP-2's Q-Former: only the query
+    # positions cross-attend, queries and text have their own MLPs) calls them one by one.
+
+    def self_attention_step(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        need_weights: bool = False,
+        rope: tuple[Tensor, Tensor] | None = None,
+        kv_cache: KVCache | None = None,
+    ) -> Tensor:
+        """Self-attention sub-layer: (B, T, D) -> (B, T, D)."""
+        if self.prenorm:
+            a, self.last_attn = self.attn(self.norm1(x), mask=mask, need_weights=need_weights,
+                                          rope=rope, kv_cache=kv_cache)
+            return x + self.drop(a)
+        a, self.last_attn = self.attn(x, mask=mask, need_weights=need_weights, rope=rope,
+                                      kv_cache=kv_cache)
+        return self.norm1(x + self.drop(a))
+
+    def cross_attention_step(
+        self,
+        x: Tensor,
+        context: Tensor,
+        context_mask: Tensor | None = None,
+        need_weights: bool = False,
+    ) -> Tensor:
+        """Cross-attention sub-layer: x (B, T, D) reads context (B, S, kv_dim) -> (B, T, D)."""
+        if not self.cross_attention:
+            raise ValueError("TransformerBlock: this block was built without cross_attention")
+        if self.prenorm:
+            c, self.last_cross_attn = self.cross_attn(self.norm_cross(x), context,
+                                                      mask=context_mask,
+                                                      need_weights=need_weights)
+            return x + self.drop(c)
+        c, self.last_cross_attn = self.cross_attn(x, context, mask=context_mask,
+                                                  need_weights=need_weights)
+        return self.norm_cross(x + self.drop(c))
+
+    def mlp_step(self, x: Tensor) -> Tensor:
+        """Feed-forward sub-layer: (B, T, D) -> (B, T, D)."""
+        if self.prenorm:
+            return x + self.drop(self.mlp(self.norm2(x)))
+        return self.norm2(x + self.drop(self.mlp(x)))
+
     def forward(
         self,
         x: Tensor,
@@ -197,21 +243,7 @@ class TransformerBlock(nn.Module):
             raise ValueError(
                 "TransformerBlock: this block has cross-attention; pass context=(B, S, kv_dim)"
             )
-        if self.prenorm:
-            a, self.last_attn = self.attn(self.norm1(x), mask=mask, need_weights=need_weights,
-                                          rope=rope, kv_cache=kv_cache)
-            x = x + self.drop(a)
-            if self.cross_attention:
-                c, self.last_cross_attn = self.cross_attn(self.norm_cross(x), context,
-                                                          mask=context_mask,
-                                                          need_weights=need_weights)
-                x = x + self.drop(c)
-            return x + self.drop(self.mlp(self.norm2(x)))
-        a, self.last_attn = self.attn(x, mask=mask, need_weights=need_weights, rope=rope,
-                                      kv_cache=kv_cache)
-        x = self.norm1(x + self.drop(a))
+        x = self.self_attention_step(x, mask, need_weights, rope, kv_cache)
         if self.cross_attention:
-            c, self.last_cross_attn = self.cross_attn(x, context, mask=context_mask,
-                                                      need_weights=need_weights)
-            x = self.norm_cross(x + self.drop(c))
-        return self.norm2(x + self.drop(self.mlp(x)))
+            x = self.cross_attention_step(x, context, context_mask, need_weights)
+        return self.mlp_step(x)
