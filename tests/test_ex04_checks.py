@@ -1,0 +1,350 @@
+"""Exercise 04 (BLIP-2) checks: right solutions pass; deliberately broken ones fail with a message
+that names the mistake; the instructor source passes every check and its generated student
+version fails them as "not attempted"."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+import torch.nn.functional as F
+
+from minivlm.grading import check, get_check, list_checks
+from minivlm.grading.student import generate_student, make_student, read_source
+from minivlm.models.blip2 import itc_similarity, qformer_masks
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE = ROOT / "exercises" / "04_qformer_masks.ipynb"
+EXERCISE = "04_qformer_masks"
+SEED = 1234
+
+
+# ----------------------------------------------------------------------------- masks
+def blocks(Q, T, *, qq=True, qt=False, tq=True, tt="causal", diag=0, text_first=False,
+           dtype=torch.bool, transpose=False, invert=False):
+    """A learner-style mask from its four blocks, filled with slices."""
+    n = Q + T
+    m = torch.zeros(n, n, dtype=torch.bool)
+    q = slice(T, n) if text_first else slice(0, Q)
+    t = slice(0, T) if text_first else slice(Q, n)
+    m[q, q] = qq
+    m[q, t] = qt
+    m[t, q] = tq
+    if tt == "causal":
+        m[t, t] = torch.ones(T, T, dtype=torch.bool).tril(diagonal=diag)
+    else:
+        m[t, t] = tt
+    if transpose:
+        m = m.T
+    if invert:
+        m = ~m
+    return m.to(dtype)
+
+
+def itc_blocks(Q, T, **kw):
+    return blocks(Q, T, **{"tq": False, "tt": True, **kw})
+
+
+def itg_by_tril(Q, T):  # a right ITG: causal over everything, then the query rows fixed
+    m = torch.ones(Q + T, Q + T, dtype=torch.bool).tril()
+    m[:Q] = False
+    m[:Q, :Q] = True
+    return m
+
+
+def itc_by_compare(Q, T):  # a right ITC: "same modality"
+    is_q = torch.arange(Q + T) < Q
+    return is_q[:, None] == is_q[None, :]
+
+
+def itc_block_diag(Q, T):  # a right ITC with torch.block_diag (works for T = 0 too)
+    return torch.block_diag(torch.ones(Q, Q), torch.ones(T, T)).bool()
+
+
+def itg_arith(Q, T):  # a right ITG from index arithmetic
+    i = torch.arange(Q + T)[:, None]
+    j = torch.arange(Q + T)[None, :]
+    return ((i < Q) & (j < Q)) | ((i >= Q) & (j <= i))
+
+
+def itm_squeezed(Q, T):  # (Q+T, Q+T) ones built from a (1, n) row: right
+    return torch.ones(1, Q + T, dtype=torch.bool).expand(Q + T, -1)
+
+
+# ----------------------------------------------------------------------------- ITC score
+def make_score(*, reduce="max", norm=True, norm_text=True, out="ij", scale=1.0, via="einsum",
+               squeeze=False, float32=False, detach=False):
+    def itc_score(query_embeds, text_embeds):
+        q, t = query_embeds, text_embeds
+        B, Qn, D = q.shape
+        if via == "view":  # flattens the queries with .view: fails on non-contiguous input
+            q = q.view(B * Qn, D)
+        if float32:
+            q, t = q.float(), t.float()
+        if norm:
+            q = q / q.norm(dim=-1, keepdim=True)
+        if norm_text:
+            t = t / t.norm(dim=-1, keepdim=True)
+        if detach:
+            q = q.detach()
+        if via == "matmul":  # (B_i, Q, D) @ (D, B_t) -> (B_i, Q, B_t)
+            sim = (q @ t.T).permute(0, 2, 1)  # (B_i, B_t, Q)
+        elif via == "view":
+            sim = (q @ t.T).view(B, Qn, -1).permute(0, 2, 1)
+        elif via == "loop":
+            sim = torch.stack([torch.stack([q[i] @ t[j] for j in range(t.shape[0])])
+                               for i in range(q.shape[0])])  # (B_i, B_t, Q)
+        else:
+            sim = torch.einsum("iqd,jd->ijq", q, t)
+        if reduce == "max":
+            s = sim.max(dim=-1).values
+        elif reduce == "amax":
+            s = sim.amax(dim=-1)
+        elif reduce == "mean":
+            s = sim.mean(dim=-1)
+        elif reduce == "max_d":  # max over D of the elementwise products, then over Q
+            s = (q[:, None] * t[None, :, None]).amax(-1).amax(-1)
+        elif reduce == "max_texts":
+            s = (q @ t.T).max(dim=-1).values  # (B_i, Q)
+        elif reduce == "max_images":
+            s = sim.max(dim=0).values  # (B_t, Q)
+        s = s * scale
+        if out == "ji":
+            s = s.T
+        return s.squeeze() if squeeze else s
+
+    return itc_score
+
+
+def score_cosine_similarity(query_embeds, text_embeds):  # right, with F.cosine_similarity
+    sim = F.cosine_similarity(query_embeds[:, None], text_embeds[None, :, None], dim=-1)
+    return sim.max(dim=-1).values  # (B_i, B_t)
+
+
+def score_via_library(query_embeds, text_embeds):
+    return itc_similarity(F.normalize(query_embeds, dim=-1), F.normalize(text_embeds, dim=-1))
+
+
+RIGHT = [
+    ("itc_mask", lambda Q, T: qformer_masks(Q, T)["itc"]),
+    ("itc_mask", itc_blocks),
+    ("itc_mask", itc_by_compare),
+    ("itc_mask", itc_block_diag),
+    ("itm_mask", lambda Q, T: qformer_masks(Q, T)["itm"]),
+    ("itm_mask", lambda Q, T: torch.ones(Q + T, Q + T, dtype=torch.bool)),
+    ("itm_mask", lambda Q, T: torch.ones(Q + T, Q + T) > 0),
+    ("itm_mask", itm_squeezed),
+    ("itg_mask", lambda Q, T: qformer_masks(Q, T)["itg"]),
+    ("itg_mask", blocks),
+    ("itg_mask", itg_by_tril),
+    ("itg_mask", itg_arith),
+    ("itc_score", score_via_library),
+    ("itc_score", make_score()),
+    ("itc_score", make_score(reduce="amax", via="matmul")),
+    ("itc_score", make_score(via="loop")),
+    ("itc_score", score_cosine_similarity),
+]
+
+
+@pytest.mark.parametrize("name,fn", RIGHT, ids=[f"{n}-{i}" for i, (n, _) in enumerate(RIGHT)])
+def test_right_solutions_pass(name, fn):
+    r = check(name, fn, seed=SEED)
+    assert r.passed, str(r)
+    assert r.points == r.max_points == get_check(name).points
+    assert r.status == "passed"
+
+
+def test_references_are_the_library_functions():
+    """The mask checks' references are qformer_masks; the score's is itc_similarity on
+    normalised inputs, without a temperature (values are cosines in [-1, 1])."""
+    for Q, T in ((4, 6), (1, 1), (5, 0)):
+        masks = qformer_masks(Q, T)
+        for kind in ("itc", "itm", "itg"):
+            got = get_check(f"{kind}_mask").resolve_reference()(Q, T)
+            assert got.dtype == torch.bool and torch.equal(got, masks[kind])
+    g = torch.Generator().manual_seed(0)
+    q, t = torch.randn(3, 4, 8, generator=g) * 5, torch.randn(2, 8, generator=g) * 5
+    ref = get_check("itc_score").resolve_reference()(q, t)
+    manual = torch.tensor([[max(F.cosine_similarity(q[i, k], t[j], dim=0).item()
+                                for k in range(4)) for j in range(2)] for i in range(3)])
+    assert ref.shape == (3, 2) and torch.allclose(ref, manual, atol=1e-6)
+    assert ref.abs().max() <= 1
+
+
+# (check, broken function, words the message must contain)
+BROKEN = [
+    # ITC mask
+    ("itc_mask", lambda Q, T: itc_blocks(Q, T, tq=True),
+     ["entries differ", "the text can see the queries"]),
+    ("itc_mask", lambda Q, T: itc_blocks(Q, T, qt=True),
+     ["entries differ", "the queries can see the text"]),
+    ("itc_mask", lambda Q, T: itc_blocks(Q, T, qt=True, tq=True), ["that is the ITM mask"]),
+    ("itc_mask", lambda Q, T: itc_blocks(Q, T, tt=False), ["only the query block"]),
+    ("itc_mask", lambda Q, T: itc_blocks(Q, T, tt="causal"), ["the text part is causal"]),
+    ("itc_mask", lambda Q, T: itc_blocks(Q, T, invert=True), ["inverted", "may attend"]),
+    ("itc_mask", lambda Q, T: itc_blocks(Q, T, text_first=True),
+     ["layout is [queries; text]", "text first"]),
+    ("itc_mask", lambda Q, T: itc_blocks(Q, T, dtype=torch.float32),
+     ["dtype float32 but expected bool", "dtype=torch.bool"]),
+    ("itc_mask", lambda Q, T: itc_blocks(Q, T, dtype=torch.long),
+     ["dtype int64 but expected bool"]),
+    ("itc_mask", lambda Q, T: torch.ones(Q, T, dtype=torch.bool),
+     ["output shape (4, 6) but expected (10, 10)", "square"]),
+    ("itc_mask", lambda Q, T: torch.block_diag(torch.ones(Q, Q), torch.ones(T, T)),
+     ["dtype float32 but expected bool"]),
+    # ITM mask
+    ("itm_mask", lambda Q, T: torch.ones(Q + T, Q + T),
+     ["dtype float32 but expected bool", "dtype=torch.bool"]),
+    ("itm_mask", lambda Q, T: torch.zeros(Q + T, Q + T, dtype=torch.bool),
+     ["100 of 100 entries differ", "inverted"]),
+    ("itm_mask", itc_blocks, ["that is the ITC mask"]),
+    ("itm_mask", blocks, ["that is the ITG mask"]),
+    ("itm_mask", lambda Q, T: torch.ones(Q, Q, dtype=torch.bool),
+     ["output shape (4, 4)", "not (Q, Q)"]),
+    # ITG mask
+    ("itg_mask", lambda Q, T: blocks(Q, T, diag=-1),
+     ["entries differ", "off by one", "attend to itself"]),
+    ("itg_mask", lambda Q, T: blocks(Q, T, diag=1), ["off by one", "into the future"]),
+    ("itg_mask", lambda Q, T: blocks(Q, T, qt=True), ["the queries can see the text",
+                                                      "information leak"]),
+    ("itg_mask", lambda Q, T: torch.ones(Q + T, Q + T, dtype=torch.bool).tril(),
+     ["plain causal mask", "queries see all queries"]),
+    ("itg_mask", lambda Q, T: blocks(Q, T, tq=False), ["the text cannot see the queries"]),
+    ("itg_mask", lambda Q, T: blocks(Q, T, tt=True), ["the text is bi-directional"]),
+    ("itg_mask", lambda Q, T: blocks(Q, T, transpose=True), ["transposed"]),
+    ("itg_mask", lambda Q, T: blocks(Q, T, invert=True), ["inverted"]),
+    ("itg_mask", lambda Q, T: blocks(Q, T, text_first=True), ["layout is [queries; text]"]),
+    ("itg_mask", lambda Q, T: blocks(Q, T, dtype=torch.float32),
+     ["dtype float32 but expected bool", "dtype=torch.bool"]),
+    ("itg_mask", lambda Q, T: qformer_masks(Q, T)["itm"], ["that is the ITM mask"]),
+    # ITC score
+    ("itc_score", make_score(reduce="mean"), ["values differ", "averaged over the queries",
+                                              "max"]),
+    ("itc_score", make_score(reduce="max_d"), ["values differ", "max over the embedding axis"]),
+    ("itc_score", make_score(reduce="max_texts"),
+     ["output shape (5, 4) but expected (5, 3) = (B_img, B_txt)", "max over the texts"]),
+    ("itc_score", make_score(reduce="max_images"),
+     ["output shape (3, 4) but expected (5, 3)", "max over the images"]),
+    ("itc_score", make_score(norm=False, norm_text=False), ["values differ", "not normalised"]),
+    ("itc_score", make_score(norm_text=False), ["values differ", "normalise the text"]),
+    ("itc_score", make_score(out="ji"), ["output shape (3, 5) but expected (5, 3)",
+                                         "(B_txt, B_img)"]),
+    ("itc_score", make_score(scale=1 / 0.07), ["values differ", "temperature"]),
+    ("itc_score", make_score(squeeze=True), ["output shape", "B_img = 1", ".squeeze()"]),
+    ("itc_score", make_score(via="view"), ["raised RuntimeError", "not .view"]),
+    ("itc_score", make_score(float32=True), ["dtype float32 but expected float64"]),
+    ("itc_score", make_score(detach=True), ["values match",
+                                            "does not depend on query_embeds"]),
+]
+
+
+@pytest.mark.parametrize("name,fn,words", BROKEN,
+                         ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(BROKEN)])
+def test_broken_solutions_fail_with_a_pointed_message(name, fn, words):
+    r = check(name, fn, seed=SEED)
+    assert not r.passed and r.points == 0, str(r)
+    assert r.status in ("failed", "raised"), str(r)
+    for w in words:
+        assert w in r.message, f"{w!r} not in:\n{r.message}"
+    r2 = check(name, fn, seed=SEED + 1)  # other random inputs trip the same mistake
+    assert not r2.passed and _kind(r2.summary) == _kind(r.summary), (r.summary, r2.summary)
+
+
+def _kind(summary: str) -> str:
+    """'values differ', 'output shape', 'dtype float32', ...: the summary without numbers."""
+    return " ".join(summary.split(":")[0].split()[:3])
+
+
+def test_square_and_tiny_batches_are_checked_too():
+    """A transposed score is caught on a square batch by its values; the mask checks include
+    Q = 1, T = 1 and T = 0, and the score check B = 1 and Q = 1."""
+    chk = get_check("itc_score")
+    cases = list(chk.cases(torch.Generator().manual_seed(0)))
+    shapes = [(tuple(c.args[0].shape), tuple(c.args[1].shape)) for c in cases]
+    assert any(q[0] == t[0] for q, t in shapes)  # a square batch
+    assert any(q[0] != t[0] for q, t in shapes)  # non-square batches
+    assert any(q[1] == 1 for q, _ in shapes)  # Q = 1
+    assert any(q[0] == 1 for q, _ in shapes) and any(t[0] == 1 for _, t in shapes)  # B = 1
+    square = next(c for c in cases if c.args[0].shape[0] == c.args[1].shape[0])
+    got = make_score(out="ji")(*square.args)
+    ref = chk.resolve_reference()(*square.args)
+    assert got.shape == ref.shape and not torch.allclose(got, ref)
+    for kind in ("itc", "itm", "itg"):
+        sizes = [c.args for c in get_check(f"{kind}_mask").cases(torch.Generator())]
+        assert (1, 1) in sizes and any(q == 1 for q, _ in sizes)
+        assert any(t == 1 for _, t in sizes) and any(t == 0 for _, t in sizes)
+
+
+def test_an_unknown_mask_mistake_names_the_block():
+    def leaks_one_entry(Q, T):  # right, except that the last text token sees the first query
+        m = itc_blocks(Q, T)
+        m[-1, 0] = True
+        return m
+
+    r = check("itc_mask", leaks_one_entry, seed=SEED)
+    assert not r.passed and "1 of 100 entries differ" in r.message
+    assert "text rows x query columns block" in r.message, r.message
+
+
+def test_an_unknown_score_mistake_gets_a_hint():
+    def min_over_queries(query_embeds, text_embeds):
+        q, t = F.normalize(query_embeds, dim=-1), F.normalize(text_embeds, dim=-1)
+        return torch.einsum("iqd,jd->ijq", q, t).amin(dim=-1)
+
+    r = check("itc_score", min_over_queries, seed=SEED)
+    assert not r.passed and "*largest*" in r.message, r.message
+
+    def dot_scaled(query_embeds, text_embeds):  # unnormalised dot product, halved
+        return torch.einsum("iqd,jd->ijq", query_embeds, text_embeds).amax(-1) / 2
+
+    r = check("itc_score", dot_scaled, seed=SEED)
+    assert not r.passed and "lie in [-1, 1]" in r.message, r.message
+
+
+def test_exercise_04_registers_its_checks():
+    names = [c.name for c in list_checks(EXERCISE)]
+    assert names == ["itc_mask", "itm_mask", "itg_mask", "itc_score"]
+    assert sum(c.points for c in list_checks(EXERCISE)) == 7
+    assert get_check("itc_score").grad
+
+
+# ----------------------------------------------------------------------------- the notebooks
+def _defined_functions(nb: nbformat.NotebookNode) -> dict:
+    """Run the import cell and the cells that define functions (not demos, not checks)."""
+    ns: dict = {}
+    for c in nb.cells:
+        if c.cell_type != "code" or "solution" in c.metadata.get("tags", []):
+            continue
+        if c.id == "imports" or c.source.lstrip().startswith("def "):
+            exec(compile(c.source, f"<{c.id}>", "exec", dont_inherit=True), ns)
+    return ns
+
+
+def test_source_passes_all_checks_and_student_fails_them_cleanly():
+    src = read_source(SOURCE)
+    student, _ = make_student(src, source_name=SOURCE.name, exercise=EXERCISE)
+    src_ns, stu_ns = _defined_functions(src), _defined_functions(student)
+    checks = list_checks(EXERCISE)
+    assert len(checks) == 4
+    sources = "\n".join(c.source for c in src.cells if c.cell_type == "code")
+    for chk in checks:
+        assert f'check("{chk.name}", {chk.function})' in sources  # the notebook checks it
+        good = check(chk.name, src_ns[chk.function])
+        assert good.passed, str(good)
+        todo = check(chk.name, stu_ns[chk.function])
+        assert todo.status == "not attempted" and todo.points == 0, str(todo)
+    stu_code = "\n".join(c.source for c in student.cells if c.cell_type == "code")
+    assert "BEGIN SOLUTION" not in stu_code
+    for solution in ("is_query[:, None]", ".tril()", "amax(dim=-1)", "F.normalize(query_embeds"):
+        assert solution not in stu_code, solution
+    for signature in ("def itc_mask(num_query", "def itm_mask(num_query",
+                      "def itg_mask(num_query", "def itc_score(query_embeds"):
+        assert signature in stu_code
+    assert "qformer_masks_by_blocks" not in stu_code  # the solution-tagged cell is dropped
+
+
+def test_committed_student_notebook_is_up_to_date():
+    assert generate_student(SOURCE, check=True).status == "unchanged", (
+        "run `python -m minivlm student exercises/04_qformer_masks.ipynb`")
