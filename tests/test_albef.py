@@ -378,6 +378,10 @@ def test_gradcam_shape_non_negative_and_zero_on_padding():
     torch.testing.assert_close(model.gradcam(**b, layer=-1), manual.detach(), atol=1e-7, rtol=1e-4)
     with pytest.raises(ValueError, match="fusion layers"):
         model.gradcam(**b, layer=2)
+    # in the last fusion layer only the [CLS] row reaches the ITM head: word maps are zero
+    # there, so the default must pick an earlier layer whose word maps are not
+    assert (model.gradcam(**b, layer=-1)[:, 1:] == 0).all()
+    assert model.gradcam(**b)[:, 1:].sum() > 0
 
 
 # --------------------------------------------------------------------------- presets and errors

@@ -605,14 +605,15 @@ class ALBEF(nn.Module):
         """Grad-CAM on cross-attention (ALBEF §5's visualisation), (B, T, N) with N patches.
 
         For fusion layer ``layer`` (index among the fusion layers, default the 3rd = BERT
-        layer 8 as in the paper, or the last one if there are fewer), take its
+        layer 8 as in the paper; with 3 or fewer fusion layers the second-to-last, because in the
+        last one only the [CLS] row reaches the ITM head and every word's map is zero), take its
         cross-attention maps A (B, H, T, 1+N) and the gradient of the ITM "match" logit
         w.r.t. them; the map is the mean over heads of ``A · relu(∂score/∂A)`` on the patch
         columns, zero on padded text rows. Entry [b, t, n]: how much word t's attention to
         patch n raises the matching score. Parameter gradients are not touched.
         """
         nf = self.config.num_fusion_layers
-        layer = min(2, nf - 1) if layer is None else layer
+        layer = min(2, max(0, nf - 2)) if layer is None else layer
         if not -nf <= layer < nf:
             raise ValueError(
                 f"ALBEF.gradcam: layer must index one of the {nf} fusion layers "
