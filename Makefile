@@ -25,6 +25,7 @@ lab: $(STAMP)
 test: $(STAMP) browser
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest tests -q
+	$(PY) -m minivlm zoo build
 	$(PY) -m pytest --nbval-lax notebooks -q -p no:cacheprovider
 
 lint: $(STAMP)
@@ -33,7 +34,9 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(PY) -m pytest tests -q
 
+## the BLIP-2 and LLaVA notebooks use the cached zoo components; build them first (~50 s once)
 notebooks: $(STAMP)
+	$(PY) -m minivlm zoo build
 	$(PY) -m pytest --nbval-lax notebooks -q
 
 ## make student: regenerate student exercise notebooks (refuses to overwrite learner work)
