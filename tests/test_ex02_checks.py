@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nbformat
 import pytest
 import torch
 import torch.nn.functional as F
+from exercise_helpers import assert_source_passes_student_fails
 
 from minivlm.grading import check, get_check, list_checks
-from minivlm.grading.student import generate_student, make_student, read_source
+from minivlm.grading.student import generate_student
 from minivlm.models.vilt import build_single_stream_input as lib_build
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,31 +142,8 @@ def test_exercise_02_registers_its_checks():
 
 
 # ----------------------------------------------------------------------------- the notebooks
-def _defined_functions(nb: nbformat.NotebookNode) -> dict:
-    """Run the import cell and the cells that define functions (not demos, not checks)."""
-    ns: dict = {}
-    for c in nb.cells:
-        if c.cell_type != "code" or "solution" in c.metadata.get("tags", []):
-            continue
-        if c.id == "imports" or c.source.lstrip().startswith("def "):
-            exec(compile(c.source, f"<{c.id}>", "exec", dont_inherit=True), ns)
-    return ns
-
-
 def test_source_passes_all_checks_and_student_fails_them_cleanly():
-    src = read_source(SOURCE)
-    student, _ = make_student(src, source_name=SOURCE.name, exercise=EXERCISE)
-    src_ns, stu_ns = _defined_functions(src), _defined_functions(student)
-    checks = list_checks(EXERCISE)
-    assert len(checks) == 2
-    sources = "\n".join(c.source for c in src.cells if c.cell_type == "code")
-    for chk in checks:
-        assert f'check("{chk.name}", {chk.function})' in sources  # the notebook checks it
-        good = check(chk.name, src_ns[chk.function])
-        assert good.passed, str(good)
-        todo = check(chk.name, stu_ns[chk.function])
-        assert todo.status == "not attempted" and todo.points == 0, str(todo)
-    stu_code = "\n".join(c.source for c in student.cells if c.cell_type == "code")
+    stu_code = assert_source_passes_student_fails(SOURCE, EXERCISE, 2)
     assert "BEGIN SOLUTION" not in stu_code and "torch.cat([text" not in stu_code
     assert "def build_single_stream_input(text_embeds" in stu_code
     assert "def itm_loss(pos_logits" in stu_code
