@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from minivlm.models.vilt import mask_tokens
 from minivlm.nn.text import BertEncoder, BertMLMHead, TextConfig, TextOutput
 from minivlm.nn.vit import ViT, ViTConfig
-from minivlm.registry import register_model
+from minivlm.registry import register_model, split_overrides
 
 Tensor = torch.Tensor
 
@@ -804,35 +804,10 @@ def _preset_config(name: str, overrides: dict[str, Any]) -> ALBEFConfig:
     """Preset ``name`` with flat overrides: ALBEFConfig fields (``vocab_size`` included),
     ``vision_<field>``, ``text_<field>``, nested ``vision=``/``text=`` dicts (merged into the
     preset's), and the shortcuts max_len, image_size, patch_size, in_chans."""
-    preset = _PRESETS[name]
-    top = {k: v for k, v in preset.items() if k not in ("vision", "text")}
-    vision, text = dict(preset.get("vision", {})), dict(preset.get("text", {}))
-    for key, value in overrides.items():
-        if key in ("vision", "text"):
-            if hasattr(value, "__dataclass_fields__"):
-                value = {f.name: getattr(value, f.name) for f in fields(value)}
-            if not isinstance(value, dict):
-                raise TypeError(
-                    f"{name}: override {key!r} must be a dict or a config dataclass, "
-                    f"got {type(value).__name__}"
-                )
-            (vision if key == "vision" else text).update(value)
-        elif key in _TOP_FIELDS:
-            top[key] = value
-        elif key.startswith("vision_"):
-            vision[key[len("vision_") :]] = value
-        elif key.startswith("text_"):
-            text[key[len("text_") :]] = value
-        elif key in _TEXT_SHORTCUTS:
-            text[key] = value
-        elif key in _VISION_SHORTCUTS:
-            vision[key] = value
-        else:
-            raise ValueError(
-                f"{name}: unknown override {key!r}; expected an ALBEFConfig field "
-                f"{sorted(_TOP_FIELDS)}, vision_<ViTConfig field>, text_<TextConfig field>, "
-                f"or one of {sorted(_TEXT_SHORTCUTS | _VISION_SHORTCUTS)}"
-            )
+    top, vision, text = split_overrides(
+        name, _PRESETS[name], overrides, config_name="ALBEFConfig", top_fields=_TOP_FIELDS,
+        text_shortcuts=_TEXT_SHORTCUTS, vision_shortcuts=_VISION_SHORTCUTS,
+    )
     try:
         return ALBEFConfig(vision=albef_vision_config(**vision), text=TextConfig(**text), **top)
     except TypeError as e:

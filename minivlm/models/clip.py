@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from minivlm.nn.text import _HF_ACTS, CausalTextEncoder, TextConfig
 from minivlm.nn.vit import ViT, ViTConfig
-from minivlm.registry import register_model
+from minivlm.registry import register_model, split_overrides
 
 Tensor = torch.Tensor
 
@@ -585,40 +585,14 @@ _VISION_SHORTCUTS = {"image_size", "patch_size", "in_chans"}
 def _preset_config(name: str, overrides: dict[str, Any]) -> CLIPConfig:
     """Preset ``name`` with flat overrides: CLIPConfig fields, ``vision_<field>``,
     ``text_<field>``, and the shortcuts vocab_size, max_len, image_size, patch_size."""
-    preset = _PRESETS[name]
-    top = {k: v for k, v in preset.items() if k not in ("vision", "text")}
-    vision, text = dict(preset.get("vision", {})), dict(preset.get("text", {}))
-    for key, value in overrides.items():
-        if key in ("vision", "text"):
-            (vision if key == "vision" else text).update(
-                value if isinstance(value, dict) else _asdict(value, key)
-            )
-        elif key in _TOP_FIELDS:
-            top[key] = value
-        elif key.startswith("vision_"):
-            vision[key[len("vision_") :]] = value
-        elif key.startswith("text_"):
-            text[key[len("text_") :]] = value
-        elif key in _TEXT_SHORTCUTS:
-            text[key] = value
-        elif key in _VISION_SHORTCUTS:
-            vision[key] = value
-        else:
-            raise ValueError(
-                f"{name}: unknown override {key!r}; expected a CLIPConfig field "
-                f"{sorted(_TOP_FIELDS)}, vision_<ViTConfig field>, text_<TextConfig field>, "
-                f"or one of {sorted(_TEXT_SHORTCUTS | _VISION_SHORTCUTS)}"
-            )
+    top, vision, text = split_overrides(
+        name, _PRESETS[name], overrides, config_name="CLIPConfig", top_fields=_TOP_FIELDS,
+        text_shortcuts=_TEXT_SHORTCUTS, vision_shortcuts=_VISION_SHORTCUTS,
+    )
     try:
         return CLIPConfig(vision=clip_vision_config(**vision), text=TextConfig.clip(**text), **top)
     except TypeError as e:
         raise ValueError(f"{name}: bad override ({e})") from e
-
-
-def _asdict(cfg: Any, key: str) -> dict[str, Any]:
-    if not hasattr(cfg, "__dataclass_fields__"):
-        raise TypeError(f"override {key!r}: expected a dict or config dataclass, got {type(cfg)}")
-    return {f.name: getattr(cfg, f.name) for f in fields(cfg)}
 
 
 def _make_factory(name: str) -> Callable[..., CLIP]:
