@@ -114,6 +114,9 @@ def main(out_dir: str) -> None:
     res = train(make_model(), ddp_loader(), TrainConfig(**DDP_CONFIG, progress=False))
     torch.save(res.model.state_dict(), os.path.join(out_dir, f"loader_rank{rank}.pt"))
     torch.save(res.history, os.path.join(out_dir, f"loader_history_rank{rank}.pt"))
+    # every rank must be done with its last collective before any rank tears gloo down;
+    # otherwise a fast rank's teardown can abort the other ('terminate called ...')
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 
