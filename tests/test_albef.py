@@ -15,6 +15,7 @@ from minivlm.models.albef import (
     ema_update_,
     enqueue_,
     mlm_distill_loss,
+    same_pair_mask,
     sample_hard_negatives,
     soft_cross_entropy,
 )
@@ -331,7 +332,7 @@ def test_model_itm_batch_layout_and_duplicate_captions():
                               model.itm_logits(px[ni], ids, am)])  # fmt: skip
     torch.testing.assert_close(out.itm_logits, expected, atol=1e-5, rtol=1e-4)
     # duplicates of a positive are never drawn as its negative
-    exclude = ALBEF._duplicates(ids, am, index)
+    exclude = same_pair_mask(ids, am, index)
     dup = torch.eye(6, dtype=torch.bool)
     dup[0, 3] = dup[3, 0] = dup[1, 5] = dup[5, 1] = True
     assert torch.equal(exclude, dup)

@@ -322,6 +322,23 @@ def sample_hard_negatives(
     return out[0], out[1]
 
 
+def same_pair_mask(input_ids: Tensor, mask: Tensor, index: Tensor | None = None,
+                   where: str = "ALBEF.forward") -> Tensor:
+    """(B, B) True where pair j would also match pair i: the same caption (ids under the
+    mask) or the same image ``index``. Passed as ``exclude`` to :func:`sample_hard_negatives`
+    so that a "negative" is never a copy of the positive (used by ALBEF and BLIP-2)."""
+    ids = input_ids.masked_fill(mask == 0, -1)  # (B, T)
+    same = (ids[:, None, :] == ids[None, :, :]).all(dim=-1)  # (B, B)
+    if index is not None:
+        if index.shape != input_ids.shape[:1]:
+            raise ValueError(
+                f"{where}: expected index of shape ({input_ids.shape[0]},), got "
+                f"{tuple(index.shape)}"
+            )
+        same = same | (index[:, None] == index[None, :]).to(same.device)
+    return same
+
+
 def mlm_distill_loss(
     logits: Tensor, labels: Tensor, soft_labels: Tensor | None = None, alpha: float = 0.0
 ) -> Tensor:
@@ -707,7 +724,7 @@ class ALBEF(nn.Module):
         loss_itm, itm_logits, itm_labels, neg_t, neg_i = zero, None, None, None, None
         if cfg.itm_weight:
             exclude = (
-                self._duplicates(input_ids, mask, index) if cfg.itm_exclude_duplicates else None
+                same_pair_mask(input_ids, mask, index) if cfg.itm_exclude_duplicates else None
             )
             neg_t, neg_i = sample_hard_negatives(sim_i2t, sim_t2i, exclude)  # (B,), (B,)
             # rows: positives (I_i, T_i); (I_i, hard-negative text); (hard-negative image, T_i)
@@ -754,21 +771,6 @@ class ALBEF(nn.Module):
         head = self.mlm_head_m if momentum else self.mlm_head
         hidden = enc(input_ids, mask, encoder_hidden_states=image_embeds).last_hidden_state
         return head(hidden)
-
-    @staticmethod
-    def _duplicates(input_ids: Tensor, mask: Tensor, index: Tensor | None) -> Tensor:
-        """(B, B) True where pair j would also match pair i: the same caption (ids under the
-        mask) or the same image ``index``."""
-        ids = input_ids.masked_fill(mask == 0, -1)  # (B, T)
-        same = (ids[:, None, :] == ids[None, :, :]).all(dim=-1)  # (B, B)
-        if index is not None:
-            if index.shape != input_ids.shape[:1]:
-                raise ValueError(
-                    f"ALBEF.forward: expected index of shape ({input_ids.shape[0]},), got "
-                    f"{tuple(index.shape)}"
-                )
-            same = same | (index[:, None] == index[None, :]).to(same.device)
-        return same
 
 
 # ---------------------------------------------------------------------------

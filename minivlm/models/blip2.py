@@ -44,7 +44,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minivlm.models.albef import sample_hard_negatives
+from minivlm.models.albef import same_pair_mask, sample_hard_negatives
 from minivlm.nn.attention import combine_masks, padding_mask
 from minivlm.nn.blocks import MLP, TransformerBlock, get_activation
 from minivlm.nn.lm import IGNORE_INDEX, DecoderLM, LMConfig
@@ -677,10 +677,7 @@ class Blip2(nn.Module):
         # ---- ITM: queries and text see each other; hard negatives from the ITC similarities
         exclude = None
         if cfg.itm_exclude_duplicates:
-            ids = input_ids.masked_fill(mask == 0, -1)
-            exclude = (ids[:, None] == ids[None]).all(-1)  # (B, B) the same caption
-            if index is not None:
-                exclude = exclude | (index[:, None] == index[None]).to(exclude.device)
+            exclude = same_pair_mask(input_ids, mask, index, where="Blip2.forward")  # (B, B)
         neg_t, neg_i = sample_hard_negatives(sim_i2t, sim_t2i, exclude)  # (B,), (B,)
         ids_all = torch.cat([input_ids, input_ids[neg_t], input_ids])  # (3B, T)
         mask_all = torch.cat([mask, mask[neg_t], mask])
