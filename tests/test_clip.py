@@ -306,6 +306,36 @@ def test_clip_tiny_preset_and_overrides():
     assert "clip_tiny" in minivlm.list_models("clip*")
 
 
+def test_clip_tiny_cnn_preset_convnet_tower():
+    """clip_tiny_cnn: clip_tiny's text tower with a ConvNet image tower (§2.4's ResNets)."""
+    from minivlm.nn.convnet import ConvNet, ConvNetConfig
+
+    model = minivlm.create_model("clip_tiny_cnn", vocab_size=81)
+    assert isinstance(model.image_encoder, ConvNet)
+    assert isinstance(model.config.vision, ConvNetConfig) and model.config.vision.dim == 64
+    assert model.visual_projection.weight.shape == (128, 64)
+    # the pooled feature is the per-channel maximum of the last feature map
+    px = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    fmap = model.image_encoder.features(px)  # (3, 64, 8, 8)
+    assert fmap.shape == (3, 64, 8, 8)
+    torch.testing.assert_close(model.image_encoder(px), fmap.flatten(2).max(-1).values)
+    torch.testing.assert_close(model.encode_image(px), model.visual_projection(fmap.amax((2, 3))))
+    ids, mask = _ids([10, 32, 5], 32, 81, 6)
+    out = model(px, ids, mask)
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.image_encoder.parameters())
+    with pytest.raises(ValueError, match="bad override"):
+        minivlm.create_model("clip_tiny_cnn", patch_size=8)  # no patches in a CNN
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        model.encode_image(torch.randn(2, 64, 64))
+    with pytest.raises(ValueError, match="too small"):
+        model.encode_image(torch.randn(2, 3, 4, 4))
+    with pytest.raises(ValueError, match="too small"):
+        ConvNetConfig(image_size=4)
+    with pytest.raises(TypeError, match="ConvNetConfig"):
+        CLIPConfig(vision=3)
+
+
 def test_learns_to_match_a_fixed_batch():
     model = _tiny()
     x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))

@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from minivlm.nn.convnet import ConvNet, ConvNetConfig
 from minivlm.nn.text import _HF_ACTS, CausalTextEncoder, TextConfig
 from minivlm.nn.vit import ViT, ViTConfig
 from minivlm.registry import register_model, split_overrides
@@ -78,7 +79,9 @@ def clip_vision_config(**overrides: Any) -> ViTConfig:
 class CLIPConfig:
     """Sizes and switches of CLIP (defaults: ViT-B/32, 151,277,313 parameters).
 
-    vision: the image encoder (:func:`clip_vision_config`; a dict is merged into it).
+    vision: the image encoder (:func:`clip_vision_config`; a dict is merged into it), or a
+        :class:`~minivlm.nn.convnet.ConvNetConfig` for a small convolutional tower (the
+        stand-in for CLIP's ResNets, §2.4; preset ``clip_tiny_cnn``).
     text: the text encoder (``TextConfig.clip()``; a dict is merged into it).
     embed_dim: size E of the joint embedding space (the projections' output).
     logit_scale_init: initial log inverse temperature, log(1/0.07) as in §2.5.
@@ -89,7 +92,7 @@ class CLIPConfig:
         occurrence of this id; ``None`` in the text config means HF's legacy argmax rule).
     """
 
-    vision: ViTConfig = field(default_factory=clip_vision_config)
+    vision: ViTConfig | ConvNetConfig = field(default_factory=clip_vision_config)
     text: TextConfig = field(default_factory=TextConfig.clip)
     embed_dim: int = 512
     logit_scale_init: float = math.log(1 / 0.07)
@@ -103,16 +106,19 @@ class CLIPConfig:
             self.vision = clip_vision_config(**self.vision)
         if isinstance(self.text, dict):
             self.text = TextConfig.clip(**self.text)
-        if not isinstance(self.vision, ViTConfig):
+        if not isinstance(self.vision, ViTConfig | ConvNetConfig):
             raise TypeError(
-                f"CLIPConfig.vision: expected a ViTConfig or dict, got {type(self.vision).__name__}"
+                "CLIPConfig.vision: expected a ViTConfig, ConvNetConfig or dict, got "
+                f"{type(self.vision).__name__}"
             )
         if not isinstance(self.text, TextConfig):
             raise TypeError(
                 f"CLIPConfig.text: expected a TextConfig or dict, got {type(self.text).__name__}"
             )
         v = self.vision
-        if not (v.class_token and v.global_pool == "token") or v.fc_norm or v.num_classes:
+        if isinstance(v, ViTConfig) and (
+            not (v.class_token and v.global_pool == "token") or v.fc_norm or v.num_classes
+        ):
             raise ValueError(
                 "CLIPConfig.vision: CLIP's image feature is the final-normed CLS token; use "
                 "class_token=True, global_pool='token', fc_norm=False, num_classes=0"
@@ -228,7 +234,10 @@ class CLIP(nn.Module):
         if overrides:
             cfg = replace(cfg, **overrides)
         self.config = cfg
-        self.image_encoder = ViT(cfg.vision)
+        # a ViT (the default) or a small CNN (ConvNetConfig), both with a width ``vision.dim``
+        self.image_encoder = (
+            ConvNet(cfg.vision) if isinstance(cfg.vision, ConvNetConfig) else ViT(cfg.vision)
+        )
         self.text_encoder = CausalTextEncoder(cfg.text)
         self.visual_projection = nn.Linear(cfg.vision.dim, cfg.embed_dim, bias=False)  # W_i
         self.text_projection = nn.Linear(cfg.text.dim, cfg.embed_dim, bias=False)  # W_t
@@ -245,9 +254,13 @@ class CLIP(nn.Module):
         ``out_proj``, ``mlp.fc2``) ~ N(0, D^-1 / 2L), ``mlp.fc1`` ~ N(0, 1 / 2D), CLS token,
         image positions and the projections ~ N(0, D^-1). Unlike ViT's std-0.02 init, the
         CLS token then sees the patches from the first step: ``clip_tiny`` on the shapes
-        world (batch 64, lr 1e-3, 300 steps) ends at loss 0.43 instead of 1.02.
+        world (batch 64, lr 1e-3, 300 steps) ends at loss 0.43 instead of 1.02. A
+        convolutional image tower keeps PyTorch's default (fan-in) init.
         """
-        for enc in (self.image_encoder, self.text_encoder):
+        vit = self.image_encoder if isinstance(self.image_encoder, ViT) else None
+        for enc in (vit, self.text_encoder):
+            if enc is None:
+                continue
             D, L = enc.config.dim, enc.config.depth
             attn_std, out_std, fc_std = D**-0.5, D**-0.5 * (2 * L) ** -0.5, (2 * D) ** -0.5
             for blk in enc.blocks:
@@ -256,10 +269,11 @@ class CLIP(nn.Module):
                 nn.init.normal_(blk.attn.out_proj.weight, std=out_std)
                 nn.init.normal_(blk.mlp.fc1.weight, std=fc_std)
                 nn.init.normal_(blk.mlp.fc2.weight, std=out_std)
-        vit, D = self.image_encoder, self.config.vision.dim
-        if vit.cls_token is not None:
-            nn.init.normal_(vit.cls_token, std=D**-0.5)
-        nn.init.normal_(vit.pos_embed, std=D**-0.5)
+        D = self.config.vision.dim
+        if vit is not None:
+            if vit.cls_token is not None:
+                nn.init.normal_(vit.cls_token, std=D**-0.5)
+            nn.init.normal_(vit.pos_embed, std=D**-0.5)
         nn.init.normal_(self.visual_projection.weight, std=D**-0.5)
         nn.init.normal_(self.text_projection.weight, std=self.config.text.dim**-0.5)
         self.logit_scale.fill_(self.config.logit_scale_init)
@@ -289,6 +303,8 @@ class CLIP(nn.Module):
 
     def encode_image(self, pixel_values: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, E) projected, *unnormalised* image features."""
+        if isinstance(self.image_encoder, ConvNet):
+            return self.visual_projection(self.image_encoder(pixel_values))  # (B, D) -> (B, E)
         vit = self.image_encoder
         x = vit.embed(pixel_values)  # (B, 1+N, d_i): CLS + patches, positions, pre-norm
         for blk in vit.blocks:
@@ -566,6 +582,21 @@ _PRESETS: dict[str, dict[str, Any]] = {
         ),
         embed_dim=128,
     ),
+    # clip_tiny's text tower with a 3-stage CNN image tower (ConvNetConfig; CLIP's ResNets,
+    # §2.4, at shapes-world size): it learns shape, which the tiny ViT does not (notebook 01)
+    "clip_tiny_cnn": dict(
+        vision=dict(image_size=64, widths=(32, 64, 64)),
+        text=dict(
+            vocab_size=256,
+            max_len=32,
+            dim=128,
+            depth=3,
+            num_heads=4,
+            mlp_hidden=256,
+            eos_token_id=6,
+        ),
+        embed_dim=128,
+    ),
     # the published models (widths and depths: CLIP Table 20); parameters, as counted by
     # transformers.CLIPModel: ViT-B/32 151,277,313, ViT-B/16 149,620,737, ViT-L/14 427,616,513
     "clip_vit_b32": dict(),
@@ -590,7 +621,11 @@ def _preset_config(name: str, overrides: dict[str, Any]) -> CLIPConfig:
         text_shortcuts=_TEXT_SHORTCUTS, vision_shortcuts=_VISION_SHORTCUTS,
     )
     try:
-        return CLIPConfig(vision=clip_vision_config(**vision), text=TextConfig.clip(**text), **top)
+        vision_cfg = (
+            ConvNetConfig(**vision) if "widths" in _PRESETS[name].get("vision", {})
+            else clip_vision_config(**vision)
+        )  # fmt: skip
+        return CLIPConfig(vision=vision_cfg, text=TextConfig.clip(**text), **top)
     except TypeError as e:
         raise ValueError(f"{name}: bad override ({e})") from e
 
