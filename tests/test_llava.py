@@ -4,6 +4,7 @@ presets and HF parity."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -30,7 +31,7 @@ from minivlm.models.llava import (
     expand_image_tokens,
     merge_image_features,
 )
-from minivlm.nn.lm import LMConfig, lm_loss
+from minivlm.nn.lm import DecoderLM, LMConfig, lm_loss
 
 transformers = pytest.importorskip("transformers")
 
@@ -354,6 +355,56 @@ def test_stage2_training_lowers_the_loss_on_shapes_dialogues():
         losses.append(loss.item())
     assert losses[0] > 3.0  # about ln(81) = 4.4 at init
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_existing_vision_encoder_and_language_model_are_used_as_they_are():
+    """LLaVA(vision_encoder=, language_model=) plugs in trained parts (no copy, no re-init)."""
+    donor = _tiny(vocab=50)
+    vit, lm = donor.vision_tower, donor.lm
+    before = {k: v.clone() for k, v in {**vit.state_dict(), **lm.state_dict()}.items()}
+    torch.manual_seed(1)  # a different projector init than the donor's
+    model = LLaVA(vision_encoder=vit, language_model=lm, projector_type="linear")
+    assert model.vision_tower is vit and model.lm is lm
+    assert model.config.vision == vit.config and model.config.text == lm.config
+    assert model.config.projector_type == "linear" and isinstance(model.projector, torch.nn.Linear)
+    after = {**vit.state_dict(), **lm.state_dict()}
+    assert all(torch.equal(before[k], after[k]) for k in before)  # not re-initialised
+    ids, mask = _prompt([(2, 16, 3)], vocab=50)
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # same parts, same projector weights -> same logits as the donor
+        model.projector = build_projector("mlp2x_gelu", 32, 32)
+        model.projector.load_state_dict(donor.projector.state_dict())
+        assert torch.equal(model(ids, x, mask).logits, donor(ids, x, mask).logits)
+    # with an explicit config that agrees with the modules
+    same = LLaVA(donor.config, vision_encoder=vit, language_model=lm)
+    assert same.vision_tower is vit and same.lm is lm
+    only_lm = LLaVA(donor.config, language_model=lm)  # a new ViT, the given LM
+    assert only_lm.lm is lm and only_lm.vision_tower is not vit
+
+
+def test_mismatched_modules_raise_naming_the_field():
+    donor = _tiny(vocab=50)
+    wide = LMConfig(vocab_size=50, dim=48, depth=2, num_heads=4, num_kv_heads=2, mlp_hidden=64,
+                    max_len=64)  # fmt: skip
+    with pytest.raises(ValueError, match=r"language_model.*config\.text.*dim: 32 vs 48"):
+        LLaVA(replace(donor.config, text=wide), language_model=donor.lm)
+    with pytest.raises(ValueError, match=r"vocab_size: 50 vs 40"):
+        LLaVA(replace(donor.config, text=replace(donor.config.text, vocab_size=40)),
+              language_model=donor.lm)  # fmt: skip
+    vision = replace(donor.config.vision, dim=64, mlp_hidden=128)
+    with pytest.raises(ValueError, match=r"vision_encoder.*config\.vision.*dim: 32 vs 64"):
+        LLaVA(replace(donor.config, vision=vision), vision_encoder=donor.vision_tower)
+    with pytest.raises(ValueError, match=r"depth: 3 vs 2"):  # an override that disagrees
+        LLaVA(vision_encoder=donor.vision_tower,
+              vision=replace(donor.config.vision, depth=2))  # fmt: skip
+    with pytest.raises(TypeError, match="DecoderLM"):
+        LLaVA(language_model=donor.vision_tower)
+    with pytest.raises(TypeError, match="ViT"):
+        LLaVA(vision_encoder=donor.lm)
+    # the LM's vocabulary must hold the <image> id: LlavaConfig's own check still applies
+    small = DecoderLM(replace(donor.config.text, vocab_size=7))  # ids 0..6: no room for 7
+    with pytest.raises(ValueError, match="image_token_id=7 is outside"):
+        LLaVA(language_model=small)
 
 
 # ---------------------------------------------------------------------------

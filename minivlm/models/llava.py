@@ -514,15 +514,51 @@ class LLaVA(nn.Module):
 
     Submodules: ``vision_tower`` (:class:`~minivlm.nn.vit.ViT`), ``projector`` (Linear or
     MLP ``fc1``/``fc2``) and ``lm`` (:class:`~minivlm.nn.lm.DecoderLM`).
+
+    LLaVA starts from a trained CLIP ViT and a trained LM (§4.1): pass them as
+    ``vision_encoder=`` / ``language_model=`` and they are used as they are (not copied), and
+    only the projector is new. Without ``config`` the sizes are taken from those modules
+    (``LLaVA(vision_encoder=vit, language_model=lm, projector_type="linear")``); with a
+    ``config`` its ``vision`` / ``text`` must equal the modules' configs, else ValueError
+    names the fields that differ (width, depth, vocabulary, ...).
     """
 
-    def __init__(self, config: LlavaConfig | None = None, **overrides: Any) -> None:
+    def __init__(
+        self,
+        config: LlavaConfig | None = None,
+        *,
+        vision_encoder: ViT | None = None,
+        language_model: DecoderLM | None = None,
+        **overrides: Any,
+    ) -> None:
         super().__init__()
-        cfg = config or LlavaConfig()
+        if vision_encoder is not None and not isinstance(vision_encoder, ViT):
+            raise TypeError(
+                "LLaVA: vision_encoder must be a minivlm.nn.vit.ViT (e.g. "
+                f"zoo.load_image_encoder()), got {type(vision_encoder).__name__}"
+            )
+        if language_model is not None and not isinstance(language_model, DecoderLM):
+            raise TypeError(
+                "LLaVA: language_model must be a minivlm.nn.lm.DecoderLM (e.g. "
+                f"zoo.load('shapes_lm')), got {type(language_model).__name__}"
+            )
+        if config is None:
+            parts: dict[str, Any] = {}
+            if vision_encoder is not None:
+                parts["vision"] = vision_encoder.config
+            if language_model is not None:
+                parts["text"] = language_model.config
+            cfg = LlavaConfig(**parts)
+        else:
+            cfg = config
         if overrides:
             cfg = replace(cfg, **overrides)
+        if vision_encoder is not None:
+            _check_same_config("vision_encoder", vision_encoder.config, "config.vision", cfg.vision)
+        if language_model is not None:
+            _check_same_config("language_model", language_model.config, "config.text", cfg.text)
         self.config = cfg
-        self.vision_tower = ViT(cfg.vision)
+        self.vision_tower = vision_encoder if vision_encoder is not None else ViT(cfg.vision)
         self.projector = build_projector(
             cfg.projector_type,
             cfg.projector_in_dim,
@@ -530,7 +566,7 @@ class LLaVA(nn.Module):
             cfg.projector_act,
             cfg.projector_bias,
         )
-        self.lm = DecoderLM(cfg.text)
+        self.lm = language_model if language_model is not None else DecoderLM(cfg.text)
 
     @property
     def num_image_tokens(self) -> int:
@@ -738,8 +774,7 @@ class LLaVA(nn.Module):
         }
 
         with torch.device("meta"):  # no time spent on a random init that is overwritten
-            llava = cls(cfg)
-        llava.lm = lm
+            llava = cls(cfg, language_model=lm)
         llava.vision_tower.load_state_dict(vision_sd, strict=True, assign=True)
         llava.projector.load_state_dict(proj_sd, strict=True, assign=True)
         dtype = next(model.parameters()).dtype
@@ -764,6 +799,22 @@ class LLaVA(nn.Module):
                 "download it once while online, or pass a local folder."
             ) from e
         return cls.from_hf(hf.eval())
+
+
+def _check_same_config(module_name: str, got: Any, config_name: str, want: Any) -> None:
+    """ValueError naming every field where a passed-in module's config differs from the one
+    LLaVA was configured with (``dim`` is the width, ``vocab_size`` the vocabulary)."""
+    diff = [
+        f"{f.name}: {getattr(got, f.name)!r} vs {getattr(want, f.name)!r}"
+        for f in fields(want)
+        if getattr(got, f.name) != getattr(want, f.name)
+    ]
+    if diff:
+        raise ValueError(
+            f"LLaVA: {module_name}'s config does not match {config_name} ({module_name} vs "
+            f"{config_name}: {'; '.join(diff)}); leave out config to take the sizes from the "
+            "modules, or build it from theirs"
+        )
 
 
 class _HFView:

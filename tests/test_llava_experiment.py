@@ -1,0 +1,79 @@
+"""Smoke test of experiments/llava_stages.py (lecture 5's multi-seed table) on a tiny setting:
+tiny random parts instead of the zoo's, a few scenes and steps."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def stages():
+    spec = importlib.util.spec_from_file_location(
+        "llava_stages", ROOT / "experiments" / "llava_stages.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    n = torch.get_num_threads()  # main() sets one thread; give the rest of the suite its own
+    yield
+    torch.set_num_threads(n)
+
+
+TINY = ["--random-parts", "--n-train", "24", "--n-test", "4", "--s1-steps", "2",
+        "--s2-steps", "3"]  # fmt: skip
+
+
+def test_runs_writes_every_arm_and_refuses_to_overwrite(stages, tmp_path, capsys):
+    out = tmp_path / "stages.json"
+    assert stages.main([*TINY, "--seeds", "0", "1", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["complete"] and res["seeds"] == [0, 1] and len(res["runs"]) == 2
+    assert res["recipe"]["s2_steps"] == 3 and res["parts"].startswith("random")
+    cols = {*res["qtypes"], "all"}
+    for run in res["runs"]:
+        assert list(run["acc"]) == list(stages.ARMS)
+        for acc in run["acc"].values():
+            assert set(acc) == cols and all(0.0 <= v <= 1.0 for v in acc.values())
+        mix = run["stage2_mixture"]
+        assert mix["vqa_chats"] == 24 * 5 and mix["dialogues"] == 24
+        assert sum(mix["dialogues_by_answer_turns"].values()) == 24
+        assert min(int(k) for k in mix["dialogues_by_answer_turns"]) >= 2  # all multi-turn
+    summ = res["summary"]
+    for arm in stages.ARMS:  # mean and std over the two seeds, recomputed
+        v = [r["acc"][arm]["all"] for r in res["runs"]]
+        assert summ[arm]["all"]["mean"] == pytest.approx(sum(v) / 2, abs=1e-5)
+        assert summ[arm]["all"]["std"] == pytest.approx(abs(v[0] - v[1]) / 2**0.5, abs=1e-5)
+    d = summ["paired"]["stage 1 + 2 minus stage 2 only"]["color"]
+    assert d["wins"] + d["ties"] + d["losses"] == 2
+    # the majority baseline is exact: its accuracy per type is the share of that answer
+    run = res["runs"][0]
+    assert run["acc"]["majority answer"]["count"] >= 0.25
+    table = capsys.readouterr().out
+    assert "mean ± std over 2 seed(s)" in table and "stage 1 + 2, VQA-only stage 2" in table
+    before = out.read_text()
+    assert stages.main([*TINY, "--seeds", "0", "--out", str(out)]) == 2  # no --force
+    assert out.read_text() == before
+
+
+def test_same_seed_same_numbers(stages, tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    for out in (a, b):
+        assert stages.main([*TINY, "--seeds", "3", "--out", str(out)]) == 0
+    ra, rb = (json.loads(p.read_text())["runs"][0] for p in (a, b))
+    assert ra["acc"] == rb["acc"] and ra["final_loss"] == rb["final_loss"]
