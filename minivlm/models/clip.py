@@ -565,36 +565,25 @@ def zero_shot_predict(
 # Presets
 # ---------------------------------------------------------------------------
 
+# the shapes-world text tower of both tiny presets ([EOS] = 6 in minivlm.data.tokenizer)
+_TINY_TEXT = dict(
+    vocab_size=256, max_len=32, dim=128, depth=3, num_heads=4, mlp_hidden=256, eos_token_id=6
+)
+
 _PRESETS: dict[str, dict[str, Any]] = {
     # 64x64 shapes-world images (8x8 patches of 8 px), MLPs 2x wide (not 4x): 14 GFLOP per
     # training step at batch 64 (captions of ~24 tokens), about 0.1 s on 2 CPU cores.
     # [EOS] = 6 in minivlm.data.tokenizer; pass vocab_size=tok.vocab_size.
     "clip_tiny": dict(
         vision=dict(image_size=64, patch_size=8, dim=128, depth=3, num_heads=4, mlp_hidden=256),
-        text=dict(
-            vocab_size=256,
-            max_len=32,
-            dim=128,
-            depth=3,
-            num_heads=4,
-            mlp_hidden=256,
-            eos_token_id=6,
-        ),
+        text=_TINY_TEXT,
         embed_dim=128,
     ),
     # clip_tiny's text tower with a 3-stage CNN image tower (ConvNetConfig; CLIP's ResNets,
     # §2.4, at shapes-world size): it learns shape, which the tiny ViT does not (notebook 01)
     "clip_tiny_cnn": dict(
-        vision=dict(image_size=64, widths=(32, 64, 64)),
-        text=dict(
-            vocab_size=256,
-            max_len=32,
-            dim=128,
-            depth=3,
-            num_heads=4,
-            mlp_hidden=256,
-            eos_token_id=6,
-        ),
+        vision=dict(image_size=64, widths=(32, 32, 64)),
+        text=_TINY_TEXT,
         embed_dim=128,
     ),
     # the published models (widths and depths: CLIP Table 20); parameters, as counted by

@@ -7,15 +7,17 @@ the shapes world that is measurable: objects are smaller than one 16x16 patch, a
 does not learn *shape* in a lecture's budget, while a few 3x3 convolutions with max-pooling do
 (notebooks 00 and 01).
 
-:class:`ConvNet` is a much smaller stand-in for CLIP's ResNets: ``len(widths)`` stages of a
-3x3 convolution + ReLU, the first with stride 2, a 2x2 max-pool after every stage but the
-last, and a global max-pool over positions (CLIP's ResNets end in attention pooling instead;
-max-pooling is the simplest translation-invariant read-out and learns fastest here)::
+:class:`ConvNet` is a much smaller stand-in for CLIP's ResNets: a 4x4 stride-4 convolution
+(a "patchify" stem, as in ConvNeXt; it sees exactly what a 4-pixel ViT patch sees), then
+``len(widths) - 1`` stages of a 3x3 convolution + ReLU with a 2x2 max-pool between stages, and a
+global max-pool over positions (CLIP's ResNets end in attention pooling instead; max-pooling is
+the simplest translation-invariant read-out and learns fastest here)::
 
-    (B, C, H, W) -> conv s2 -> pool -> conv -> pool -> ... -> conv -> max over (h, w) -> (B, D)
+    (B, C, H, W) -> 4x4 conv s4 -> [3x3 conv -> pool] ... -> 3x3 conv -> max over (h, w) -> (B, D)
 
-with ``D = widths[-1]``. ``features`` returns the last feature map (B, D, h, w), e.g. to see
-where an image's evidence is.
+with ``D = widths[-1]``. What a ViT lacks is not the patchify but the 3x3 locality and the
+pooling. ``features`` returns the last feature map (B, D, h, w), e.g. to see where an image's
+evidence is.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class ConvNetConfig:
 
     image_size: int = 64
     in_chans: int = 3
-    widths: Sequence[int] = (32, 64, 64)
+    widths: Sequence[int] = (32, 32, 64)
 
     def __post_init__(self) -> None:
         self.widths = tuple(int(w) for w in self.widths)
@@ -64,24 +66,24 @@ class ConvNetConfig:
     @property
     def min_image_size(self) -> int:
         """Smallest image side that leaves at least one position after the last pool."""
-        return 2 ** len(self.widths)
+        return 4 * 2 ** max(len(self.widths) - 2, 0)
 
 
 class ConvNet(nn.Module):
-    """3x3 conv + ReLU stages (+ 2x2 max-pools), then a global max-pool: (B, C, H, W) -> (B, D)."""
+    """Patchify stem, 3x3 conv + ReLU stages with max-pools, global max-pool: (B, D)."""
 
     def __init__(self, config: ConvNetConfig | None = None, **overrides) -> None:
         super().__init__()
         cfg = replace(config or ConvNetConfig(), **overrides)
         self.config = cfg
-        layers: list[nn.Module] = []
-        c_in = cfg.in_chans
-        for i, c_out in enumerate(cfg.widths):
-            stride = 2 if i == 0 else 1
-            layers += [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.ReLU()]
-            if i < len(cfg.widths) - 1:
-                layers.append(nn.MaxPool2d(2))
-            c_in = c_out
+        layers: list[nn.Module] = [
+            nn.Conv2d(cfg.in_chans, cfg.widths[0], 4, stride=4),  # (B, w0, H/4, W/4)
+            nn.ReLU(),
+        ]
+        for i in range(1, len(cfg.widths)):
+            if i > 1:
+                layers.append(nn.MaxPool2d(2))  # halve h and w between 3x3 stages
+            layers += [nn.Conv2d(cfg.widths[i - 1], cfg.widths[i], 3, padding=1), nn.ReLU()]
         self.stages = nn.Sequential(*layers)
 
     def _check_images(self, images: Tensor) -> None:
@@ -100,7 +102,7 @@ class ConvNet(nn.Module):
             )
 
     def features(self, images: Tensor) -> Tensor:
-        """(B, C, H, W) -> the last stage's feature map (B, D, H / 2^S, W / 2^S)."""
+        """(B, C, H, W) -> the last stage's feature map (B, D, H / 4 / 2^(S-2), W / ...)."""
         self._check_images(images)
         return self.stages(images)
 

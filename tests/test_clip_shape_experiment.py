@@ -1,0 +1,49 @@
+"""Smoke test: experiments/clip_shape.py runs end to end on a tiny setting (lecture 1, §8)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("exp_clip_shape", ROOT / "experiments" / "clip_shape.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_clip_shape_experiment_writes_results_and_keeps_existing(tmp_path, capsys):
+    exp = _load()
+    n = torch.get_num_threads()
+    out = tmp_path / "r.json"
+    try:
+        argv = ["--out", str(out), "--steps", "2", "--seeds", "0", "--n-train", "64"]
+        assert exp.main(argv + ["--towers", "cnn"]) == 0
+        res = json.loads(out.read_text())
+        assert [(r["tower"], r["max_objects"]) for r in res["runs"]] == [("cnn", 4), ("cnn", 1)]
+        for r in res["runs"]:
+            for key in ("zero_shot_shape", "zero_shot_color", "probe_shape"):
+                assert 0.0 <= r[key] <= 1.0
+        assert set(res["summary"]) == {"cnn, 1-4 objects", "cnn, 1 object"}
+        before = out.read_text()
+        assert exp.main(argv) == 2  # refuses to overwrite without --force
+        assert out.read_text() == before
+        assert "pass --force" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(n)
+
+
+def test_prompt_ensemble_covers_every_other_attribute():
+    exp = _load()
+    shape_prompts = [t("circle") for t in exp.prompt_templates("shape")]
+    assert "a red circle" in shape_prompts and "a small red circle" in shape_prompts
+    assert len(shape_prompts) == len(set(shape_prompts)) == 6 * 3  # 6 colours x (none, 2 sizes)
+    assert len(exp.prompt_templates("color")) == 5 * 3
