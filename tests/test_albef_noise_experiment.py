@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
+from script_helpers import load_script
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location(
-        "exp_albef_noise", ROOT / "experiments" / "albef_noise.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("experiments/albef_noise.py")
 
 
 def test_corrupt_captions_corrupts_exactly_the_fraction_and_never_keeps_a_pair():

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
+from script_helpers import load_script
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("exp_clip_shape", ROOT / "experiments" / "clip_shape.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("experiments/clip_shape.py")
 
 
 def test_clip_shape_experiment_writes_results_and_keeps_existing(tmp_path, capsys):

@@ -8,25 +8,14 @@ plain BLIP-2's attention identical across instructions, and the refusal to overw
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import torch
+from script_helpers import load_script
 
 import minivlm
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _load():
-    spec = importlib.util.spec_from_file_location(
-        "exp_instructblip", ROOT / "experiments" / "instructblip.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("experiments/instructblip.py")
 
 
 def test_instructblip_experiment_one_seed(monkeypatch, tmp_path, capsys):
