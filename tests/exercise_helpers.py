@@ -1,8 +1,10 @@
-"""Shared by the tests of every exercise: the instructor source passes all of its checks and
-the generated student version fails each one as "not attempted"."""
+"""Shared by the tests of every exercise: the instructor source passes all of its checks, the
+generated student version fails each one as "not attempted", and each deliberately broken
+solution fails with a message that names its mistake."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import nbformat
@@ -40,3 +42,31 @@ def assert_source_passes_student_fails(source: Path, exercise: str, n_checks: in
     stu_code = "\n".join(c.source for c in student.cells if c.cell_type == "code")
     assert "BEGIN SOLUTION" not in stu_code
     return stu_code
+
+
+def summary_prefix(summary: str) -> str:
+    """What failed, without the numbers: the summary up to its first ':'."""
+    return summary.split(":")[0]
+
+
+def summary_kind(summary: str) -> str:
+    """'values differ', 'output shape', 'dtype float32', ...: the first three words of the prefix."""
+    return " ".join(summary_prefix(summary).split()[:3])
+
+
+def assert_broken_fails_pointedly(
+    name: str,
+    fn: Callable,
+    words: Sequence[str],
+    seed: int,
+    kind: Callable[[str], str] = summary_kind,
+) -> None:
+    """A broken solution fails check ``name`` with no points, its message contains every one
+    of ``words``, and other random inputs (``seed + 1``) trip the same kind of mistake."""
+    r = check(name, fn, seed=seed)
+    assert not r.passed and r.points == 0, str(r)
+    assert r.status in ("failed", "raised"), str(r)
+    for w in words:
+        assert w in r.message, f"{w!r} not in:\n{r.message}"
+    r2 = check(name, fn, seed=seed + 1)  # other random inputs trip the same mistake
+    assert not r2.passed and kind(r2.summary) == kind(r.summary), (r.summary, r2.summary)

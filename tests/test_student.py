@@ -9,9 +9,9 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from exercise_helpers import assert_source_passes_student_fails
 
 from minivlm.cli import main as cli_main
-from minivlm.grading import check, list_checks
 from minivlm.grading.student import (
     CODE_STUB,
     OverwriteRefused,
@@ -202,27 +202,5 @@ def test_committed_student_notebook_is_up_to_date():
 
 
 # ----------------------------------------------------------------------------- checks on both
-def _defined_functions(nb: nbformat.NotebookNode) -> dict:
-    """Run the import cell and the cells that define functions (not demos, not checks)."""
-    ns: dict = {}
-    for c in nb.cells:
-        if c.cell_type != "code" or "solution" in c.metadata.get("tags", []):
-            continue
-        if c.id == "imports" or c.source.lstrip().startswith("def "):
-            exec(compile(c.source, f"<{c.id}>", "exec", dont_inherit=True), ns)
-    return ns
-
-
 def test_source_passes_all_checks_and_student_fails_them_cleanly():
-    src = read_source(SOURCE)
-    student, _ = make_student(src, source_name=SOURCE.name, exercise=EXERCISE)
-    src_ns, stu_ns = _defined_functions(src), _defined_functions(student)
-    checks = list_checks(EXERCISE)
-    assert len(checks) == 3
-    sources = "\n".join(c.source for c in src.cells if c.cell_type == "code")
-    for chk in checks:
-        assert f'check("{chk.name}", {chk.function})' in sources  # the notebook checks it
-        good = check(chk.name, src_ns[chk.function])
-        assert good.passed, str(good)
-        todo = check(chk.name, stu_ns[chk.function])
-        assert todo.status == "not attempted" and todo.points == 0, str(todo)
+    assert_source_passes_student_fails(SOURCE, EXERCISE, 3)
