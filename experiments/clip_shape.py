@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 import minivlm
 from minivlm.data import COLORS, SHAPES, SIZES, CaptionDataset, ShapesWorld, shapes_tokenizer
+from minivlm.eval import linear_probe
 from minivlm.models.clip import build_zero_shot_classifier, zero_shot_predict
 from minivlm.train import TrainConfig, train
 from minivlm.utils import atomic_write
@@ -64,24 +65,6 @@ def prompt_templates(task: str) -> list:
     return [lambda c, s=s: _a(f"{c} {s}") for s in SHAPES] + [
         lambda c, s=s, z=z: _a(f"{z} {c} {s}") for s in SHAPES for z in SIZES
     ]
-
-
-def linear_probe(x: torch.Tensor, labels: torch.Tensor, n_train: int = 200) -> float:
-    """Logistic regression (L-BFGS, small L2) on the first ``n_train`` rows, scored on the rest."""
-    torch.manual_seed(0)
-    probe = torch.nn.Linear(x.shape[1], int(labels.max()) + 1)
-    opt = torch.optim.LBFGS(probe.parameters(), max_iter=200)
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = F.cross_entropy(probe(x[:n_train]), labels[:n_train])
-        loss = loss + 1e-3 * probe.weight.square().sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    with torch.no_grad():
-        return (probe(x[n_train:]).argmax(-1) == labels[n_train:]).float().mean().item()
 
 
 def run(
@@ -124,7 +107,7 @@ def run(
         out[f"zero_shot_{task}"] = (pred == y).float().mean().item()
     with torch.no_grad():
         feats = F.normalize(model.encode_image(px), dim=-1)  # (300, E)
-    out["probe_shape"] = linear_probe(feats, torch.as_tensor(single.labels("shape")))
+    out["probe_shape"] = linear_probe(feats, single.labels("shape"), n_train=200)
     return out, model
 
 

@@ -1,5 +1,6 @@
 """Evaluation metrics of the surveyed tasks: retrieval R@K, zero-shot and plain
-classification accuracy, VQA accuracy, image-text matching accuracy.
+classification accuracy, VQA accuracy, image-text matching accuracy, and a linear probe of
+frozen features.
 
 All metrics return plain Python floats (fractions in [0, 1], not percentages).
 
@@ -23,6 +24,7 @@ __all__ = [
     "classification_accuracy",
     "embed_dataset",
     "itm_accuracy",
+    "linear_probe",
     "normalize_answer",
     "retrieval_metrics",
     "vqa_accuracy",
@@ -48,13 +50,15 @@ def _as_float_tensor(x: ArrayLike, name: str, ndim: int | tuple[int, ...]) -> to
     return t
 
 
-def _as_index_tensor(x: ArrayLike, name: str, n: int) -> torch.Tensor:
+def _as_index_tensor(x: ArrayLike, name: str, n: int | None) -> torch.Tensor:
+    """Integer class indices as a flat long tensor, all in [0, n) (n None: only >= 0)."""
     t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).to("cpu")
     if t.dtype.is_floating_point or t.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer indices, got dtype {t.dtype}")
     t = t.long().reshape(-1)
-    if t.numel() and (t.min() < 0 or t.max() >= n):
-        raise ValueError(f"{name} holds indices outside [0, {n}): min {t.min()}, max {t.max()}")
+    if t.numel() and (t.min() < 0 or (n is not None and t.max() >= n)):
+        bound = "inf" if n is None else n
+        raise ValueError(f"{name} holds indices outside [0, {bound}): min {t.min()}, max {t.max()}")
     return t
 
 
@@ -202,6 +206,40 @@ def classification_accuracy(logits: ArrayLike, labels: ArrayLike, k: int = 1) ->
     true = z[torch.arange(n), y]  # (N,)
     rank = (z >= true[:, None]).sum(1) - 1  # (N,) other classes at or above the true one
     return (rank < k).double().mean().item()
+
+
+def linear_probe(features: ArrayLike, labels: ArrayLike, n_train: int, l2: float = 1e-3) -> float:
+    """Is a class *linearly readable* from frozen features? Held-out accuracy of a probe.
+
+    Multinomial logistic regression (L-BFGS, 200 iterations, penalty ``l2 * ||W||^2``) is fit
+    on the first ``n_train`` rows of ``features (N, D)`` / ``labels (N,)`` and scored on the
+    rest (argmax). The usual way to ask what an encoder has learned without its other tower
+    (CLIP §3.2 reports linear-probe results too). Deterministic: the probe's initial weights
+    come from a fixed seed without touching the global random state.
+    """
+    x = _as_float_tensor(features, "linear_probe: features", 2).float()  # (N, D)
+    y = _as_index_tensor(labels, "linear_probe: labels", None)
+    if y.numel() != x.shape[0]:
+        raise ValueError(f"linear_probe: {x.shape[0]} rows of features but {y.numel()} labels")
+    if not 0 < n_train < x.shape[0]:
+        raise ValueError(
+            f"linear_probe: n_train must leave rows on both sides, got {n_train} of {x.shape[0]}"
+        )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        probe = torch.nn.Linear(x.shape[1], int(y.max()) + 1)
+    opt = torch.optim.LBFGS(probe.parameters(), max_iter=200)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(probe(x[:n_train]), y[:n_train]) + l2 * probe.weight.square().sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    with torch.no_grad():
+        return (probe(x[n_train:]).argmax(-1) == y[n_train:]).float().mean().item()
 
 
 def zero_shot_accuracy(

@@ -10,6 +10,7 @@ from minivlm.eval import (
     classification_accuracy,
     embed_dataset,
     itm_accuracy,
+    linear_probe,
     normalize_answer,
     retrieval_metrics,
     vqa_accuracy,
@@ -180,3 +181,39 @@ def test_embed_dataset_concatenates_without_grad():
     assert isinstance(pair, tuple) and pair[1].shape == (6, 3)
     with pytest.raises(ValueError, match="no batches"):
         embed_dataset(fn, [])
+
+
+# --------------------------------------------------------------------------- linear probe
+
+
+def test_linear_probe_reads_a_linear_class_and_not_noise():
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 3, (300,), generator=g)
+    centres = torch.randn(3, 8, generator=g) * 3
+    x = centres[y] + torch.randn(300, 8, generator=g)  # (300, 8) separable clusters
+    assert linear_probe(x, y, n_train=200) > 0.95
+    noise = torch.randn(300, 8, generator=g)  # features that carry no class
+    assert linear_probe(noise, y, n_train=200) < 0.6
+    # deterministic, and the global random state is left alone
+    torch.manual_seed(5)
+    before = torch.rand(1)
+    torch.manual_seed(5)
+    a = linear_probe(x, y, n_train=200)
+    assert torch.rand(1).item() == before.item()
+    assert linear_probe(x, y, n_train=200) == a
+    # only the held-out rows are scored: a probe fit on rows whose labels are shuffled fails
+    y_bad = y.clone()
+    y_bad[:200] = y_bad[:200][torch.randperm(200, generator=g)]
+    assert linear_probe(x, y_bad, n_train=200) < 0.6
+
+
+def test_linear_probe_rejects_bad_input():
+    x, y = torch.randn(10, 4), torch.arange(10) % 2
+    with pytest.raises(ValueError, match="n_train"):
+        linear_probe(x, y, n_train=10)
+    with pytest.raises(ValueError, match="rows of features"):
+        linear_probe(x, y[:9], n_train=5)
+    with pytest.raises(TypeError, match="integer indices"):
+        linear_probe(x, y.float(), n_train=5)
+    with pytest.raises(ValueError, match=r"outside \[0, inf\)"):
+        linear_probe(x, y - 1, n_train=5)
