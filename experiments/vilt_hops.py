@@ -29,7 +29,7 @@ so training sits on that saddle. The *curriculum* arms test this on "word decide
 cancel them), larger patch positions at init (std 0.5), and both.
 
 Regenerate the committed results (grid: 3 tasks x 2 patch sizes x 3 seeds x 600 steps;
-curriculum: 3 arms x 3 seeds x 1000 steps; about 25 minutes of CPU time in one thread)::
+curriculum: 3 arms x 3 seeds x 1000 steps; about 21 minutes of CPU time in one thread)::
 
   python experiments/vilt_hops.py --out experiments/results/vilt_hops.json
 
