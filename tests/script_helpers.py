@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
+from typing import Any
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,3 +27,23 @@ def load_script(relpath: str) -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+@contextmanager
+def restored_threads() -> Iterator[None]:
+    """Experiment scripts set ``torch.set_num_threads(1)``; give the test process its own back."""
+    n = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def assert_keeps_existing(main: Callable[[list[str]], int], argv: list[str], out: Path,
+                          capsys: Any) -> None:  # fmt: skip
+    """Running ``main(argv)`` again without --force must exit 2, say why, and leave ``out`` as
+    it was (experiment results are never overwritten unasked)."""
+    before = out.read_text()
+    assert main(argv) == 2  # refuses to overwrite without --force
+    assert out.read_text() == before
+    assert "pass --force" in capsys.readouterr().err

@@ -6,8 +6,7 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from script_helpers import load_script
+from script_helpers import load_script, restored_threads
 
 
 def _load():
@@ -28,9 +27,8 @@ def test_corrupt_captions_corrupts_exactly_the_fraction_and_never_keeps_a_pair()
 
 def test_albef_noise_main_grid_resume_and_refusal(tmp_path, capsys):
     exp = _load()
-    n = torch.get_num_threads()
     out = tmp_path / "r.json"
-    try:
+    with restored_threads():
         argv = ["--out", str(out), "--steps", "2", "--seeds", "0"]
         assert exp.main(argv) == 0
         res = json.loads(out.read_text())
@@ -43,5 +41,3 @@ def test_albef_noise_main_grid_resume_and_refusal(tmp_path, capsys):
         assert len(json.loads(out.read_text())["runs"]) == len(res["runs"])
         assert "nothing left to run" in capsys.readouterr().err
         assert exp.main(argv) == 2  # refuses to overwrite without --force / --resume
-    finally:
-        torch.set_num_threads(n)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 
-import torch
-from script_helpers import load_script
+from script_helpers import assert_keeps_existing, load_script, restored_threads
 
 
 def _load():
@@ -14,9 +13,8 @@ def _load():
 
 def test_clip_shape_experiment_writes_results_and_keeps_existing(tmp_path, capsys):
     exp = _load()
-    n = torch.get_num_threads()
     out = tmp_path / "r.json"
-    try:
+    with restored_threads():
         argv = ["--out", str(out), "--steps", "2", "--seeds", "0", "--n-train", "64"]
         assert exp.main(argv + ["--towers", "cnn"]) == 0
         res = json.loads(out.read_text())
@@ -25,12 +23,7 @@ def test_clip_shape_experiment_writes_results_and_keeps_existing(tmp_path, capsy
             for key in ("zero_shot_shape", "zero_shot_color", "probe_shape"):
                 assert 0.0 <= r[key] <= 1.0
         assert set(res["summary"]) == {"cnn, 1-4 objects", "cnn, 1 object"}
-        before = out.read_text()
-        assert exp.main(argv) == 2  # refuses to overwrite without --force
-        assert out.read_text() == before
-        assert "pass --force" in capsys.readouterr().err
-    finally:
-        torch.set_num_threads(n)
+        assert_keeps_existing(exp.main, argv, out, capsys)
 
 
 def test_prompt_ensemble_covers_every_other_attribute():

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from script_helpers import load_script
+from script_helpers import assert_keeps_existing, load_script, restored_threads
 
 from minivlm.data import COLORS, ShapesWorld, shapes_tokenizer
 
@@ -17,9 +17,8 @@ def _load():
 
 def test_vilt_hops_experiment_writes_results_and_keeps_existing(tmp_path, capsys):
     exp = _load()
-    n = torch.get_num_threads()
     out = tmp_path / "r.json"
-    try:
+    with restored_threads():
         argv = ["--out", str(out), "--steps", "3", "--curriculum-steps", "4", "--eval-every", "2",
                 "--seeds", "0", "--patches", "16", "--n-train", "64"]  # fmt: skip
         assert exp.main(argv) == 0
@@ -35,12 +34,7 @@ def test_vilt_hops_experiment_writes_results_and_keeps_existing(tmp_path, capsys
             "word decides, patch 16, 0 warm-up steps, position std 0.5",
             "word decides, patch 16, 2 warm-up steps, position std 0.5",
         ]
-        before = out.read_text()
-        assert exp.main(argv) == 2  # refuses to overwrite without --force
-        assert out.read_text() == before
-        assert "pass --force" in capsys.readouterr().err
-    finally:
-        torch.set_num_threads(n)
+        assert_keeps_existing(exp.main, argv, out, capsys)
 
 
 def test_split_orders_objects_left_to_right_with_two_colours():
