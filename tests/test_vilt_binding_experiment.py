@@ -1,0 +1,57 @@
+"""Smoke test: experiments/vilt_binding.py runs end to end on a tiny setting (lecture 2, §4c)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from script_helpers import assert_keeps_existing, load_script, restored_threads
+
+from minivlm.data import ShapesWorld, caption_truth
+
+
+def _load():
+    return load_script("experiments/vilt_binding.py")
+
+
+def test_vilt_binding_experiment_writes_results_and_keeps_existing(tmp_path, capsys):
+    exp = _load()
+    out = tmp_path / "r.json"
+    with restored_threads():
+        argv = ["--out", str(out), "--steps", "3", "--warmup", "2", "--seeds", "0",
+                "--n-train", "64"]  # fmt: skip
+        assert exp.main(argv) == 0
+        res = json.loads(out.read_text())
+        assert [(r["arm"], r["warmup"]) for r in res["runs"]] == [
+            ("vilt warm-up", 2), ("vilt cold", 0), ("clip", 0)
+        ]  # fmt: skip
+        for r in res["runs"]:
+            assert all(0.0 <= r[k] <= 1.0 for k in exp.KINDS)
+        assert set(res["summary"]) == set(exp.ARMS)
+        assert_keeps_existing(exp.main, argv, out, capsys)
+
+
+def _words(text):
+    return [w for w in text.split() if w not in ("a", "an")]
+
+
+def test_binding_pairs_use_the_images_words_bound_differently():
+    exp = _load()
+    data = ShapesWorld(min_objects=2, max_objects=2).generate(120, seed=5)
+    pairs = exp.test_pairs(data, exp.KINDS + ("swap_attribute",))
+    assert all(len(pairs[k]) > 10 for k in pairs)
+    for kind, rows in pairs.items():
+        for i, pos, neg in rows:
+            scene = data.scenes[i]
+            assert caption_truth(scene, pos) is True and caption_truth(scene, neg) is False
+            if kind == "region":  # the named object's colour -> the other object's colour
+                changed = {a for a, b in zip(pos.split(), neg.split(), strict=True) if a != b}
+                assert changed <= {o.color for o in scene.objects} | {"a", "an"}, (pos, neg)
+            else:  # the same words, bound differently
+                assert sorted(_words(pos)) == sorted(_words(neg)), (kind, pos, neg)
+    assert "swap_attribute" not in exp.test_pairs(data)  # the default kinds leave shape out
+    assert exp.recolour("an orange circle left of a red square", "orange", "blue") == (
+        "a blue circle left of a red square"
+    )
+    with pytest.raises(ValueError, match="arm must be one of"):
+        exp.run("vilt", seed=0, steps=1)
