@@ -23,8 +23,12 @@ hides every colour word for MLM. Scoring on the held-out two-object scenes of th
 a pair counts when the true caption scores higher (chance 0.5). AdamW, lr 1e-3 (30 warm-up
 steps, cosine decay), gradients clipped at norm 1, batch 32, one CPU thread, deterministic.
 
-Regenerate the committed results (3 arms x 3 seeds x 1,600 steps, about 13 minutes of CPU
-time in one thread)::
+Each ViLT is then fine-tuned for VQA (``--vqa-steps``, 300: notebook 02's section-8 recipe,
+the answer read at an appended [MASK]) and scored by question type against each type's
+majority answer (``vqa_by_type``; the notebook calls it for its live model too).
+
+Regenerate the committed results (3 arms x 3 seeds x 1,600 steps, plus the VQA fine-tuning,
+about 15 minutes of CPU time in one thread)::
 
   python experiments/vilt_binding.py --out experiments/results/vilt_binding.json
 
@@ -47,8 +51,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import minivlm
-from minivlm.data import COLORS, SIZES, ShapesWorld, caption_truth, shapes_tokenizer
+from minivlm.data import (
+    ANSWERS,
+    COLORS,
+    QTYPES,
+    SIZES,
+    ShapesWorld,
+    VQADataset,
+    caption_truth,
+    shapes_tokenizer,
+)
 from minivlm.data.shapes import REGIONS
+from minivlm.train import TrainConfig, train
 from minivlm.utils import atomic_write
 
 KINDS = ("region", "relation", "size")  # the binding kinds a 16x16 patch can see
@@ -149,6 +163,93 @@ def pair_accuracy(score, text: Text, pairs: dict[str, list], data: Any) -> dict[
     return acc
 
 
+# ---------------------------------------------------------------------------
+# VQA on an answer [MASK] (notebook 02, section 8)
+# ---------------------------------------------------------------------------
+
+
+def with_answer_slot(batch: dict[str, torch.Tensor], mask_id: int) -> dict[str, torch.Tensor]:
+    """Append a [MASK] after each question's last real token; its position is ``slot``."""
+    n = batch["attention_mask"].sum(1)  # (B,) real tokens
+    ids, am = F.pad(batch["input_ids"], (0, 1)), F.pad(batch["attention_mask"], (0, 1))
+    rows = torch.arange(len(n))
+    ids[rows, n], am[rows, n] = mask_id, 1
+    return {"input_ids": ids, "attention_mask": am, "pixel_values": batch["pixel_values"],
+            "slot": n, "vqa_labels": batch["answer"]}  # fmt: skip
+
+
+class SlotVQA(nn.Module):
+    """ViLT + its VQA head read at the answer [MASK] instead of the pooled [CLS]."""
+
+    def __init__(self, vilt: nn.Module) -> None:
+        super().__init__()
+        self.vilt = vilt
+
+    def forward(self, input_ids, attention_mask, pixel_values, slot, vqa_labels=None):
+        h = self.vilt(input_ids=input_ids, attention_mask=attention_mask,
+                      pixel_values=pixel_values).last_hidden_state  # (B, L, D)  # fmt: skip
+        logits = self.vilt.vqa_head(h[torch.arange(len(slot)), slot])  # (B, num_answers)
+        loss = None if vqa_labels is None else F.cross_entropy(logits, vqa_labels)
+        return {"loss": loss, "logits": logits}
+
+
+class _SlotBatches(torch.utils.data.Dataset):
+    def __init__(self, ds: VQADataset, mask_id: int) -> None:
+        self.ds, self.mask_id = ds, mask_id
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, k: int):
+        return self.ds[k]
+
+    def collate(self, items):
+        return with_answer_slot(self.ds.collate(items), self.mask_id)
+
+
+def vqa_by_type(
+    vilt: nn.Module, train_data: Any, test_data: Any, seed: int, steps: int,
+    batch_size: int = 32, lr: float = 1e-3,
+) -> tuple[dict[str, dict[str, Any]], nn.Module, Any]:  # fmt: skip
+    """Copy a pre-trained ViLT into a ViLT with a VQA head (softmax CE over ``ANSWERS``),
+    fine-tune it for ``steps`` on ``train_data``'s questions with the head on an appended
+    answer [MASK], and score ``test_data``'s: ``({qtype or "all": {n, acc, majority, top}},
+    the VQA model, the training result)``. ``majority`` is the accuracy of the most frequent
+    training answer of that question type."""
+    tok = shapes_tokenizer()
+    cfg = vilt.config
+    vqa = minivlm.create_model("vilt_tiny", vocab_size=cfg.vocab_size,
+                               max_text_len=cfg.max_text_len, patch_size=cfg.patch_size,
+                               num_answers=len(ANSWERS), vqa_loss="ce")  # fmt: skip
+    vqa.load_state_dict(vilt.state_dict(), strict=False)  # all but the fresh vqa_head
+    vqa_train = VQADataset(train_data, tok, max_length=cfg.max_text_len - 1)
+    vqa_test = VQADataset(test_data, tok, max_length=cfg.max_text_len - 1)
+    cfg_train = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=20,
+                            progress=False, seed=seed)  # fmt: skip
+    res = train(SlotVQA(vqa), _SlotBatches(vqa_train, tok.mask_id), cfg_train, device="cpu")
+    vqa.eval()
+    vt = vqa_test.collate([vqa_test[k] for k in range(len(vqa_test))])
+    with torch.no_grad():
+        b = with_answer_slot(vt, tok.mask_id)
+        inputs = {k: v for k, v in b.items() if k != "vqa_labels"}
+        pred = torch.cat([SlotVQA(vqa)(**{k: v[c] for k, v in inputs.items()})["logits"].argmax(-1)
+                          for c in torch.arange(len(vt["answer"])).split(512)])  # fmt: skip
+    train_answers = torch.tensor([a for _, _, a, _ in vqa_train.items])
+    train_types = torch.tensor([t for _, _, _, t in vqa_train.items])
+    out: dict[str, dict[str, Any]] = {}
+    for t, qtype in enumerate(QTYPES):
+        sel = vt["qtype"] == t
+        top = int(torch.mode(train_answers[train_types == t]).values)  # majority answer
+        out[qtype] = {"n": int(sel.sum()),
+                      "acc": float((pred[sel] == vt["answer"][sel]).float().mean()),
+                      "majority": float((vt["answer"][sel] == top).float().mean()),
+                      "top": ANSWERS[top]}  # fmt: skip
+    out["all"] = {"n": len(pred), "acc": float((pred == vt["answer"]).float().mean()),
+                  "majority": sum(r["majority"] * r["n"] for r in out.values()) / len(pred),
+                  "top": "per type"}  # fmt: skip
+    return out, vqa, res
+
+
 def run(
     arm: str,
     seed: int,
@@ -158,8 +259,11 @@ def run(
     lr: float = 1e-3,
     batch_size: int = 32,
     pos_std: float = 0.5,
+    vqa_steps: int = 300,
 ) -> tuple[dict[str, Any], nn.Module]:
-    """Train one arm and score it on the held-out binding pairs: (record, model)."""
+    """Train one arm and score it on the held-out binding pairs: (record, model). A ViLT arm
+    is then fine-tuned for ``vqa_steps`` on the training scenes' questions and scored by
+    question type (``vqa_by_type``; 0 skips it)."""
     if arm not in ARMS:
         raise ValueError(f"run: arm must be one of {ARMS}, got {arm!r}")
     text = Text()
@@ -223,11 +327,16 @@ def run(
     record = dict(arm=arm, seed=seed, steps=steps, warmup=warm, cpu_seconds=round(cpu, 1),
                   final_loss=round(float(np.mean(losses[-20:])), 4),
                   **{k: round(v, 4) for k, v in acc.items()})  # fmt: skip
+    if arm != "clip" and vqa_steps:
+        vqa, _, _ = vqa_by_type(model, train, test, seed, vqa_steps)
+        record["vqa"] = {q: {"acc": round(r["acc"], 4), "majority": round(r["majority"], 4)}
+                         for q, r in vqa.items()}  # fmt: skip
     return record, model
 
 
 def summarize(runs: list[dict]) -> dict[str, dict[str, Any]]:
-    """Per arm and kind: the seeds' accuracies, their mean and min."""
+    """Per arm and kind: the seeds' accuracies, their mean and min; for the ViLT arms also
+    the seeds' VQA accuracy and majority-answer accuracy per question type."""
     table: dict[str, dict[str, Any]] = {}
     for arm in ARMS:
         rows = [r for r in runs if r["arm"] == arm]
@@ -236,6 +345,10 @@ def summarize(runs: list[dict]) -> dict[str, dict[str, Any]]:
             for k in KINDS:
                 v = [r[k] for r in rows]
                 table[arm][k] = {"acc": v, "mean": float(np.mean(v)), "min": min(v)}
+            if all("vqa" in r for r in rows):  # per question type: accuracy and majority
+                table[arm]["vqa"] = {q: {m: [r["vqa"][q][m] for r in rows]
+                                         for m in ("acc", "majority")}
+                                     for q in rows[0]["vqa"]}  # fmt: skip
     return table
 
 
@@ -248,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     ap.add_argument("--n-train", type=int, default=3000)
+    ap.add_argument("--vqa-steps", type=int, default=300, help="VQA fine-tuning of the ViLTs")
     args = ap.parse_args(argv)
     if args.out.exists() and not args.force:
         print(f"{args.out} exists; pass --force to overwrite it", file=sys.stderr)
@@ -256,14 +370,14 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for arm in args.arms:
         for seed in args.seeds:
-            r, _ = run(arm, seed, args.steps, args.warmup, args.n_train)
+            r, _ = run(arm, seed, args.steps, args.warmup, args.n_train, vqa_steps=args.vqa_steps)
             runs.append(r)
             print(f"{arm:12s} seed {seed}: " + ", ".join(f"{k} {r[k]:.3f}" for k in KINDS)
                   + f" ({r['cpu_seconds']:.0f} s CPU)", flush=True)  # fmt: skip
     result = dict(
         experiment="vilt_binding", steps=args.steps, warmup=args.warmup, seeds=args.seeds,
-        n_train=args.n_train, torch=torch.__version__, machine=platform.machine(), runs=runs,
-        summary=summarize(runs),
+        n_train=args.n_train, vqa_steps=args.vqa_steps, torch=torch.__version__,
+        machine=platform.machine(), runs=runs, summary=summarize(runs),
     )  # fmt: skip
     text = json.dumps(result, indent=1)
     atomic_write(args.out, lambda p: p.write_text(text + "\n"))

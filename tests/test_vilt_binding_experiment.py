@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from script_helpers import assert_keeps_existing, load_script, restored_threads
 
-from minivlm.data import ShapesWorld, caption_truth
+from minivlm.data import QTYPES, ShapesWorld, caption_truth, shapes_tokenizer
 
 
 def _load():
@@ -19,7 +20,7 @@ def test_vilt_binding_experiment_writes_results_and_keeps_existing(tmp_path, cap
     out = tmp_path / "r.json"
     with restored_threads():
         argv = ["--out", str(out), "--steps", "3", "--warmup", "2", "--seeds", "0",
-                "--n-train", "64"]  # fmt: skip
+                "--n-train", "64", "--vqa-steps", "2"]  # fmt: skip
         assert exp.main(argv) == 0
         res = json.loads(out.read_text())
         assert [(r["arm"], r["warmup"]) for r in res["runs"]] == [
@@ -27,7 +28,10 @@ def test_vilt_binding_experiment_writes_results_and_keeps_existing(tmp_path, cap
         ]  # fmt: skip
         for r in res["runs"]:
             assert all(0.0 <= r[k] <= 1.0 for k in exp.KINDS)
+            assert ("vqa" in r) == (r["arm"] != "clip")  # the ViLTs are also fine-tuned on VQA
         assert set(res["summary"]) == set(exp.ARMS)
+        vqa = res["summary"]["vilt cold"]["vqa"]
+        assert set(vqa) == set(QTYPES) | {"all"} and 0 < vqa["all"]["majority"][0] < 1
         assert_keeps_existing(exp.main, argv, out, capsys)
 
 
@@ -55,3 +59,17 @@ def test_binding_pairs_use_the_images_words_bound_differently():
     )
     with pytest.raises(ValueError, match="arm must be one of"):
         exp.run("vilt", seed=0, steps=1)
+
+
+def test_answer_slot_is_appended_after_the_last_real_token():
+    exp = _load()
+    tok = shapes_tokenizer()
+    ids = torch.tensor([[5, 9, 9, 0], [5, 9, 0, 0]])  # two questions, right-padded
+    am = (ids != 0).long()
+    b = exp.with_answer_slot({"input_ids": ids, "attention_mask": am,
+                              "pixel_values": torch.zeros(2, 3, 8, 8),
+                              "answer": torch.tensor([1, 2])}, tok.mask_id)  # fmt: skip
+    assert b["slot"].tolist() == [3, 2]
+    assert b["input_ids"][0, 3] == b["input_ids"][1, 2] == tok.mask_id
+    assert b["attention_mask"].tolist() == [[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]]
+    assert b["input_ids"][0, :3].tolist() == [5, 9, 9] and b["vqa_labels"].tolist() == [1, 2]
