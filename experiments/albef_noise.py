@@ -51,7 +51,6 @@ import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -62,7 +61,7 @@ from minivlm.data import CaptionDataset, ShapesData, ShapesWorld, shapes_tokeniz
 from minivlm.eval import retrieval_metrics
 from minivlm.models.albef import ALBEF
 from minivlm.train import TrainConfig, train
-from minivlm.utils import atomic_write
+from minivlm.utils import add_results_args, refuse_overwrite, write_json
 
 NOISE_LEVELS = (0.0, 0.3, 0.5)
 SEEDS = (0, 1, 2)
@@ -277,12 +276,7 @@ def print_table(results: dict[str, Any], file: Any = sys.stdout) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument(
-        "--out",
-        default="experiments/results/albef_noise.json",
-        help="results JSON (refused if it exists, unless --force)",
-    )
-    ap.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    add_results_args(ap, default="experiments/results/albef_noise.json")
     ap.add_argument(
         "--resume",
         action="store_true",
@@ -298,13 +292,9 @@ def main(argv: list[str] | None = None) -> int:
         "steps)",
     )
     args = ap.parse_args(argv)
-    out = Path(args.out)
-    if out.exists() and not (args.force or args.resume):
-        print(
-            f"albef_noise: {out} exists; pass --force to overwrite it or --resume to add the "
-            "missing runs",
-            file=sys.stderr,
-        )
+    out = args.out
+    if refuse_overwrite(out, args.force or args.resume, "albef_noise",
+                        " or --resume to add the missing runs"):  # fmt: skip
         return 2
     torch.set_num_threads(1)  # deterministic and cheap on a shared CPU
     configs = sweep_configs(args.steps, tuple(args.seeds))
@@ -344,8 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         results["complete"] = k == len(configs) - 1
         results["summary"] = summarize(results["runs"])
         results["total_wall_s"] = round(wall0 + time.perf_counter() - t0, 1)
-        text = json.dumps(results, indent=1)
-        atomic_write(out, lambda p, text=text: p.write_text(text + "\n"))
+        write_json(out, results)
         print(
             f"[{k + 1}/{len(configs)}] {section:15s} noise={cfg.noise} distill={cfg.distill!s:5s}"
             f" seed={cfg.seed}: R@1 {' '.join(f'{v:.3f}' for v in record['r1'])} "

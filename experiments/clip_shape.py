@@ -29,11 +29,8 @@ It refuses to overwrite ``--out`` unless ``--force`` is given; the file is writt
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,7 +42,7 @@ from minivlm.data import COLORS, SHAPES, SIZES, CaptionDataset, ShapesWorld, sha
 from minivlm.eval import linear_probe
 from minivlm.models.clip import build_zero_shot_classifier, zero_shot_predict
 from minivlm.train import TrainConfig, train
-from minivlm.utils import atomic_write
+from minivlm.utils import add_results_args, refuse_overwrite, write_json
 
 TOWERS = {"vit": "clip_tiny", "cnn": "clip_tiny_cnn"}
 DATA = {"1-4 objects": 4, "1 object": 1}  # max objects per training scene
@@ -129,15 +126,13 @@ def summarize(runs: list[dict]) -> dict[str, dict[str, float]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, required=True, help="results JSON to write")
-    ap.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    add_results_args(ap)
     ap.add_argument("--steps", type=int, default=700)
     ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     ap.add_argument("--n-train", type=int, default=4000)
     ap.add_argument("--towers", nargs="+", default=list(TOWERS), choices=list(TOWERS))
     args = ap.parse_args(argv)
-    if args.out.exists() and not args.force:
-        print(f"{args.out} exists; pass --force to overwrite it", file=sys.stderr)
+    if refuse_overwrite(args.out, args.force, "clip_shape"):
         return 2
     torch.set_num_threads(1)
     runs = []
@@ -153,8 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         experiment="clip_shape", steps=args.steps, seeds=args.seeds, n_train=args.n_train,
         torch=torch.__version__, machine=platform.machine(), runs=runs, summary=summarize(runs),
     )  # fmt: skip
-    text = json.dumps(result, indent=1)
-    atomic_write(args.out, lambda p: p.write_text(text + "\n"))
+    write_json(args.out, result)
     for name, cell in result["summary"].items():
         print(f"{name:18s} zero-shot shape {cell['zero_shot_shape_mean']:.3f} ± "
               f"{cell['zero_shot_shape_std']:.3f}, probe {cell['probe_shape_mean']:.3f}")

@@ -36,7 +36,6 @@ import platform
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -57,7 +56,7 @@ from minivlm.data.shapes import REGIONS
 from minivlm.models.blip2 import Blip2, Blip2Config, QFormerConfig
 from minivlm.nn.lm import IGNORE_INDEX
 from minivlm.train import TrainConfig, train
-from minivlm.utils import atomic_write
+from minivlm.utils import add_results_args, refuse_overwrite, write_json
 
 SEEDS = (0, 1, 2)
 INSTRUCTIONS = ("colour", "size", "position")
@@ -265,14 +264,11 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="experiments/results/instructblip.json",
-                    help="results JSON (refused if it exists, unless --force)")
-    ap.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    add_results_args(ap, default="experiments/results/instructblip.json")
     ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     args = ap.parse_args(argv)
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        print(f"instructblip: {out} exists; pass --force to overwrite it", file=sys.stderr)
+    out = args.out
+    if refuse_overwrite(out, args.force, "instructblip"):
         return 2
     torch.set_num_threads(1)  # deterministic and cheap on a shared CPU
     vit = zoo.load_image_encoder(verbose=False)
@@ -291,8 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         results["complete"] = k == len(args.seeds) - 1
         results["summary"] = summarize(results["runs"])
         results["total_wall_s"] = round(time.perf_counter() - t0, 1)
-        text = json.dumps(results, indent=1)
-        atomic_write(out, lambda p, text=text: p.write_text(text + "\n"))
+        write_json(out, results)
         acc = {n: record[n]["accuracy"] for n in ("BLIP-2", "InstructBLIP")}
         print(f"seed {seed}: " + "; ".join(
             f"{n} " + " ".join(f"{kk} {v:.3f}" for kk, v in a.items()) for n, a in acc.items()),

@@ -36,14 +36,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import random
 import sys
 import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,7 +50,7 @@ import torch
 import minivlm
 from minivlm.data import QTYPES, ShapesData, ShapesWorld, encode_chat, shapes_tokenizer
 from minivlm.models.llava import LLaVA, merge_image_features
-from minivlm.utils import atomic_write
+from minivlm.utils import add_results_args, refuse_overwrite, write_json
 
 SEEDS = (0, 1, 2, 3, 4)
 TEST_SEED = 10_000  # held-out scenes: world seed TEST_SEED + seed, as in the notebook
@@ -345,9 +343,7 @@ def random_parts(seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="experiments/results/llava_stages.json",
-                    help="results JSON (refused if it exists, unless --force)")  # fmt: skip
-    ap.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    add_results_args(ap, default="experiments/results/llava_stages.json")
     ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     d = Recipe()
     for name in ("n_train", "n_test", "s1_steps", "s2_steps"):
@@ -356,9 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--random-parts", action="store_true",
                     help="tiny random ViT and LM instead of the zoo's (smoke tests)")  # fmt: skip
     args = ap.parse_args(argv)
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        print(f"llava_stages: {out} exists; pass --force to overwrite it", file=sys.stderr)
+    out = args.out
+    if refuse_overwrite(out, args.force, "llava_stages"):
         return 2
     torch.set_num_threads(1)  # deterministic and cheap on a shared CPU
     recipe = Recipe(n_train=args.n_train, n_test=args.n_test, s1_steps=args.s1_steps,
@@ -388,8 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         results["complete"] = k == len(args.seeds) - 1
         results["summary"] = summarize(results["runs"])
         results["total_wall_s"] = round(time.perf_counter() - t0, 1)
-        text = json.dumps(results, indent=1)
-        atomic_write(out, lambda p, text=text: p.write_text(text + "\n"))
+        write_json(out, results)
         a = record["acc"]
         print(f"[{k + 1}/{len(args.seeds)}] seed {seed}: colour/all  stage 1 only "
               f"{a['stage 1 only']['color']:.2f}/{a['stage 1 only']['all']:.2f}, stage 2 only "

@@ -38,11 +38,8 @@ It refuses to overwrite ``--out`` unless ``--force`` is given; the file is writt
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -63,7 +60,7 @@ from minivlm.data import (
 )
 from minivlm.data.shapes import REGIONS
 from minivlm.train import TrainConfig, train
-from minivlm.utils import atomic_write
+from minivlm.utils import add_results_args, refuse_overwrite, write_json
 
 KINDS = ("region", "relation", "size")  # the binding kinds a 16x16 patch can see
 ARMS = ("vilt warm-up", "vilt cold", "clip")
@@ -354,8 +351,7 @@ def summarize(runs: list[dict]) -> dict[str, dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, required=True, help="results JSON to write")
-    ap.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    add_results_args(ap)
     ap.add_argument("--steps", type=int, default=1600, help="steps of each run, warm-up included")
     ap.add_argument("--warmup", type=int, default=400, help="warm-up steps of 'vilt warm-up'")
     ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
@@ -363,8 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-train", type=int, default=3000)
     ap.add_argument("--vqa-steps", type=int, default=300, help="VQA fine-tuning of the ViLTs")
     args = ap.parse_args(argv)
-    if args.out.exists() and not args.force:
-        print(f"{args.out} exists; pass --force to overwrite it", file=sys.stderr)
+    if refuse_overwrite(args.out, args.force, "vilt_binding"):
         return 2
     torch.set_num_threads(1)
     runs = []
@@ -379,8 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         n_train=args.n_train, vqa_steps=args.vqa_steps, torch=torch.__version__,
         machine=platform.machine(), runs=runs, summary=summarize(runs),
     )  # fmt: skip
-    text = json.dumps(result, indent=1)
-    atomic_write(args.out, lambda p: p.write_text(text + "\n"))
+    write_json(args.out, result)
     for arm, cell in result["summary"].items():
         print(f"{arm:12s} " + ", ".join(f"{k} {cell[k]['mean']:.3f} (min {cell[k]['min']:.3f})"
                                         for k in KINDS))  # fmt: skip

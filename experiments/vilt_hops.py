@@ -39,11 +39,8 @@ It refuses to overwrite ``--out`` unless ``--force`` is given; the file is writt
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,7 +50,7 @@ import torch.nn.functional as F
 
 import minivlm
 from minivlm.data import COLORS, ShapesWorld, shapes_tokenizer
-from minivlm.utils import atomic_write
+from minivlm.utils import add_results_args, refuse_overwrite, write_json
 
 TASKS = ("fixed query", "text only", "word decides")
 PATCHES = (16, 8)  # notebook 02's ViLT cuts 16x16 patches; the vilt_tiny preset 8x8
@@ -206,8 +203,7 @@ def summarize(runs: list[dict]) -> dict[str, dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, required=True, help="results JSON to write")
-    ap.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    add_results_args(ap)
     ap.add_argument("--steps", type=int, default=600, help="steps of each grid run")
     ap.add_argument("--curriculum-steps", type=int, default=1000,
                     help="steps of a curriculum run, warm-up included (0: none)")  # fmt: skip
@@ -217,8 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     ap.add_argument("--n-train", type=int, default=3000)
     args = ap.parse_args(argv)
-    if args.out.exists() and not args.force:
-        print(f"{args.out} exists; pass --force to overwrite it", file=sys.stderr)
+    if refuse_overwrite(args.out, args.force, "vilt_hops"):
         return 2
     torch.set_num_threads(1)
     jobs = [dict(task_name=t, patch=p, seed=s, steps=args.steps)
@@ -243,8 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         seeds=args.seeds, n_train=args.n_train, torch=torch.__version__,
         machine=platform.machine(), runs=runs, summary=summarize(runs),
     )  # fmt: skip
-    text = json.dumps(result, indent=1)
-    atomic_write(args.out, lambda p: p.write_text(text + "\n"))
+    write_json(args.out, result)
     for name, cell in result["summary"].items():
         print(f"{name:58s} final accuracy {cell['mean']:.3f} (min {cell['min']:.3f})")
     return 0

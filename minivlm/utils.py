@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import random
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,6 +66,35 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         if tmp_path.exists():
             tmp_path.unlink()
     return path
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON (one space, trailing newline) atomically to ``path``."""
+    text = json.dumps(obj, indent=1)
+    return atomic_write(path, lambda p: p.write_text(text + "\n"))
+
+
+def add_results_args(ap: argparse.ArgumentParser, default: str | None = None) -> None:
+    """The ``--out`` results file (required unless ``default`` is given) and ``--force``,
+    as every script in ``experiments/`` takes them."""
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=default,
+        required=default is None,
+        help="results JSON to write (refused if it exists, unless --force)",
+    )
+    ap.add_argument("--force", action="store_true", help="overwrite an existing --out")
+
+
+def refuse_overwrite(out: Path, allowed: bool, prog: str, alternative: str = "") -> bool:
+    """True, after saying why on stderr, when ``out`` exists and overwriting is not
+    ``allowed`` (experiment results are never overwritten unasked); the caller exits 2.
+    ``alternative`` names another flag that would allow it (" or --resume ...")."""
+    if out.exists() and not allowed:
+        print(f"{prog}: {out} exists; pass --force to overwrite it{alternative}", file=sys.stderr)
+        return True
+    return False
 
 
 def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:
