@@ -13,17 +13,7 @@ import torch
 from torch import nn
 
 _AMP_MODES = ("auto", "bf16", "off")
-# Config fields that may change between a run and its resume without a warning.
-_RESUME_FREE_FIELDS = {
-    "steps",
-    "log_every",
-    "eval_every",
-    "ckpt_every",
-    "ckpt_path",
-    "progress",
-    "compile",
-    "num_workers",
-}
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -32,10 +22,13 @@ class TrainConfig:
 
     ``batch_size`` is the *global* batch and is used when :func:`train` gets a ``Dataset``;
     with a ``DataLoader`` the loader's own batch size applies. ``eval_every`` / ``ckpt_every``
-    of 0 mean "only at the end of the call". ``amp``: ``"auto"`` (bf16 autocast on CUDA only),
-    ``"bf16"`` (on any device) or ``"off"``. ``progress``: ``True``/``"text"`` a plain text
-    tqdm bar (reads well in a saved notebook), ``"auto"`` ``tqdm.auto`` (a widget in
-    Jupyter), ``False`` none.
+    of 0 mean "only at the end of the call". ``precision``: ``"fp32"`` (default; reproducible
+    prints) or ``"bf16"``, the fast path of :mod:`minivlm.train.fast` (bf16 autocast where the
+    device has native bf16, else fp32 with a warning; fused AdamW); ``compile``: wrap the model
+    in ``torch.compile``. ``amp`` overrides the precision: ``"bf16"`` forces autocast on any
+    device (emulated where not native), ``"off"`` forbids it, ``"auto"`` follows ``precision``.
+    ``progress``: ``True``/``"text"`` a plain text tqdm bar (reads well in a saved notebook),
+    ``"auto"`` ``tqdm.auto`` (a widget in Jupyter), ``False`` none.
     """
 
     steps: int = 1000
@@ -54,6 +47,7 @@ class TrainConfig:
     ckpt_path: str | None = None
     ckpt_every: int = 0
     compile: bool = False
+    precision: str = "fp32"
     amp: str = "auto"
     seed: int = 0
     progress: bool | str = True
@@ -81,6 +75,10 @@ class TrainConfig:
             self.amp = "off"
         if self.amp not in _AMP_MODES:
             raise ValueError(f"TrainConfig.amp must be one of {_AMP_MODES}, got {self.amp!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"TrainConfig.precision must be one of {PRECISIONS}, got {self.precision!r}"
+            )
         if self.progress not in (True, False, "text", "auto"):
             raise ValueError(
                 f"TrainConfig.progress must be True, False, 'text' or 'auto', got {self.progress!r}"
@@ -173,7 +171,7 @@ def make_optimizer(
     model: nn.Module,
     config: TrainConfig,
     param_groups: list[dict[str, Any]] | None,
-    dev: torch.device,
+    fused: bool = False,
 ) -> torch.optim.Optimizer:
     if param_groups is None:
         groups = default_param_groups(model, config.weight_decay)
@@ -187,7 +185,7 @@ def make_optimizer(
             )
         groups = [dict(g) for g in param_groups]
     kwargs: dict[str, Any] = {}
-    if dev.type == "cuda":
+    if fused:
         kwargs["fused"] = True
     return torch.optim.AdamW(
         groups,

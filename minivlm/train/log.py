@@ -67,7 +67,7 @@ class TrainLog:
                 if k == "loss" and not math.isfinite(v):
                     raise FloatingPointError(
                         f"train: the loss is {v} at step {s}; lower TrainConfig.lr, check the "
-                        "inputs, or try amp='off'"
+                        "inputs, or try precision='fp32'"
                     )
                 self.history[k].append(v)
         if self.bar is not None:

@@ -14,9 +14,11 @@ What the loop does, step by step (each piece is a plain function a notebook can 
 1. learning rate from :func:`lr_at` -- linear warm-up then cosine decay to
    ``lr * min_lr_ratio`` (the "SGDR" cosine of Loshchilov & Hutter, as used by CLIP, ALBEF,
    BLIP, LLaVA);
-2. forward under bf16 autocast on CUDA (``amp="auto"``), backward, gradient clipping;
+2. forward (under bf16 autocast with ``precision="bf16"`` where the device has native bf16,
+   see :mod:`minivlm.train.fast`; fp32 by default), backward, gradient clipping;
 3. AdamW (Loshchilov & Hutter, "Decoupled weight decay") with no decay on biases,
-   norm weights and embeddings by convention (:func:`default_param_groups`), fused on CUDA;
+   norm weights and embeddings by convention (:func:`default_param_groups`), fused on CUDA
+   and on the bf16 fast path;
 4. ``model.on_after_step(step)`` if the model defines it (EMA / momentum encoders of ALBEF
    and BLIP, ramps such as ALBEF's distillation weight alpha);
 5. every ``eval_every`` steps ``eval_fn(model) -> dict[str, float]``, every ``ckpt_every``
@@ -61,6 +63,7 @@ from torch.utils.data import Dataset
 
 from minivlm.train.batches import init_distributed, make_source, pick_device, to_device
 from minivlm.train.config import TrainConfig, TrainResult, lr_at, make_optimizer
+from minivlm.train.fast import fused_adamw_ok, use_bf16
 from minivlm.train.log import TrainLog, progress_bar
 from minivlm.train.state import rng_state, set_rng_state, start_or_resume, write_checkpoint
 
@@ -114,15 +117,15 @@ def train(
     rank, world = init_distributed()
     dev = pick_device(device, world)
     model.to(dev)
+    use_amp = use_bf16(config, dev)
     if optimizer is None:
-        optimizer = make_optimizer(model, config, param_groups, dev)
+        optimizer = make_optimizer(model, config, param_groups, fused_adamw_ok(dev, use_amp))
     for g in optimizer.param_groups:
         g.setdefault("initial_lr", g["lr"])
     source = make_source(data, config, collate_fn, rank, world)
     ckpt = Path(config.ckpt_path) if config.ckpt_path else None
     step, history = start_or_resume(ckpt, resume, model, optimizer, config, source)
     fwd = _wrap(model, config, dev, world)
-    use_amp = _use_amp(config, dev)
     hook, accepted = _step_hook(model), _forward_keys(model)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     end = config.steps if stop_after is None else min(config.steps, stop_after)
@@ -310,13 +313,6 @@ def _wrap(model: nn.Module, config: TrainConfig, dev: torch.device, world: int) 
     if config.compile:
         fwd = torch.compile(fwd)  # type: ignore[assignment]
     return fwd
-
-
-def _use_amp(config: TrainConfig, dev: torch.device) -> bool:
-    """bf16 autocast: always with ``amp="bf16"``, on CUDA with bf16 support for ``"auto"``."""
-    return config.amp == "bf16" or (
-        config.amp == "auto" and dev.type == "cuda" and torch.cuda.is_bf16_supported()
-    )
 
 
 def _evaluate(
