@@ -2,8 +2,8 @@
 
 ``from minivlm.train import train, TrainConfig, ...`` is the public surface; the pieces live in
 ``config.py`` (run settings, schedule, optimizer groups), ``batches.py`` (sampling, sharding,
-devices), ``state.py`` (checkpoints, RNG, exact resume), ``log.py`` (progress, history) and
-``loop.py`` (the step loop).
+devices), ``state.py`` (checkpoints, RNG, exact resume), ``log.py`` (progress, history),
+``fast.py`` (the bf16 / fused / compile fast path) and ``loop.py`` (the step loop).
 """
 
 from minivlm.train.batches import init_distributed, to_device
