@@ -20,7 +20,7 @@ from minivlm.models.clip import (
     contrastive_logits,
     zero_shot_predict,
 )
-from minivlm.nn.text import TextConfig
+from minivlm.nn.bert import TextConfig
 
 transformers = pytest.importorskip("transformers")
 

@@ -50,9 +50,10 @@ def hf_activation(name: object, where: str) -> str:
 
 
 def add_linear(sd: dict[str, Tensor], dst: str, src: nn.Module) -> None:
-    """Put ``src.weight`` / ``src.bias`` (a Linear or LayerNorm) into ``sd`` under ``dst``."""
+    """Put ``src.weight`` / ``src.bias`` (a Linear, LayerNorm, Embedding, ...) into ``sd``
+    under ``dst``."""
     sd[dst + ".weight"] = src.weight
-    if src.bias is not None:
+    if getattr(src, "bias", None) is not None:
         sd[dst + ".bias"] = src.bias
 
 

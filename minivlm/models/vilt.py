@@ -33,9 +33,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minivlm.nn.attention import padding_mask
+from minivlm.nn.bert import BertEncoder, BertMLMHead, TextConfig
 from minivlm.nn.blocks import TransformerBlock, get_activation
-from minivlm.nn.text import _HF_ACTS, BertEncoder, BertMLMHead, TextConfig
-from minivlm.registry import register_model
 
 Tensor = torch.Tensor
 
@@ -596,7 +595,7 @@ class ViLT(nn.Module):
         )  # fmt: skip
         return wpa_loss(dist, itm_labels[rows])
 
-    # -- Hugging Face interop ------------------------------------------------
+    # -- checkpoints (converter in minivlm.interop.vilt) ---------------------------
 
     @classmethod
     def from_hf(cls, model: nn.Module) -> ViLT:
@@ -613,96 +612,9 @@ class ViLT(nn.Module):
         order even when it keeps them all, and at most ``max_image_length`` of them when
         that is positive; minivlm keeps all, in raster order.
         """
-        vilt = getattr(model, "vilt", model)
-        emb = getattr(vilt, "embeddings", None)
-        if not (hasattr(emb, "text_embeddings") and hasattr(emb, "patch_embeddings")):
-            raise TypeError(
-                "ViLT.from_hf: expected a transformers ViltModel (or a Vilt...For... model "
-                f"holding one as .vilt), got {type(model).__name__}"
-            )
-        hc = vilt.config
-        act = _HF_ACTS.get(hc.hidden_act) if isinstance(hc.hidden_act, str) else None
-        if act is None:
-            raise ValueError(f"ViLT.from_hf: unsupported hidden_act {hc.hidden_act!r}")
+        from minivlm.interop.vilt import vilt_from_hf
 
-        def square(v, what: str) -> int:
-            if isinstance(v, (list, tuple)):
-                if len(v) != 2 or v[0] != v[1]:
-                    raise ValueError(f"ViLT.from_hf: non-square {what} {v} is not supported")
-                v = v[0]
-            return int(v)
-
-        head_mlm = getattr(model, "mlm_score", None)
-        head_vqa = getattr(model, "classifier", None)
-        if head_vqa is not None and type(model).__name__ != "ViltForQuestionAnswering":
-            head_vqa = None  # NLVR2 / token classifiers have other shapes
-        head_rank = getattr(model, "rank_output", None)
-        te = emb.text_embeddings
-        cfg = ViLTConfig(
-            vocab_size=hc.vocab_size, max_text_len=hc.max_position_embeddings,
-            type_vocab_size=hc.type_vocab_size,
-            modality_type_vocab_size=hc.modality_type_vocab_size,
-            pad_id=te.word_embeddings.padding_idx,
-            image_size=square(hc.image_size, "image_size"),
-            patch_size=square(hc.patch_size, "patch_size"), in_chans=hc.num_channels,
-            dim=hc.hidden_size, depth=hc.num_hidden_layers, num_heads=hc.num_attention_heads,
-            mlp_hidden=hc.intermediate_size, mlp_ratio=hc.intermediate_size / hc.hidden_size,
-            act=act, eps=hc.layer_norm_eps, qkv_bias=hc.qkv_bias,
-            pooler=vilt.pooler is not None, itm_head=head_rank is not None,
-            mlm_head=head_mlm is not None,
-            num_answers=head_vqa[-1].out_features if head_vqa is not None else 0,
-        )  # fmt: skip
-
-        sd: dict[str, Tensor] = {}
-
-        def lin(dst: str, src: nn.Module) -> None:
-            sd[dst + ".weight"] = src.weight
-            if getattr(src, "bias", None) is not None:
-                sd[dst + ".bias"] = src.bias
-
-        lin("text_embeddings.word_embeddings", te.word_embeddings)
-        lin("text_embeddings.position_embeddings", te.position_embeddings)
-        lin("text_embeddings.token_type_embeddings", te.token_type_embeddings)
-        lin("text_embeddings.embed_norm", te.LayerNorm)
-        lin("patch_embed", emb.patch_embeddings.projection)
-        sd["cls_token"] = emb.cls_token
-        sd["pos_embed"] = emb.position_embeddings
-        lin("modality_embeddings", emb.token_type_embeddings)
-        for i, layer in enumerate(vilt.encoder.layer):
-            p = f"blocks.{i}."
-            att = layer.attention
-            lin(p + "norm1", layer.layernorm_before)
-            lin(p + "attn.q_proj", att.attention.query)
-            lin(p + "attn.k_proj", att.attention.key)
-            lin(p + "attn.v_proj", att.attention.value)
-            lin(p + "attn.out_proj", att.output.dense)
-            lin(p + "norm2", layer.layernorm_after)
-            lin(p + "mlp.fc1", layer.intermediate.dense)
-            lin(p + "mlp.fc2", layer.output.dense)
-        lin("norm", vilt.layernorm)
-        if vilt.pooler is not None:
-            lin("pooler", vilt.pooler.dense)
-        tied = False
-        if head_mlm is not None:
-            lin("mlm_head.dense", head_mlm.transform.dense)
-            lin("mlm_head.norm", head_mlm.transform.LayerNorm)
-            lin("mlm_head.decoder", head_mlm.decoder)
-            tied = head_mlm.decoder.weight is te.word_embeddings.weight
-        if head_vqa is not None:
-            for j in (0, 1, 3):  # Linear, LayerNorm, (GELU), Linear
-                lin(f"vqa_head.{j}", head_vqa[j])
-        if head_rank is not None:  # 1 logit -> 2 logits [0, s]: same log-odds of "match"
-            w, b = head_rank.weight, head_rank.bias
-            sd["itm_head.weight"] = torch.cat([torch.zeros_like(w), w], dim=0)
-            sd["itm_head.bias"] = torch.cat([torch.zeros_like(b), b], dim=0)
-
-        ours = cls(cfg)
-        if head_mlm is not None and not tied:  # HF's decoder was untied: give ours its own
-            ours.mlm_head.decoder.weight = nn.Parameter(ours.mlm_head.decoder.weight.clone())
-        ref = te.word_embeddings.weight
-        ours.to(device=ref.device, dtype=ref.dtype)
-        ours.load_state_dict({k: v.detach().clone() for k, v in sd.items()}, strict=True)
-        return ours.train(model.training)
+        return vilt_from_hf(cls, model)
 
 
 def _mean_ce(logits: Tensor, labels: Tensor) -> Tensor:
@@ -958,38 +870,3 @@ def wpa_loss(distance: Tensor, itm_labels: Tensor) -> Tensor:
         return distance.sum()
     sign = torch.where(itm_labels == 1, 1.0, -1.0).to(distance.dtype)
     return (sign * distance).sum() / distance.numel()
-
-
-# ---------------------------------------------------------------------------
-# Presets
-# ---------------------------------------------------------------------------
-
-_PRESETS: dict[str, dict] = {
-    # shapes world: 64x64 images -> 8x8 patches of 8 px, captions of at most 32 tokens.
-    # vocab_size covers minivlm's shapes tokenizer (pass vocab_size=tok.vocab_size to fit it);
-    # num_answers defaults to the shapes world's answer list (minivlm.data.shapes.ANSWERS).
-    "vilt_tiny": dict(vocab_size=256, max_text_len=32, image_size=64, patch_size=8, dim=128,
-                      depth=4, num_heads=4),  # fmt: skip
-    # ViLT-B/32 (§4): ViT-B/32 width and depth, 40 text positions, 384 px images. The
-    # backbone alone (HF ViltModel(ViltConfig()), pooler included); add heads with
-    # create_model("vilt_b32", itm_head=True, mlm_head=True) for pre-training.
-    "vilt_b32": dict(itm_head=False, mlm_head=False, num_answers=0),
-}
-
-
-def _make_factory(name: str):
-    def factory(**overrides) -> ViLT:
-        preset = dict(_PRESETS[name])
-        if name == "vilt_tiny" and "num_answers" not in overrides:
-            from minivlm.data.shapes import ANSWERS
-
-            preset["num_answers"] = len(ANSWERS)
-        return ViLT(ViLTConfig(**{**preset, **overrides}))
-
-    factory.__name__ = name
-    factory.__doc__ = f"ViLT preset {name!r}: ViLTConfig with {_PRESETS[name]} (keyword overrides)."
-    return factory
-
-
-for _name in _PRESETS:
-    register_model(_name)(_make_factory(_name))

@@ -1,0 +1,106 @@
+"""``transformers`` ViLT -> :class:`~minivlm.models.vilt.ViLT` (backbone and task heads).
+
+``ViltMLMHead`` / ``ViltForQuestionAnswering`` / ``ViltForImageAndTextRetrieval`` heads are
+copied into ``mlm_head`` / ``vqa_head`` / ``itm_head`` (row 1 = HF's ``rank_output``, row 0 = 0).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn as nn
+
+from minivlm.interop.common import add_linear, hf_activation, load_converted
+
+if TYPE_CHECKING:
+    from minivlm.models.vilt import ViLT
+
+Tensor = torch.Tensor
+
+
+def vilt_from_hf(cls: type[ViLT], model: nn.Module) -> ViLT:
+    """Build a ``cls`` with the config and weights of a Hugging Face ``ViltModel`` (or a
+    ``Vilt...For...`` model holding one as ``.vilt``, its head copied too)."""
+    from minivlm.models.vilt import ViLTConfig
+
+    vilt = getattr(model, "vilt", model)
+    emb = getattr(vilt, "embeddings", None)
+    if not (hasattr(emb, "text_embeddings") and hasattr(emb, "patch_embeddings")):
+        raise TypeError(
+            "ViLT.from_hf: expected a transformers ViltModel (or a Vilt...For... model "
+            f"holding one as .vilt), got {type(model).__name__}"
+        )
+    hc = vilt.config
+    act = hf_activation(hc.hidden_act, "ViLT.from_hf")
+
+    def square(v, what: str) -> int:
+        if isinstance(v, (list, tuple)):
+            if len(v) != 2 or v[0] != v[1]:
+                raise ValueError(f"ViLT.from_hf: non-square {what} {v} is not supported")
+            v = v[0]
+        return int(v)
+
+    head_mlm = getattr(model, "mlm_score", None)
+    head_vqa = getattr(model, "classifier", None)
+    if head_vqa is not None and type(model).__name__ != "ViltForQuestionAnswering":
+        head_vqa = None  # NLVR2 / token classifiers have other shapes
+    head_rank = getattr(model, "rank_output", None)
+    te = emb.text_embeddings
+    cfg = ViLTConfig(
+        vocab_size=hc.vocab_size, max_text_len=hc.max_position_embeddings,
+        type_vocab_size=hc.type_vocab_size,
+        modality_type_vocab_size=hc.modality_type_vocab_size,
+        pad_id=te.word_embeddings.padding_idx,
+        image_size=square(hc.image_size, "image_size"),
+        patch_size=square(hc.patch_size, "patch_size"), in_chans=hc.num_channels,
+        dim=hc.hidden_size, depth=hc.num_hidden_layers, num_heads=hc.num_attention_heads,
+        mlp_hidden=hc.intermediate_size, mlp_ratio=hc.intermediate_size / hc.hidden_size,
+        act=act, eps=hc.layer_norm_eps, qkv_bias=hc.qkv_bias,
+        pooler=vilt.pooler is not None, itm_head=head_rank is not None,
+        mlm_head=head_mlm is not None,
+        num_answers=head_vqa[-1].out_features if head_vqa is not None else 0,
+    )  # fmt: skip
+
+    sd: dict[str, Tensor] = {}
+
+    add_linear(sd, "text_embeddings.word_embeddings", te.word_embeddings)
+    add_linear(sd, "text_embeddings.position_embeddings", te.position_embeddings)
+    add_linear(sd, "text_embeddings.token_type_embeddings", te.token_type_embeddings)
+    add_linear(sd, "text_embeddings.embed_norm", te.LayerNorm)
+    add_linear(sd, "patch_embed", emb.patch_embeddings.projection)
+    sd["cls_token"] = emb.cls_token
+    sd["pos_embed"] = emb.position_embeddings
+    add_linear(sd, "modality_embeddings", emb.token_type_embeddings)
+    for i, layer in enumerate(vilt.encoder.layer):
+        p = f"blocks.{i}."
+        att = layer.attention
+        add_linear(sd, p + "norm1", layer.layernorm_before)
+        add_linear(sd, p + "attn.q_proj", att.attention.query)
+        add_linear(sd, p + "attn.k_proj", att.attention.key)
+        add_linear(sd, p + "attn.v_proj", att.attention.value)
+        add_linear(sd, p + "attn.out_proj", att.output.dense)
+        add_linear(sd, p + "norm2", layer.layernorm_after)
+        add_linear(sd, p + "mlp.fc1", layer.intermediate.dense)
+        add_linear(sd, p + "mlp.fc2", layer.output.dense)
+    add_linear(sd, "norm", vilt.layernorm)
+    if vilt.pooler is not None:
+        add_linear(sd, "pooler", vilt.pooler.dense)
+    tied = False
+    if head_mlm is not None:
+        add_linear(sd, "mlm_head.dense", head_mlm.transform.dense)
+        add_linear(sd, "mlm_head.norm", head_mlm.transform.LayerNorm)
+        add_linear(sd, "mlm_head.decoder", head_mlm.decoder)
+        tied = head_mlm.decoder.weight is te.word_embeddings.weight
+    if head_vqa is not None:
+        for j in (0, 1, 3):  # Linear, LayerNorm, (GELU), Linear
+            add_linear(sd, f"vqa_head.{j}", head_vqa[j])
+    if head_rank is not None:  # 1 logit -> 2 logits [0, s]: same log-odds of "match"
+        w, b = head_rank.weight, head_rank.bias
+        sd["itm_head.weight"] = torch.cat([torch.zeros_like(w), w], dim=0)
+        sd["itm_head.bias"] = torch.cat([torch.zeros_like(b), b], dim=0)
+
+    ours = cls(cfg)
+    if head_mlm is not None and not tied:  # HF's decoder was untied: give ours its own
+        ours.mlm_head.decoder.weight = nn.Parameter(ours.mlm_head.decoder.weight.clone())
+    return load_converted(ours, sd, te.word_embeddings.weight, model.training)
