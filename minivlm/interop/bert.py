@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 import torch.nn as nn
 
 from minivlm.interop.common import ACTIVATIONS, add_linear, hf_activation, load_converted
-from minivlm.nn.bert import TextConfig
-
-if TYPE_CHECKING:
-    from minivlm.nn.bert import BertEncoder, BertMLMHead
 
 Tensor = torch.Tensor
 
 
-def bert_encoder_from_hf(cls: type[BertEncoder], model: nn.Module) -> BertEncoder:
-    """Copy a ``transformers.BertModel`` (or a model holding one as ``.bert``).
+def bert_encoder_from_hf(cls: type[nn.Module], config_cls: type, model: nn.Module) -> Any:
+    """Copy a ``transformers.BertModel`` (or a model holding one as ``.bert``) into a ``cls``
+    (:class:`~minivlm.nn.bert.BertEncoder`, ``config_cls`` its TextConfig).
 
     ``is_decoder=True`` becomes ``causal=True``; layers with ``crossattention`` keep it
     (HF adds cross-attention only to decoders, to every layer).
@@ -38,7 +35,7 @@ def bert_encoder_from_hf(cls: type[BertEncoder], model: nn.Module) -> BertEncode
     cross = tuple(i for i, layer in enumerate(layers) if getattr(layer, "crossattention", None))
     kv_dim = layers[cross[0]].crossattention.self.key.in_features if cross else None
     emb = bert.embeddings
-    cfg = TextConfig(
+    cfg = config_cls(
         vocab_size=hc.vocab_size, max_len=hc.max_position_embeddings, dim=hc.hidden_size,
         depth=hc.num_hidden_layers, num_heads=hc.num_attention_heads,
         mlp_hidden=hc.intermediate_size, mlp_ratio=hc.intermediate_size / hc.hidden_size,
@@ -71,9 +68,7 @@ def bert_encoder_from_hf(cls: type[BertEncoder], model: nn.Module) -> BertEncode
     return load_converted(cls(cfg), sd, emb.word_embeddings.weight, bert.training)
 
 
-def bert_mlm_head_from_hf(
-    cls: type[BertMLMHead], model: nn.Module, encoder: BertEncoder | None = None
-) -> BertMLMHead:
+def bert_mlm_head_from_hf(cls: type[nn.Module], model: nn.Module, encoder: Any = None) -> Any:
     """Copy the head of a ``transformers.BertForMaskedLM`` (``model.cls.predictions``).
 
     With ``encoder`` (from ``BertEncoder.from_hf(model)``) and HF's decoder tied to its word

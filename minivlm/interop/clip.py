@@ -1,4 +1,5 @@
-"""``transformers`` CLIP -> minivlm: the text tower, the vision tower, the whole model.
+"""``transformers`` CLIP -> minivlm: the vision tower and the whole model (the text tower:
+:mod:`minivlm.interop.clip_text`).
 
 ``clip_vision_state_from_hf`` and ``clip_vision_config_from_hf`` also serve LLaVA, whose
 vision tower is CLIP's.
@@ -8,58 +9,16 @@ from __future__ import annotations
 
 import math
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn as nn
 
-from minivlm.interop.common import CLIP_LAYER_NAMES, hf_activation, load_converted
-from minivlm.nn.bert import TextConfig
+from minivlm.interop.common import CLIP_LAYER_NAMES, hf_activation
+from minivlm.nn.causal_text import CausalTextEncoder
 from minivlm.nn.vit import ViTConfig, clip_vision_config
 
-if TYPE_CHECKING:
-    from minivlm.models.clip import CLIP
-    from minivlm.nn.causal_text import CausalTextEncoder
-
 Tensor = torch.Tensor
-
-
-def causal_text_from_hf(cls: type[CausalTextEncoder], model: nn.Module) -> CausalTextEncoder:
-    """Copy a ``transformers.CLIPTextModel`` (or a model holding one as ``.text_model``).
-
-    An HF ``eos_token_id`` of 2 (old configs) becomes ``eos_token_id=None``, the legacy argmax
-    rule of :func:`~minivlm.nn.causal_text.pool_eos`.
-    """
-    tm = model
-    while hasattr(tm, "text_model"):
-        tm = tm.text_model
-    if not (hasattr(tm, "embeddings") and hasattr(tm, "final_layer_norm")):
-        raise TypeError(
-            "CausalTextEncoder.from_hf: expected a transformers CLIPTextModel, got "
-            f"{type(model).__name__}"
-        )
-    hc = tm.config
-    act = hf_activation(hc.hidden_act, "CausalTextEncoder.from_hf")
-    eos = getattr(hc, "eos_token_id", None)
-    cfg = TextConfig.clip(
-        vocab_size=hc.vocab_size, max_len=hc.max_position_embeddings, dim=hc.hidden_size,
-        depth=hc.num_hidden_layers, num_heads=hc.num_attention_heads,
-        mlp_hidden=hc.intermediate_size, mlp_ratio=hc.intermediate_size / hc.hidden_size,
-        act=act, eps=hc.layer_norm_eps, eos_token_id=None if eos == 2 else eos,
-    )  # fmt: skip
-    emb = tm.embeddings
-    sd: dict[str, Tensor] = {
-        "token_embedding.weight": emb.token_embedding.weight,
-        "position_embedding.weight": emb.position_embedding.weight,
-        "final_norm.weight": tm.final_layer_norm.weight,
-        "final_norm.bias": tm.final_layer_norm.bias,
-    }
-    for i, layer in enumerate(tm.encoder.layers):
-        for src, dst in CLIP_LAYER_NAMES.items():
-            mod = layer.get_submodule(src)
-            sd[f"blocks.{i}.{dst}.weight"] = mod.weight
-            sd[f"blocks.{i}.{dst}.bias"] = mod.bias
-    return load_converted(cls(cfg), sd, emb.token_embedding.weight, tm.training)
 
 
 def clip_vision_config_from_hf(hv: Any, where: str) -> ViTConfig:
@@ -95,18 +54,16 @@ def clip_vision_state_from_hf(v: dict[str, Tensor], depth: int) -> dict[str, Ten
     return {k: t.detach().clone() for k, t in out.items()}
 
 
-def clip_from_hf(cls: type[CLIP], model: nn.Module) -> CLIP:
-    """Copy a ``transformers.CLIPModel``: same config, same weights, same outputs."""
-    from minivlm.models.clip import CLIPConfig
-    from minivlm.nn.causal_text import CausalTextEncoder
-
+def clip_from_hf(cls: type[nn.Module], config_cls: type, model: nn.Module) -> Any:
+    """Copy a ``transformers.CLIPModel`` into a ``cls`` (:class:`~minivlm.models.clip.CLIP`,
+    ``config_cls`` its CLIPConfig): same config, same weights, same outputs."""
     vm = getattr(model, "vision_model", None)
     if vm is None or not hasattr(model, "text_model") or not hasattr(model, "logit_scale"):
         raise TypeError(f"CLIP.from_hf: expected a transformers CLIPModel, got {type(model)}")
     hv = vm.config
     vision = clip_vision_config_from_hf(hv, "CLIP.from_hf (vision tower)")
     text_encoder = CausalTextEncoder.from_hf(model.text_model)
-    cfg = CLIPConfig(
+    cfg = config_cls(
         vision=vision,
         text=text_encoder.config,
         embed_dim=model.visual_projection.out_features,
@@ -127,7 +84,7 @@ def clip_from_hf(cls: type[CLIP], model: nn.Module) -> CLIP:
     return clip.train(model.training)
 
 
-def clip_from_pretrained(cls: type[CLIP], name_or_path: str, **kwargs: Any) -> CLIP:
+def clip_from_pretrained(cls: Any, name_or_path: str, **kwargs: Any) -> Any:
     """``transformers.CLIPModel.from_pretrained(name_or_path, **kwargs)``, copied; failures
     raise a RuntimeError that says how to fix them."""
     try:

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-
-from minivlm.nn.lm import LMConfig
-
-if TYPE_CHECKING:
-    from minivlm.nn.lm import DecoderLM
+import torch.nn as nn
 
 Tensor = torch.Tensor
 
@@ -23,9 +19,10 @@ LLAMA_LAYER_NAMES: dict[str, str] = {
 }  # fmt: skip
 
 
-def decoder_lm_from_hf(cls: type[DecoderLM], hf_model: Any) -> DecoderLM:
+def decoder_lm_from_hf(cls: type[nn.Module], config_cls: type, hf_model: Any) -> Any:
     """Copy a ``transformers.LlamaForCausalLM`` (or anything with its ``config``,
-    ``state_dict()`` and ``parameters()``) into a ``cls``."""
+    ``state_dict()`` and ``parameters()``) into a ``cls`` (:class:`~minivlm.nn.lm.DecoderLM`,
+    ``config_cls`` its LMConfig)."""
     hc = hf_model.config
     if getattr(hc, "hidden_act", "silu") != "silu":
         raise ValueError(
@@ -46,7 +43,7 @@ def decoder_lm_from_hf(cls: type[DecoderLM], hf_model: Any) -> DecoderLM:
     head_dim = getattr(hc, "head_dim", None)
     if head_dim == hc.hidden_size // hc.num_attention_heads:
         head_dim = None
-    cfg = LMConfig(
+    cfg = config_cls(
         vocab_size=hc.vocab_size, dim=hc.hidden_size, depth=hc.num_hidden_layers,
         num_heads=hc.num_attention_heads,
         num_kv_heads=hc.num_key_value_heads or hc.num_attention_heads,

@@ -6,7 +6,7 @@ Works with both the transformers >= 4.52 layout (``model.language_model``) and t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -15,17 +15,13 @@ from minivlm.interop.clip import clip_vision_config_from_hf, clip_vision_state_f
 from minivlm.interop.common import hf_activation
 from minivlm.nn.lm import DecoderLM
 
-if TYPE_CHECKING:
-    from minivlm.models.llava import LLaVA
-
 Tensor = torch.Tensor
 
 
-def llava_from_hf(cls: type[LLaVA], model: nn.Module) -> LLaVA:
+def llava_from_hf(cls: type[nn.Module], config_cls: type, model: nn.Module) -> Any:
     """Copy a ``transformers.LlavaForConditionalGeneration`` with a CLIP vision tower and a
-    Llama language model."""
-    from minivlm.models.llava import LlavaConfig
-
+    Llama language model into a ``cls`` (:class:`~minivlm.models.llava.LLaVA`, ``config_cls``
+    its LlavaConfig)."""
     hc = getattr(model, "config", None)
     if hc is None or getattr(hc, "model_type", None) != "llava":
         raise TypeError(
@@ -56,7 +52,7 @@ def llava_from_hf(cls: type[LLaVA], model: nn.Module) -> LLaVA:
     lm = DecoderLM.from_hf(_HFView(tc, lm_sd))
 
     layer = hc.vision_feature_layer
-    cfg = LlavaConfig(
+    cfg = config_cls(
         vision=clip_vision_config_from_hf(vc, "LLaVA.from_hf (vision tower)"),
         text=lm.config,
         projector_type="mlp2x_gelu",
@@ -87,7 +83,7 @@ def llava_from_hf(cls: type[LLaVA], model: nn.Module) -> LLaVA:
     return llava.to(dtype).train(model.training)
 
 
-def llava_from_pretrained(cls: type[LLaVA], name_or_path: str, **kwargs: Any) -> LLaVA:
+def llava_from_pretrained(cls: Any, name_or_path: str, **kwargs: Any) -> Any:
     """``LlavaForConditionalGeneration.from_pretrained(name_or_path, **kwargs)``, copied."""
     try:
         from transformers import LlavaForConditionalGeneration

@@ -7,24 +7,21 @@ scale, register tokens, QK-norm, attention pooling, ...) raise a ValueError nami
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 import torch.nn as nn
 
 from minivlm.interop.common import load_converted
 from minivlm.nn.blocks import get_activation
-from minivlm.nn.vit import ViTConfig
-
-if TYPE_CHECKING:
-    from minivlm.nn.vit import ViT
 
 Tensor = torch.Tensor
 
 
-def vit_from_timm(cls: type[ViT], model: nn.Module) -> ViT:
-    """Build a ``cls`` with the config and weights of a timm ``VisionTransformer``."""
-    cfg = config_from_timm(model)
+def vit_from_timm(cls: type[nn.Module], config_cls: type, model: nn.Module) -> Any:
+    """Build a ``cls`` (:class:`~minivlm.nn.vit.ViT`; ``config_cls`` its ViTConfig) with the
+    config and weights of a timm ``VisionTransformer``."""
+    cfg = config_from_timm(config_cls, model)
     return load_converted(cls(cfg), state_from_timm(model, cfg), next(model.parameters()),
                           model.training)  # fmt: skip
 
@@ -40,7 +37,7 @@ def timm_act_name(act: nn.Module) -> str:
     raise ValueError(f"ViT.from_timm: unsupported activation {type(act).__name__}")
 
 
-def config_from_timm(model: nn.Module) -> ViTConfig:
+def config_from_timm(config_cls: type, model: nn.Module) -> Any:
     try:
         from timm.layers import PatchEmbed
         from timm.layers.mlp import Mlp
@@ -115,7 +112,7 @@ def config_from_timm(model: nn.Module) -> ViTConfig:
             if not isinstance(norm, nn.LayerNorm) or not norm.elementwise_affine:
                 raise unsupported(where + f"norm layer {type(norm).__name__}")
 
-    return ViTConfig(
+    return config_cls(
         image_size=ih,
         patch_size=ph,
         in_chans=pe.proj.in_channels,
@@ -137,7 +134,7 @@ def config_from_timm(model: nn.Module) -> ViTConfig:
     )
 
 
-def state_from_timm(model: nn.Module, cfg: ViTConfig) -> dict[str, Tensor]:
+def state_from_timm(model: nn.Module, cfg: Any) -> dict[str, Tensor]:
     """timm state dict -> ours (split fused qkv; rename proj -> out_proj)."""
     src = model.state_dict()
     D = cfg.dim

@@ -6,24 +6,20 @@ copied into ``mlm_head`` / ``vqa_head`` / ``itm_head`` (row 1 = HF's ``rank_outp
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 import torch.nn as nn
 
 from minivlm.interop.common import add_linear, hf_activation, load_converted
 
-if TYPE_CHECKING:
-    from minivlm.models.vilt import ViLT
-
 Tensor = torch.Tensor
 
 
-def vilt_from_hf(cls: type[ViLT], model: nn.Module) -> ViLT:
-    """Build a ``cls`` with the config and weights of a Hugging Face ``ViltModel`` (or a
-    ``Vilt...For...`` model holding one as ``.vilt``, its head copied too)."""
-    from minivlm.models.vilt import ViLTConfig
-
+def vilt_from_hf(cls: type[nn.Module], config_cls: type, model: nn.Module) -> Any:
+    """Build a ``cls`` (:class:`~minivlm.models.vilt.ViLT`, ``config_cls`` its ViLTConfig) with
+    the config and weights of a Hugging Face ``ViltModel`` (or a ``Vilt...For...`` model
+    holding one as ``.vilt``, its head copied too)."""
     vilt = getattr(model, "vilt", model)
     emb = getattr(vilt, "embeddings", None)
     if not (hasattr(emb, "text_embeddings") and hasattr(emb, "patch_embeddings")):
@@ -47,7 +43,7 @@ def vilt_from_hf(cls: type[ViLT], model: nn.Module) -> ViLT:
         head_vqa = None  # NLVR2 / token classifiers have other shapes
     head_rank = getattr(model, "rank_output", None)
     te = emb.text_embeddings
-    cfg = ViLTConfig(
+    cfg = config_cls(
         vocab_size=hc.vocab_size, max_text_len=hc.max_position_embeddings,
         type_vocab_size=hc.type_vocab_size,
         modality_type_vocab_size=hc.modality_type_vocab_size,

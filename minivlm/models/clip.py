@@ -324,7 +324,7 @@ class CLIP(nn.Module):
         ``get_image_features`` / ``get_text_features`` and ``logit_scale`` is HF's."""
         from minivlm.interop.clip import clip_from_hf
 
-        return clip_from_hf(cls, model)
+        return clip_from_hf(cls, CLIPConfig, model)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> CLIP:

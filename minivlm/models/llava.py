@@ -699,7 +699,7 @@ class LLaVA(nn.Module):
         ``model(input_ids, pixel_values, attention_mask).logits`` then equal HF's."""
         from minivlm.interop.llava import llava_from_hf
 
-        return llava_from_hf(cls, model)
+        return llava_from_hf(cls, LlavaConfig, model)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> LLaVA:

@@ -20,8 +20,9 @@ Reading order of this file::
     cost_matrix_cosine, ipot,
     wasserstein_distance,
     wpa_loss                    word-patch alignment by optimal transport (§3.2)
-    ViLT.from_hf                copy a Hugging Face ``ViltModel`` (and its heads)
-    presets                     ``vilt_tiny`` (shapes world), ``vilt_b32`` (the paper's model)
+
+``ViLT.from_hf`` calls :mod:`minivlm.interop.vilt`; the presets (``vilt_tiny``, ``vilt_b32``)
+are in :mod:`minivlm.presets`.
 """
 
 from __future__ import annotations
@@ -466,7 +467,6 @@ class ViLT(nn.Module):
         vqa_labels: Tensor | None = None,
         need_weights: bool = False,
         token_type_ids: Tensor | None = None,
-        **ignored,
     ) -> ViLTOutput:
         """Encode (caption, image) pairs; with targets, also the losses.
 
@@ -474,15 +474,9 @@ class ViLT(nn.Module):
         (B, H, W) 1/0. Targets: ``itm_labels`` (B,) 1 = matching pair, 0 = not, -100 = no
         ITM loss for that row; ``mlm_labels`` (B, T) original ids at masked positions, -100
         elsewhere (:func:`mask_tokens`); ``vqa_labels`` (B,) answer ids (-100 = skip) or
-        (B, num_answers) soft scores. Other keyword arguments (extra batch keys) are ignored,
-        except unknown ``*labels`` names, which raise (a target must not be dropped silently).
+        (B, num_answers) soft scores. An unknown keyword raises TypeError.
         """
         cfg = self.config
-        unknown = sorted(k for k in ignored if k.endswith("labels"))
-        if unknown:
-            raise ValueError(
-                f"ViLT: unknown targets {unknown}; expected itm_labels, mlm_labels or vqa_labels"
-            )
         x, joint = self.embed(input_ids, pixel_values, attention_mask, pixel_mask, token_type_ids)
         T = input_ids.shape[1]
         # (B, 1, 1, L) True where a key is a real token; no mask at all when nothing is padded
@@ -503,6 +497,7 @@ class ViLT(nn.Module):
             out.mlm_logits = self.mlm_head(x[:, :T])  # (B, T, vocab)
         if self.vqa_head is not None:
             out.vqa_logits = self.vqa_head(pooled)  # (B, num_answers)
+        self._check_targets(out, itm_labels, mlm_labels, vqa_labels)
 
         losses: list[Tensor] = []
         if itm_labels is not None:
@@ -521,57 +516,69 @@ class ViLT(nn.Module):
             out.loss = sum(losses[1:], losses[0])
         return out
 
+    def _check_targets(
+        self, out: ViLTOutput, itm: Tensor | None, mlm: Tensor | None, vqa: Tensor | None
+    ) -> None:
+        """Each given target has its head and the shape that head's logits need."""
+        B, T = out.last_hidden_state.shape[0], out.text_len
+        if itm is not None:
+            if out.itm_logits is None:
+                raise ValueError("ViLT: itm_labels given but the model has no ITM head (itm_head)")
+            if tuple(itm.shape) != (B,):
+                raise ValueError(
+                    f"ViLT: expected itm_labels of shape ({B},), got {tuple(itm.shape)}"
+                )
+        if mlm is not None:
+            if out.mlm_logits is None:
+                raise ValueError("ViLT: mlm_labels given but the model has no MLM head (mlm_head)")
+            if tuple(mlm.shape) != (B, T):
+                raise ValueError(
+                    f"ViLT: expected mlm_labels of shape {(B, T)} like input_ids, "
+                    f"got {tuple(mlm.shape)}"
+                )
+        if vqa is None:
+            return
+        if out.vqa_logits is None:
+            raise ValueError("ViLT: vqa_labels given but the model has no VQA head (num_answers)")
+        A = out.vqa_logits.shape[1]
+        if vqa.dim() == 1 and not vqa.is_floating_point():
+            if vqa.shape[0] != B:
+                raise ValueError(f"ViLT: expected vqa_labels of shape ({B},), got {vqa.shape}")
+            keep = vqa != -100
+            if bool(((vqa[keep] < 0) | (vqa[keep] >= A)).any()):
+                raise ValueError(f"ViLT: vqa_labels must be answer ids in 0..{A - 1} (or -100)")
+        elif tuple(vqa.shape) != (B, A) or not vqa.is_floating_point():
+            raise ValueError(
+                f"ViLT: expected vqa_labels as answer ids (B,) or float soft scores ({B}, {A}), "
+                f"got {vqa.dtype} {tuple(vqa.shape)}"
+            )
+
     # -- losses -------------------------------------------------------------
 
-    def _itm_loss(self, logits: Tensor | None, labels: Tensor) -> Tensor:
+    def _itm_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Image-text matching (§3.2): 2-way cross-entropy on the pooled token."""
-        if logits is None:
-            raise ValueError("ViLT: itm_labels given but the model has no ITM head (itm_head)")
-        if tuple(labels.shape) != (logits.shape[0],):
-            raise ValueError(
-                f"ViLT: expected itm_labels of shape ({logits.shape[0]},), got "
-                f"{tuple(labels.shape)}"
-            )
         return _mean_ce(logits, labels.long())
 
-    def _mlm_loss(self, logits: Tensor | None, labels: Tensor) -> Tensor:
+    def _mlm_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Masked language modelling (§3.2): predict the original ids at masked positions."""
-        if logits is None:
-            raise ValueError("ViLT: mlm_labels given but the model has no MLM head (mlm_head)")
-        if tuple(labels.shape) != tuple(logits.shape[:2]):
-            raise ValueError(
-                f"ViLT: expected mlm_labels of shape {tuple(logits.shape[:2])} like input_ids, "
-                f"got {tuple(labels.shape)}"
-            )
         return _mean_ce(logits.flatten(0, 1), labels.flatten().long())
 
-    def _vqa_loss(self, logits: Tensor | None, labels: Tensor) -> Tensor:
+    def _vqa_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         """VQA as answer classification (§4, VQAv2).
 
         Soft scores (B, A) with ``vqa_loss="bce"``: the paper's binary cross-entropy per
         answer, multiplied by A (as its code, after Kim et al.'s BAN). Answer ids (B,) are
         one-hot for BCE or used directly by cross-entropy (``vqa_loss="ce"``); -100 skips a row.
         """
-        if logits is None:
-            raise ValueError("ViLT: vqa_labels given but the model has no VQA head (num_answers)")
-        B, A = logits.shape
-        if labels.dim() == 1 and not labels.is_floating_point():
-            if labels.shape[0] != B:
-                raise ValueError(f"ViLT: expected vqa_labels of shape ({B},), got {labels.shape}")
+        A = logits.shape[1]
+        if labels.dim() == 1 and not labels.is_floating_point():  # answer ids (B,)
             keep = labels != -100
-            if bool(((labels[keep] < 0) | (labels[keep] >= A)).any()):
-                raise ValueError(f"ViLT: vqa_labels must be answer ids in 0..{A - 1} (or -100)")
             if self.config.vqa_loss == "ce":
                 return _mean_ce(logits, labels)
             if not bool(keep.any()):
                 return logits.sum() * 0.0
             target = F.one_hot(labels[keep], A).to(logits.dtype)  # (B', A)
             return F.binary_cross_entropy_with_logits(logits[keep], target) * A
-        if tuple(labels.shape) != (B, A) or not labels.is_floating_point():
-            raise ValueError(
-                f"ViLT: expected vqa_labels as answer ids (B,) or float soft scores ({B}, {A}), "
-                f"got {labels.dtype} {tuple(labels.shape)}"
-            )
         if self.config.vqa_loss == "ce":  # soft-target cross-entropy
             return F.cross_entropy(logits, labels / labels.sum(-1, keepdim=True).clamp_min(1e-12))
         return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype)) * A
@@ -614,7 +621,7 @@ class ViLT(nn.Module):
         """
         from minivlm.interop.vilt import vilt_from_hf
 
-        return vilt_from_hf(cls, model)
+        return vilt_from_hf(cls, ViLTConfig, model)
 
 
 def _mean_ce(logits: Tensor, labels: Tensor) -> Tensor:
@@ -752,7 +759,8 @@ def itm_loss_with_negatives(
     its ``loss`` is ``loss_itm`` (plus ``wpa_weight * loss_wpa`` when WPA is on).
     """
     pairs = sample_itm_negatives(batch, generator, image_prob)
-    return model(**pairs)
+    inputs = {k: v for k, v in pairs.items() if k not in ("partner", "swapped_image")}
+    return model(**inputs)
 
 
 def make_pretraining_batch(

@@ -404,7 +404,7 @@ class BertEncoder(nn.Module):
         """
         from minivlm.interop.bert import bert_encoder_from_hf
 
-        return bert_encoder_from_hf(cls, model)
+        return bert_encoder_from_hf(cls, TextConfig, model)
 
 
 

@@ -3,7 +3,7 @@
 :class:`CausalTextEncoder`: token + position embeddings, pre-norm blocks under a causal mask,
 a final LayerNorm; the text is summarised by the feature at the end-of-text token
 (:func:`pool_eos`). Sized by :class:`~minivlm.nn.bert.TextConfig` (``TextConfig.clip()``);
-checkpoint conversion: :mod:`minivlm.interop.clip`.
+checkpoint conversion: :mod:`minivlm.interop.clip_text`.
 """
 
 from __future__ import annotations
@@ -133,6 +133,6 @@ class CausalTextEncoder(nn.Module):
         ``enc.pool(...)`` its ``pooler_output``; an HF ``eos_token_id`` of 2 (old configs)
         becomes ``eos_token_id=None``, the legacy argmax rule of :func:`pool_eos`.
         """
-        from minivlm.interop.clip import causal_text_from_hf
+        from minivlm.interop.clip_text import causal_text_from_hf
 
         return causal_text_from_hf(cls, model)

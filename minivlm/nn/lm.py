@@ -473,4 +473,4 @@ class DecoderLM(nn.Module):
         """Copy the weights of a ``transformers.LlamaForCausalLM`` (default RoPE, SiLU)."""
         from minivlm.interop.llama import decoder_lm_from_hf
 
-        return decoder_lm_from_hf(cls, hf_model)
+        return decoder_lm_from_hf(cls, LMConfig, hf_model)

@@ -344,4 +344,4 @@ class ViT(nn.Module):
         """
         from minivlm.interop.timm_vit import vit_from_timm
 
-        return vit_from_timm(cls, model)
+        return vit_from_timm(cls, ViTConfig, model)
