@@ -57,7 +57,6 @@ __all__ = [
 # Configuration
 # ---------------------------------------------------------------------------
 
-
 _LOGIT_SCALE_INIT = math.log(1 / 0.07)  # τ = 0.07 at the start (§2.5)
 
 
@@ -111,9 +110,7 @@ class CLIPConfig:
                 "class_token=True, global_pool='token', fc_norm=False, num_classes=0"
             )
         if not self.text.causal:
-            raise ValueError(
-                "CLIPConfig.text: CLIP's text encoder is causal; use TextConfig.clip(...)"
-            )
+            raise ValueError("CLIPConfig.text: CLIP's text encoder is causal; use TextConfig.clip")
         if eos_token_id is not None:
             self.text = replace(self.text, eos_token_id=eos_token_id)
         if self.embed_dim < 1:
@@ -196,9 +193,8 @@ class CLIP(nn.Module):
         Width D, depth L: q/k/v ~ N(0, D^-1), the two residual-branch outputs (attention
         ``out_proj``, ``mlp.fc2``) ~ N(0, D^-1 / 2L), ``mlp.fc1`` ~ N(0, 1 / 2D), CLS token,
         image positions and the projections ~ N(0, D^-1). Unlike ViT's std-0.02 init, the
-        CLS token then sees the patches from the first step: ``clip_tiny`` on the shapes
-        world (batch 64, lr 1e-3, 300 steps) ends at loss 0.43 instead of 1.02. A
-        convolutional image tower keeps PyTorch's default (fan-in) init.
+        CLS token then sees the patches from the first step. A convolutional image tower keeps
+        PyTorch's default (fan-in) init.
         """
         vit = self.image_encoder if isinstance(self.image_encoder, ViT) else None
         for enc in (vit, self.text_encoder):
@@ -226,21 +222,18 @@ class CLIP(nn.Module):
     @property
     def temperature(self) -> float:
         """τ = 1 / exp(logit_scale), after the clamp."""
-        return math.exp(-min(self.logit_scale.item(), self.config.logit_scale_max))
+        return math.exp(-float(self.clamped_logit_scale()))
 
     def clamped_logit_scale(self) -> Tensor:
         """logit_scale clamped at ``logit_scale_max`` (no gradient above the clamp)."""
         return self.logit_scale.clamp(max=self.config.logit_scale_max)
 
     @torch.no_grad()
-    def clamp_logit_scale_(self) -> None:
-        """Clamp the stored parameter in place, as CLIP does after each optimizer step."""
-        self.logit_scale.clamp_(max=self.config.logit_scale_max)
-
     def on_after_step(self, step: int) -> None:
-        """Hook that ``minivlm.train.train`` calls after every optimizer step."""
+        """After each optimizer step (``minivlm.train`` calls it), clamp the stored parameter
+        in place, as CLIP does."""
         if self.logit_scale.requires_grad:
-            self.clamp_logit_scale_()
+            self.logit_scale.clamp_(max=self.config.logit_scale_max)
 
     # -- encoders ------------------------------------------------------------
 
@@ -287,16 +280,8 @@ class CLIP(nn.Module):
         if return_loss or (return_loss is None and square):
             loss_i2t, loss_t2i = clip_loss_parts(logits_per_image)
             loss = (loss_i2t + loss_t2i) / 2
-        return CLIPOutput(
-            loss=loss,
-            loss_i2t=loss_i2t,
-            loss_t2i=loss_t2i,
-            logits_per_image=logits_per_image,
-            logits_per_text=logits_per_image.t(),
-            image_embeds=image_embeds,
-            text_embeds=text_embeds,
-            logit_scale=logit_scale,
-        )
+        return CLIPOutput(loss, loss_i2t, loss_t2i, logits_per_image, logits_per_image.t(),
+                          image_embeds, text_embeds, logit_scale)  # fmt: skip
 
     def _check_forward(
         self, pixel_values: Tensor | None, input_ids: Tensor | None, return_loss: bool | None
@@ -430,10 +415,8 @@ def build_zero_shot_classifier(
     try:
         embs = []
         for s in range(0, len(texts), batch_size):
-            batch = tokenizer(
-                texts[s : s + batch_size], add_bos=True, add_eos=True,
-                max_length=model.config.text.max_len,
-            )  # fmt: skip
+            batch = tokenizer(texts[s : s + batch_size], add_bos=True, add_eos=True,
+                              max_length=model.config.text.max_len)  # fmt: skip
             ids = torch.as_tensor(batch["input_ids"], device=device)
             mask = batch.get("attention_mask")
             mask = None if mask is None else torch.as_tensor(mask, device=device)
@@ -445,9 +428,7 @@ def build_zero_shot_classifier(
 
 
 @torch.no_grad()
-def zero_shot_predict(
-    model: CLIP, pixel_values: Tensor, classifier: Tensor
-) -> tuple[Tensor, Tensor]:
+def zero_shot_predict(model: CLIP, pixel_values: Tensor, classifier: Tensor) -> tuple[Tensor, ...]:
     """Classify images with a :func:`build_zero_shot_classifier` classifier (C, E).
 
     Returns ``(logits (B, C), predictions (B,))``: logits = exp(logit_scale) · cos(image, class).
