@@ -291,8 +291,8 @@ def preset_config(name: str, **overrides: Any) -> Any:
             )
     if not parts:
         return config_cls(**_resolve(top))
-    if PRESETS[name][0] == "blip2" and not parts["qformer"].get("text", True) and present["lm"]:
-        top.setdefault("stage", 2)  # a Q-Former without its text side feeds the LM
+    if "stage" in top_fields and not parts.get("qformer", {}).get("text", True) and present["lm"]:
+        top.setdefault("stage", 2)  # BLIP-2 while it has a stage field: no Q-Former text -> LM
     try:
         built = {p: builders[p](**_resolve(parts[p])) if present[p] else None for p in parts}
         return config_cls(**built, **_resolve(top))

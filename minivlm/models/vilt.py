@@ -429,30 +429,38 @@ class ViLT(nn.Module):
         image_type: int = IMAGE_TYPE,
     ) -> tuple[Tensor, Tensor]:
         """The transformer's input z0 (B, T+1+N, D) and the joint 1/0 mask (B, T+1+N)."""
-        if isinstance(input_ids, Tensor) and input_ids.dim() == 2:
-            if input_ids.shape[1] > self.config.max_text_len:
-                raise ValueError(
-                    f"ViLT: captions of {input_ids.shape[1]} tokens exceed max_text_len "
-                    f"{self.config.max_text_len} (the learned text positions); truncate them"
-                )
+        self._check_embed(input_ids, pixel_values, attention_mask)
         text = self.text_embeddings.embed(input_ids, token_type_ids=token_type_ids)  # (B, T, D)
-        B, T = input_ids.shape
         if attention_mask is None:
-            attention_mask = torch.ones(B, T, dtype=torch.long, device=text.device)
-        elif tuple(attention_mask.shape) != (B, T):
+            attention_mask = torch.ones(input_ids.shape, dtype=torch.long, device=text.device)
+        image, image_mask = self.embed_image(pixel_values, pixel_mask)  # (B, 1+N, D), (B, 1+N)
+        return build_single_stream_input(
+            text, image, attention_mask.long(), image_mask, self.modality_embeddings, image_type
+        )
+
+    def _check_embed(
+        self, input_ids: Tensor, pixel_values: Tensor, attention_mask: Tensor | None
+    ) -> None:
+        """Captions within the learned positions, a mask like them, one image per caption
+        (token ids and images are checked where they are embedded)."""
+        if not (isinstance(input_ids, Tensor) and input_ids.dim() == 2):
+            return  # BertEncoder.embed names the expected shape
+        B, T = input_ids.shape
+        if T > self.config.max_text_len:
+            raise ValueError(
+                f"ViLT: captions of {T} tokens exceed max_text_len "
+                f"{self.config.max_text_len} (the learned text positions); truncate them"
+            )
+        if attention_mask is not None and tuple(attention_mask.shape) != (B, T):
             raise ValueError(
                 f"ViLT: expected attention_mask of shape ({B}, {T}) like input_ids, got "
                 f"{tuple(attention_mask.shape)}"
             )
-        image, image_mask = self.embed_image(pixel_values, pixel_mask)  # (B, 1+N, D), (B, 1+N)
-        if image.shape[0] != B:
+        if isinstance(pixel_values, Tensor) and pixel_values.dim() == 4 and len(pixel_values) != B:
             raise ValueError(
-                f"ViLT: input_ids hold {B} captions but pixel_values {image.shape[0]} images; "
+                f"ViLT: input_ids hold {B} captions but pixel_values {len(pixel_values)} images; "
                 "pass one image per caption"
             )
-        return build_single_stream_input(
-            text, image, attention_mask.long(), image_mask, self.modality_embeddings, image_type
-        )
 
     # -- forward ------------------------------------------------------------
 
