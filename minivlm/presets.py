@@ -64,7 +64,6 @@ class Family:
     parts: part name -> ``"module:builder"`` of the part's config (a model built of parts);
         a preset may name another builder with ``"<part>_builder"``.
     shortcuts: flat key -> the parts it goes to (``image_size`` -> vision).
-    init_only: extra keywords the config takes without storing them (CLIP's ``temperature``).
     optional: parts that may be ``None`` (BLIP-2 without a language model).
     """
 
@@ -72,7 +71,6 @@ class Family:
     config: str
     parts: dict[str, str] = field(default_factory=dict)
     shortcuts: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    init_only: tuple[str, ...] = ()
     optional: tuple[str, ...] = ()
 
 
@@ -90,7 +88,6 @@ FAMILIES: dict[str, Family] = {
                "text": "minivlm.nn.bert:TextConfig.clip"},
         shortcuts={"vocab_size": ("text",), "max_len": ("text",), "image_size": _VISION,
                    "patch_size": _VISION, "in_chans": _VISION},
-        init_only=("temperature", "eos_token_id"),
     ),  # fmt: skip
     "vilt": Family("minivlm.models.vilt:ViLT", "minivlm.models.vilt:ViLTConfig"),
     "albef": Family(
@@ -273,7 +270,7 @@ def preset_config(name: str, **overrides: Any) -> Any:
                 continue
             parts[key].update(_as_dict(name, key, value))
             present[key] = True
-        elif key in top_fields or key in family.init_only:
+        elif key in top_fields:
             top[key] = value
         elif key in family.shortcuts:
             for p in family.shortcuts[key]:
@@ -285,7 +282,7 @@ def preset_config(name: str, **overrides: Any) -> Any:
         else:
             raise ValueError(
                 f"{name}: unknown override {key!r}; expected a {family.config.split(':')[1]} field "
-                f"{sorted(top_fields | set(family.init_only))}"
+                f"{sorted(top_fields)}"
                 + "".join(f", {p}_<field of {p}>" for p in parts)
                 + (f", or one of {sorted(family.shortcuts)}" if family.shortcuts else "")
             )

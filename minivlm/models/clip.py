@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import InitVar, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -72,10 +72,9 @@ class CLIPConfig:
     logit_scale_init: initial log inverse temperature, log(1/0.07) as in §2.5.
     logit_scale_max: the clamp, log(100): logits are scaled by at most 100.
     learn_temperature: False keeps τ at its initial value (no gradient).
-    temperature: init-only shortcut: sets ``logit_scale_init = log(1 / temperature)`` and is
-        not stored (``logit_scale_init`` is the one setting; giving both raises).
-    eos_token_id: init-only shortcut: sets ``text.eos_token_id`` (text is pooled at the first
-        occurrence of this id; ``None`` in the text config means HF's legacy argmax rule).
+    temperature / eos_token_id: shortcuts consumed at init (then None, so there is one setting
+        each): ``logit_scale_init = log(1 / temperature)`` (a different logit_scale_init
+        raises); ``text.eos_token_id`` (None there: HF's legacy argmax pooling rule).
     """
 
     vision: ViTConfig | ConvNetConfig = field(default_factory=clip_vision_config)
@@ -84,10 +83,12 @@ class CLIPConfig:
     logit_scale_init: float = _LOGIT_SCALE_INIT
     logit_scale_max: float = math.log(100.0)
     learn_temperature: bool = True
-    temperature: InitVar[float | None] = None
-    eos_token_id: InitVar[int | None] = None
+    temperature: float | None = None
+    eos_token_id: int | None = None
 
-    def __post_init__(self, temperature: float | None, eos_token_id: int | None) -> None:
+    def __post_init__(self) -> None:
+        temperature, eos_token_id = self.temperature, self.eos_token_id
+        self.temperature = self.eos_token_id = None  # consumed: one source of truth each
         if isinstance(self.vision, dict):
             self.vision = clip_vision_config(**self.vision)
         if isinstance(self.text, dict):
@@ -118,7 +119,7 @@ class CLIPConfig:
         if temperature is not None:
             if not temperature > 0:
                 raise ValueError(f"CLIPConfig.temperature must be > 0, got {temperature}")
-            if self.logit_scale_init != _LOGIT_SCALE_INIT:
+            if self.logit_scale_init not in (_LOGIT_SCALE_INIT, math.log(1.0 / temperature)):
                 raise ValueError(
                     f"CLIPConfig: got temperature={temperature} and logit_scale_init="
                     f"{self.logit_scale_init}; give one (logit_scale_init = log(1/temperature))"

@@ -529,16 +529,7 @@ class LLaVA(nn.Module):
         **overrides: Any,
     ) -> None:
         super().__init__()
-        if vision_encoder is not None and not isinstance(vision_encoder, ViT):
-            raise TypeError(
-                "LLaVA: vision_encoder must be a minivlm.nn.vit.ViT (e.g. "
-                f"zoo.load_image_encoder()), got {type(vision_encoder).__name__}"
-            )
-        if language_model is not None and not isinstance(language_model, DecoderLM):
-            raise TypeError(
-                "LLaVA: language_model must be a minivlm.nn.lm.DecoderLM (e.g. "
-                f"zoo.load('shapes_lm')), got {type(language_model).__name__}"
-            )
+        _check_parts(vision_encoder, language_model)
         if config is None:
             parts: dict[str, Any] = {}
             if vision_encoder is not None:
@@ -550,10 +541,7 @@ class LLaVA(nn.Module):
             cfg = config
         if overrides:
             cfg = replace(cfg, **overrides)
-        if vision_encoder is not None:
-            _check_same_config("vision_encoder", vision_encoder.config, "config.vision", cfg.vision)
-        if language_model is not None:
-            _check_same_config("language_model", language_model.config, "config.text", cfg.text)
+        _check_parts(vision_encoder, language_model, cfg)
         self.config = cfg
         self.vision_tower = vision_encoder if vision_encoder is not None else ViT(cfg.vision)
         self.projector = build_projector(
@@ -708,6 +696,24 @@ class LLaVA(nn.Module):
         from minivlm.interop.llava import llava_from_pretrained
 
         return llava_from_pretrained(cls, name_or_path, **kwargs)
+
+
+def _check_parts(vision: Any, lm: Any, cfg: LlavaConfig | None = None) -> None:
+    """Given modules are minivlm's ViT / DecoderLM and, once the config is known, match it."""
+    if vision is not None and not isinstance(vision, ViT):
+        raise TypeError(
+            "LLaVA: vision_encoder must be a minivlm.nn.vit.ViT (e.g. "
+            f"zoo.load_image_encoder()), got {type(vision).__name__}"
+        )
+    if lm is not None and not isinstance(lm, DecoderLM):
+        raise TypeError(
+            "LLaVA: language_model must be a minivlm.nn.lm.DecoderLM (e.g. "
+            f"zoo.load('shapes_lm')), got {type(lm).__name__}"
+        )
+    if cfg is not None and vision is not None:
+        _check_same_config("vision_encoder", vision.config, "config.vision", cfg.vision)
+    if cfg is not None and lm is not None:
+        _check_same_config("language_model", lm.config, "config.text", cfg.text)
 
 
 def _check_same_config(module_name: str, got: Any, config_name: str, want: Any) -> None:
