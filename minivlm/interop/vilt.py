@@ -27,39 +27,57 @@ def vilt_from_hf(cls: type[nn.Module], config_cls: type, model: nn.Module) -> An
             "ViLT.from_hf: expected a transformers ViltModel (or a Vilt...For... model "
             f"holding one as .vilt), got {type(model).__name__}"
         )
-    hc = vilt.config
-    act = hf_activation(hc.hidden_act, "ViLT.from_hf")
-
-    def square(v, what: str) -> int:
-        if isinstance(v, (list, tuple)):
-            if len(v) != 2 or v[0] != v[1]:
-                raise ValueError(f"ViLT.from_hf: non-square {what} {v} is not supported")
-            v = v[0]
-        return int(v)
-
-    head_mlm = getattr(model, "mlm_score", None)
-    head_vqa = getattr(model, "classifier", None)
-    if head_vqa is not None and type(model).__name__ != "ViltForQuestionAnswering":
-        head_vqa = None  # NLVR2 / token classifiers have other shapes
-    head_rank = getattr(model, "rank_output", None)
+    heads = _heads(model)
+    ours = cls(vilt_config_from_hf(config_cls, vilt, heads))
     te = emb.text_embeddings
-    cfg = config_cls(
+    mlm = heads["mlm"]
+    if mlm is not None and mlm.decoder.weight is not te.word_embeddings.weight:
+        # HF's decoder is untied from the word embeddings: give ours its own weight
+        ours.mlm_head.decoder.weight = nn.Parameter(ours.mlm_head.decoder.weight.clone())
+    sd = vilt_state_from_hf(vilt, heads)
+    return load_converted(ours, sd, te.word_embeddings.weight, model.training)
+
+
+def _heads(model: nn.Module) -> dict[str, nn.Module | None]:
+    """The task heads of a ``Vilt...For...`` model: MLM, VQA classifier, retrieval rank."""
+    vqa = getattr(model, "classifier", None)
+    if vqa is not None and type(model).__name__ != "ViltForQuestionAnswering":
+        vqa = None  # NLVR2 / token classifiers have other shapes
+    return {"mlm": getattr(model, "mlm_score", None), "vqa": vqa,
+            "rank": getattr(model, "rank_output", None)}  # fmt: skip
+
+
+def _square(v: Any, what: str) -> int:
+    if isinstance(v, (list, tuple)):
+        if len(v) != 2 or v[0] != v[1]:
+            raise ValueError(f"ViLT.from_hf: non-square {what} {v} is not supported")
+        v = v[0]
+    return int(v)
+
+
+def vilt_config_from_hf(config_cls: type, vilt: nn.Module, heads: dict[str, Any]) -> Any:
+    """An HF ``ViltConfig`` (and which heads exist) -> ``config_cls`` (ViLTConfig)."""
+    hc = vilt.config
+    return config_cls(
         vocab_size=hc.vocab_size, max_text_len=hc.max_position_embeddings,
         type_vocab_size=hc.type_vocab_size,
         modality_type_vocab_size=hc.modality_type_vocab_size,
-        pad_id=te.word_embeddings.padding_idx,
-        image_size=square(hc.image_size, "image_size"),
-        patch_size=square(hc.patch_size, "patch_size"), in_chans=hc.num_channels,
+        pad_id=vilt.embeddings.text_embeddings.word_embeddings.padding_idx,
+        image_size=_square(hc.image_size, "image_size"),
+        patch_size=_square(hc.patch_size, "patch_size"), in_chans=hc.num_channels,
         dim=hc.hidden_size, depth=hc.num_hidden_layers, num_heads=hc.num_attention_heads,
         mlp_hidden=hc.intermediate_size, mlp_ratio=hc.intermediate_size / hc.hidden_size,
-        act=act, eps=hc.layer_norm_eps, qkv_bias=hc.qkv_bias,
-        pooler=vilt.pooler is not None, itm_head=head_rank is not None,
-        mlm_head=head_mlm is not None,
-        num_answers=head_vqa[-1].out_features if head_vqa is not None else 0,
+        act=hf_activation(hc.hidden_act, "ViLT.from_hf"), eps=hc.layer_norm_eps,
+        qkv_bias=hc.qkv_bias, pooler=vilt.pooler is not None,
+        itm_head=heads["rank"] is not None, mlm_head=heads["mlm"] is not None,
+        num_answers=heads["vqa"][-1].out_features if heads["vqa"] is not None else 0,
     )  # fmt: skip
 
-    sd: dict[str, Tensor] = {}
 
+def vilt_state_from_hf(vilt: nn.Module, heads: dict[str, Any]) -> dict[str, Tensor]:
+    """HF ViLT weights (backbone and heads) -> minivlm's parameter names."""
+    emb, sd = vilt.embeddings, {}
+    te = emb.text_embeddings
     add_linear(sd, "text_embeddings.word_embeddings", te.word_embeddings)
     add_linear(sd, "text_embeddings.position_embeddings", te.position_embeddings)
     add_linear(sd, "text_embeddings.token_type_embeddings", te.token_type_embeddings)
@@ -69,8 +87,7 @@ def vilt_from_hf(cls: type[nn.Module], config_cls: type, model: nn.Module) -> An
     sd["pos_embed"] = emb.position_embeddings
     add_linear(sd, "modality_embeddings", emb.token_type_embeddings)
     for i, layer in enumerate(vilt.encoder.layer):
-        p = f"blocks.{i}."
-        att = layer.attention
+        p, att = f"blocks.{i}.", layer.attention
         add_linear(sd, p + "norm1", layer.layernorm_before)
         add_linear(sd, p + "attn.q_proj", att.attention.query)
         add_linear(sd, p + "attn.k_proj", att.attention.key)
@@ -82,21 +99,15 @@ def vilt_from_hf(cls: type[nn.Module], config_cls: type, model: nn.Module) -> An
     add_linear(sd, "norm", vilt.layernorm)
     if vilt.pooler is not None:
         add_linear(sd, "pooler", vilt.pooler.dense)
-    tied = False
-    if head_mlm is not None:
-        add_linear(sd, "mlm_head.dense", head_mlm.transform.dense)
-        add_linear(sd, "mlm_head.norm", head_mlm.transform.LayerNorm)
-        add_linear(sd, "mlm_head.decoder", head_mlm.decoder)
-        tied = head_mlm.decoder.weight is te.word_embeddings.weight
-    if head_vqa is not None:
+    if heads["mlm"] is not None:
+        add_linear(sd, "mlm_head.dense", heads["mlm"].transform.dense)
+        add_linear(sd, "mlm_head.norm", heads["mlm"].transform.LayerNorm)
+        add_linear(sd, "mlm_head.decoder", heads["mlm"].decoder)
+    if heads["vqa"] is not None:
         for j in (0, 1, 3):  # Linear, LayerNorm, (GELU), Linear
-            add_linear(sd, f"vqa_head.{j}", head_vqa[j])
-    if head_rank is not None:  # 1 logit -> 2 logits [0, s]: same log-odds of "match"
-        w, b = head_rank.weight, head_rank.bias
+            add_linear(sd, f"vqa_head.{j}", heads["vqa"][j])
+    if heads["rank"] is not None:  # 1 logit -> 2 logits [0, s]: same log-odds of "match"
+        w, b = heads["rank"].weight, heads["rank"].bias
         sd["itm_head.weight"] = torch.cat([torch.zeros_like(w), w], dim=0)
         sd["itm_head.bias"] = torch.cat([torch.zeros_like(b), b], dim=0)
-
-    ours = cls(cfg)
-    if head_mlm is not None and not tied:  # HF's decoder was untied: give ours its own
-        ours.mlm_head.decoder.weight = nn.Parameter(ours.mlm_head.decoder.weight.clone())
-    return load_converted(ours, sd, te.word_embeddings.weight, model.training)
+    return sd
