@@ -223,7 +223,7 @@ class CLIP(nn.Module):
     @property
     def temperature(self) -> float:
         """τ = 1 / exp(logit_scale), after the clamp."""
-        return math.exp(-float(self.clamped_logit_scale()))
+        return math.exp(-self.clamped_logit_scale().item())
 
     def clamped_logit_scale(self) -> Tensor:
         """logit_scale clamped at ``logit_scale_max`` (no gradient above the clamp)."""
