@@ -195,7 +195,7 @@ def _vocab_sha256(tok: Any) -> str:
 
 
 def _make_model(recipe: _Recipe, tok: Any) -> nn.Module:
-    from minivlm.registry import create_model
+    from minivlm.presets import create_model
 
     return create_model(recipe.model, vocab_size=tok.vocab_size, **recipe.overrides)
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -40,9 +40,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minivlm.models.vilt import mask_tokens
-from minivlm.nn.text import BertEncoder, BertMLMHead, TextConfig, TextOutput
+from minivlm.nn.bert import BertEncoder, BertMLMHead, TextConfig, TextOutput
 from minivlm.nn.vit import ViT, ViTConfig
-from minivlm.registry import register_model, split_overrides
 
 Tensor = torch.Tensor
 
@@ -771,62 +770,3 @@ class ALBEF(nn.Module):
         head = self.mlm_head_m if momentum else self.mlm_head
         hidden = enc(input_ids, mask, encoder_hidden_states=image_embeds).last_hidden_state
         return head(hidden)
-
-
-# ---------------------------------------------------------------------------
-# Presets
-# ---------------------------------------------------------------------------
-
-_PRESETS: dict[str, dict[str, Any]] = {
-    # shapes world: 64x64 images -> 8x8 patches of 8 px; BERT of width 128 with 2 text + 2
-    # fusion layers; MLPs 2x wide as in clip_tiny. vocab_size covers minivlm's shapes
-    # tokenizer (pass vocab_size=tok.vocab_size), whose [MASK] is 4 and whose special tokens
-    # are ids 0..7. α ramps over the first 30 steps (~one epoch of 2000 scenes at batch 64).
-    "albef_tiny": dict(
-        vision=dict(image_size=64, patch_size=8, dim=128, depth=3, num_heads=4, mlp_hidden=256),
-        text=dict(vocab_size=256, max_len=64, dim=128, depth=4, num_heads=4, mlp_hidden=256),
-        fusion_from=2,
-        embed_dim=64,
-        queue_size=1024,
-        alpha_warmup_steps=30,
-        mask_token_id=4,
-        special_token_ids=tuple(range(8)),
-    ),
-    # the paper's model (§4): ViT-B/16 at 256 px + BERT-base (6 text + 6 fusion layers),
-    # E = 256, a queue of 65,536; ~210M trainable parameters (plus as many in the EMA copy)
-    "albef_base": dict(),
-}
-
-_TOP_FIELDS = {f.name for f in fields(ALBEFConfig)} - {"vision", "text"}
-_TEXT_SHORTCUTS = {"max_len"}
-_VISION_SHORTCUTS = {"image_size", "patch_size", "in_chans"}
-
-
-def _preset_config(name: str, overrides: dict[str, Any]) -> ALBEFConfig:
-    """Preset ``name`` with flat overrides: ALBEFConfig fields (``vocab_size`` included),
-    ``vision_<field>``, ``text_<field>``, nested ``vision=``/``text=`` dicts (merged into the
-    preset's), and the shortcuts max_len, image_size, patch_size, in_chans."""
-    top, vision, text = split_overrides(
-        name, _PRESETS[name], overrides, config_name="ALBEFConfig", top_fields=_TOP_FIELDS,
-        text_shortcuts=_TEXT_SHORTCUTS, vision_shortcuts=_VISION_SHORTCUTS,
-    )
-    try:
-        return ALBEFConfig(vision=albef_vision_config(**vision), text=TextConfig(**text), **top)
-    except TypeError as e:
-        raise ValueError(f"{name}: bad override ({e})") from e
-
-
-def _make_factory(name: str):
-    def factory(**overrides: Any) -> ALBEF:
-        return ALBEF(_preset_config(name, overrides))
-
-    factory.__name__ = name
-    factory.__doc__ = (
-        f"ALBEF preset {name!r}: {_PRESETS[name] or 'ALBEFConfig() defaults'}. Overrides: "
-        "ALBEFConfig fields, vision_<field>, text_<field>, max_len, image_size, patch_size."
-    )
-    return factory
-
-
-for _name in _PRESETS:
-    register_model(_name)(_make_factory(_name))

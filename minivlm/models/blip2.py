@@ -37,20 +37,20 @@ is ALBEF's (:func:`minivlm.models.albef.sample_hard_negatives`).
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from minivlm.interop.common import ACTIVATIONS
 from minivlm.models.albef import same_pair_mask, sample_hard_negatives
 from minivlm.nn.attention import combine_masks, padding_mask
+from minivlm.nn.bert import BertMLMHead, init_weights
 from minivlm.nn.blocks import MLP, TransformerBlock, get_activation
 from minivlm.nn.lm import IGNORE_INDEX, DecoderLM, LMConfig
-from minivlm.nn.text import _HF_ACTS, BertMLMHead, _init_weights
 from minivlm.nn.vit import ViT, ViTConfig
-from minivlm.registry import register_model
 
 Tensor = torch.Tensor
 
@@ -340,7 +340,7 @@ class QFormer(nn.Module):
                 nn.LayerNorm(D, eps=cfg.eps) for _ in range(cfg.depth)
             )
         self.drop = nn.Dropout(cfg.dropout)
-        _init_weights(self)
+        init_weights(self)
 
     def text_parameters(self) -> list[nn.Parameter]:
         """Parameters of the text side (embeddings and text MLPs); empty without ``text``."""
@@ -517,7 +517,7 @@ class Blip2(nn.Module):
             self.itm_head = nn.Linear(D, 2)
             self.itg_head = BertMLMHead(D, qc.vocab_size, act=qc.act, eps=qc.eps,
                                         tie_to=self.qformer.word_embeddings)  # fmt: skip
-            _init_weights(nn.ModuleList([self.vision_proj, self.text_proj, self.itm_head]))
+            init_weights(nn.ModuleList([self.vision_proj, self.text_proj, self.itm_head]))
             self.temp = nn.Parameter(torch.tensor(float(cfg.temp)))
         self.language_model: DecoderLM | None = None
         if cfg.lm is not None:
@@ -841,7 +841,7 @@ class Blip2(nn.Module):
                 f"{type(model).__name__}"
             )
         hv, hq = vm.config, qf.config
-        acts = {name: _HF_ACTS.get(a) for name, a in (("vision", hv.hidden_act),
+        acts = {name: ACTIVATIONS.get(a) for name, a in (("vision", hv.hidden_act),
                                                       ("qformer", hq.hidden_act))}  # fmt: skip
         for name, act in acts.items():
             if act is None:
@@ -952,98 +952,3 @@ class Blip2(nn.Module):
         new.to(device=ref.device, dtype=ref.dtype)
         new.load_state_dict(sd, strict=True)
         return new.train(model.training)
-
-
-# ---------------------------------------------------------------------------
-# Presets
-# ---------------------------------------------------------------------------
-
-_PRESETS: dict[str, dict[str, Any]] = {
-    # shapes world: 64x64 images -> 8x8 patches of 8 px; a frozen ViT of width 96; a Q-Former
-    # of width 96 with 4 layers (cross-attention in layers 0 and 2) and 8 queries; a frozen
-    # lm_tiny-sized LM. vocab_size covers minivlm's shapes tokenizer (pass
-    # vocab_size=tok.vocab_size): [PAD] 0, [CLS] 2 starts Q-Former text, [BOS] 5 is [DEC].
-    "blip2_tiny": dict(
-        vision=dict(image_size=64, patch_size=8, dim=96, depth=2, num_heads=4, mlp_hidden=192),
-        qformer=dict(dim=96, depth=4, num_heads=4, mlp_hidden=192, cross_attention_freq=2,
-                     num_query_tokens=8, vocab_size=256, max_len=64),
-        lm=dict(vocab_size=256, dim=128, depth=2, num_heads=4, num_kv_heads=2, mlp_hidden=256,
-                max_len=128),
-        embed_dim=64,
-        dec_token_id=5,
-    ),
-    # the paper's stage-1 model (§3.1, §4): frozen ViT-g/14 (HF's 39 layers) + the Q-Former
-    # initialised from BERT-base (12 layers, cross-attention every 2nd) with 32 queries; no
-    # LM. Without its text side (qformer_text=False) the Q-Former has exactly the 105,137,664
-    # parameters of transformers.Blip2QFormerModel(Blip2QFormerConfig()).
-    "blip2_qformer_base": dict(),
-}
-
-_TOP_FIELDS = {f.name for f in fields(Blip2Config)} - {"vision", "qformer", "lm"}
-_SHORTCUTS = {"image_size": "vision", "patch_size": "vision", "in_chans": "vision",
-              "num_query_tokens": "qformer", "max_len": "qformer"}  # fmt: skip
-
-
-def _preset_config(name: str, overrides: dict[str, Any]) -> Blip2Config:
-    """Preset ``name`` with flat overrides: Blip2Config fields, ``vision_<f>``, ``qformer_<f>``,
-    ``lm_<f>``, nested ``vision=``/``qformer=``/``lm=`` dicts, the shortcuts image_size,
-    patch_size, in_chans, num_query_tokens, max_len, and ``vocab_size`` (Q-Former and LM)."""
-    preset = _PRESETS[name]
-    top = {k: v for k, v in preset.items() if k not in ("vision", "qformer", "lm")}
-    parts = {k: dict(preset.get(k) or {}) for k in ("vision", "qformer", "lm")}
-    has_lm = preset.get("lm") is not None
-    for key, value in overrides.items():
-        if key in parts:
-            if value is None and key == "lm":
-                has_lm = False
-                continue
-            if hasattr(value, "__dataclass_fields__"):
-                value = {f.name: getattr(value, f.name) for f in fields(value)}
-            if not isinstance(value, dict):
-                raise TypeError(f"{name}: override {key!r} must be a dict or config dataclass")
-            parts[key].update(value)
-            has_lm = has_lm or key == "lm"
-        elif key in _TOP_FIELDS:
-            top[key] = value
-        elif key == "vocab_size":
-            parts["qformer"]["vocab_size"] = value
-            parts["lm"]["vocab_size"] = value
-        elif key in _SHORTCUTS:
-            parts[_SHORTCUTS[key]][key] = value
-        elif any(key.startswith(p + "_") for p in parts):
-            part = key.split("_", 1)[0]
-            parts[part][key[len(part) + 1 :]] = value
-            has_lm = has_lm or part == "lm"
-        else:
-            raise ValueError(
-                f"{name}: unknown override {key!r}; expected a Blip2Config field "
-                f"{sorted(_TOP_FIELDS)}, vision_<ViTConfig field>, qformer_<QFormerConfig "
-                f"field>, lm_<LMConfig field>, vocab_size, or one of {sorted(_SHORTCUTS)}"
-            )
-    if not parts["qformer"].get("text", True) and has_lm:
-        top.setdefault("stage", 2)
-    try:
-        return Blip2Config(
-            vision=blip2_vision_config(**parts["vision"]),
-            qformer=QFormerConfig(**parts["qformer"]),
-            lm=LMConfig(**parts["lm"]) if has_lm else None,
-            **top,
-        )
-    except TypeError as e:
-        raise ValueError(f"{name}: bad override ({e})") from e
-
-
-def _make_factory(name: str):
-    def factory(**overrides: Any) -> Blip2:
-        return Blip2(_preset_config(name, overrides))
-
-    factory.__name__ = name
-    factory.__doc__ = (
-        f"BLIP-2 preset {name!r}: {_PRESETS[name] or 'Blip2Config() defaults'}. Overrides: "
-        "Blip2Config fields, vision_<f>, qformer_<f>, lm_<f>, vocab_size, image_size, ..."
-    )
-    return factory
-
-
-for _name in _PRESETS:
-    register_model(_name)(_make_factory(_name))
