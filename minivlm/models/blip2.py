@@ -44,12 +44,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minivlm.models.albef import same_pair_mask, sample_hard_negatives
 from minivlm.nn.attention import combine_masks, padding_mask
 from minivlm.nn.blocks import MLP, TransformerBlock, get_activation
 from minivlm.nn.lm import IGNORE_INDEX, DecoderLM, LMConfig
 from minivlm.nn.text import _HF_ACTS, BertMLMHead, _init_weights
 from minivlm.nn.vit import ViT, ViTConfig
+from minivlm.objectives import same_pair_mask, sample_hard_negatives
 from minivlm.registry import register_model
 
 Tensor = torch.Tensor
