@@ -130,35 +130,37 @@ class ALBEFConfig:
             self.vision = albef_vision_config(**self.vision)
         if isinstance(self.text, dict):
             self.text = TextConfig(**self.text)
-        if not isinstance(self.vision, ViTConfig):
-            raise TypeError(
-                "ALBEFConfig.vision: expected a ViTConfig or dict, got "
-                f"{type(self.vision).__name__}"
-            )
-        if not isinstance(self.text, TextConfig):
-            raise TypeError(
-                f"ALBEFConfig.text: expected a TextConfig or dict, got {type(self.text).__name__}"
-            )
-        if self.text.causal:
-            raise ValueError(
-                "ALBEFConfig.text: ALBEF's BERT is bidirectional; causal must be False"
-            )
-        if not self.vision.class_token:
-            raise ValueError(
-                "ALBEFConfig.vision: ALBEF reads the image CLS token; class_token=True"
-            )
-        if not 1 <= self.fusion_from < self.text.depth:
-            raise ValueError(
-                f"ALBEFConfig: fusion_from must be in 1..{self.text.depth - 1} (text depth "
-                f"{self.text.depth}) so that both text and fusion layers exist, got "
-                f"{self.fusion_from}"
-            )
+        self._check_parts()
+        # BERT layers fusion_from.. cross-attend to every ViT token
         text = dict(cross_attention_from=self.fusion_from, cross_attention_freq=1,
                     cross_attention_layers=None, kv_dim=self.vision.dim)  # fmt: skip
         if self.vocab_size is not None:
             text["vocab_size"] = self.vocab_size
         self.text = replace(self.text, **text)
         self.special_token_ids = tuple(int(i) for i in self.special_token_ids)
+        self._check_values()
+
+    @property
+    def num_fusion_layers(self) -> int:
+        return self.text.depth - self.fusion_from
+
+    def _check_parts(self) -> None:
+        for name, cls in (("vision", ViTConfig), ("text", TextConfig)):
+            if not isinstance(getattr(self, name), cls):
+                raise TypeError(f"ALBEFConfig.{name}: expected a {cls.__name__} or dict, got "
+                                f"{type(getattr(self, name)).__name__}")  # fmt: skip
+        checks = [
+            (not self.text.causal, ".text: ALBEF's BERT is bidirectional; causal must be False"),
+            (self.vision.class_token, ".vision: ALBEF reads the image CLS token; class_token=True"),
+            (1 <= self.fusion_from < self.text.depth,
+             f": fusion_from must be in 1..{self.text.depth - 1} (text depth {self.text.depth}) "
+             f"so that both text and fusion layers exist, got {self.fusion_from}"),
+        ]  # fmt: skip
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"ALBEFConfig{msg}")
+
+    def _check_values(self) -> None:
         checks = [
             (self.embed_dim >= 1, f"embed_dim must be >= 1, got {self.embed_dim}"),
             (self.queue_size >= 1, f"queue_size must be >= 1, got {self.queue_size}"),
@@ -178,10 +180,6 @@ class ALBEFConfig:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(f"ALBEFConfig: {msg}")
-
-    @property
-    def num_fusion_layers(self) -> int:
-        return self.text.depth - self.fusion_from
 
 
 @dataclass
@@ -387,6 +385,15 @@ class ALBEF(nn.Module):
         return self.itm_logits(pixel_values, input_ids, attention_mask).float().softmax(-1)[:, 1]
 
     @torch.no_grad()
+    def momentum_features(self, pixel_values: Tensor, input_ids: Tensor, mask: Tensor
+                          ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+        """The momentum model's image tokens (B, 1+N, Dv) and features (B, E), (B, E)."""
+        m = self.momentum
+        image_embeds_m = m.image_encoder(pixel_values)  # (B, 1+N, Dv)
+        text_feat_m = self.feat(m.text_proj, self.text_embeds(m.text_encoder, input_ids, mask))
+        return image_embeds_m, self.feat(m.vision_proj, image_embeds_m), text_feat_m
+
+    @torch.no_grad()
     def soft_targets(self, pixel_values: Tensor, input_ids: Tensor,
                      attention_mask: Tensor | None = None, alpha: float | None = None,
                      direction: str = "i2t") -> Tensor:  # fmt: skip
@@ -400,16 +407,12 @@ class ALBEF(nn.Module):
         if direction not in ("i2t", "t2i"):
             raise ValueError(f"soft_targets: direction must be 'i2t' or 't2i', got {direction!r}")
         alpha = self.config.alpha if alpha is None else float(alpha)
-        m, mask = self.momentum, _mask(input_ids, attention_mask)
-        image_feat_m = self.feat(m.vision_proj, m.image_encoder(pixel_values))  # (B, E)
-        text_feat_m = self.feat(m.text_proj, self.text_embeds(m.text_encoder, input_ids, mask))
-        if direction == "i2t":
-            sim_m = image_feat_m @ torch.cat([text_feat_m.t(), self.text_queue.float()], 1)
-        else:
-            sim_m = text_feat_m @ torch.cat([image_feat_m.t(), self.image_queue.float()], 1)
-        return distill_targets(sim_m / self.temperature, alpha)
+        _, image_feat_m, text_feat_m = self.momentum_features(
+            pixel_values, input_ids, _mask(input_ids, attention_mask))
+        targets = self.itc_targets(image_feat_m, text_feat_m, self.temperature, alpha)
+        return targets[0 if direction == "i2t" else 1]
 
-    # -- training forward -------------------------------------------------------
+    # -- training forward and its losses -----------------------------------------------------
 
     def forward(self, pixel_values: Tensor | None = None, input_ids: Tensor | None = None,
                 attention_mask: Tensor | None = None, alpha: float | None = None,
@@ -424,82 +427,101 @@ class ALBEF(nn.Module):
         in eval mode it changes no state.
         """
         self._check_forward(pixel_values, input_ids)
-        cfg, training, B = self.config, self.training, input_ids.shape[0]
+        cfg = self.config
         alpha = (self.current_alpha() if alpha is None else float(alpha)) if cfg.distill else 0.0
         mask = _mask(input_ids, attention_mask)  # (B, T)
-        if training:
+        if self.training:
             self.clamp_temp_()
         temp = self.temp.clamp(cfg.temp_min, cfg.temp_max)
-
-        # ---- unimodal encoders (online)
+        # unimodal encoders: online, then the momentum model after its EMA step
         image_embeds = self.image_encoder(pixel_values)  # (B, 1+N, Dv)
-        image_feat = self.feat(self.vision_proj, image_embeds)  # (B, E)
         text_embeds = self.text_embeds(self.text_encoder, input_ids, mask)  # (B, T, Dt)
+        image_feat = self.feat(self.vision_proj, image_embeds)  # (B, E)
         text_feat = self.feat(self.text_proj, text_embeds)  # (B, E)
+        if self.training:
+            self.momentum_update()
+        image_embeds_m, image_feat_m, text_feat_m = self.momentum_features(
+            pixel_values, input_ids, mask)  # (B, 1+N, Dv), (B, E), (B, E)
 
-        # ---- momentum features and ITC targets (§3.3)
-        with torch.no_grad():
-            m = self.momentum
-            if training:
-                self.momentum_update()
-            image_embeds_m = m.image_encoder(pixel_values)  # (B, 1+N, Dv)
-            image_feat_m = self.feat(m.vision_proj, image_embeds_m)  # (B, E)
-            text_feat_m = self.feat(m.text_proj, self.text_embeds(m.text_encoder, input_ids, mask))
-            image_feat_all = torch.cat([image_feat_m.t(), self.image_queue.float()], 1)  # (E, B+K)
-            text_feat_all = torch.cat([text_feat_m.t(), self.text_queue.float()], 1)  # (E, B+K)
-            if alpha > 0:
-                t_i2t = distill_targets(image_feat_m @ text_feat_all / temp, alpha)  # (B, B+K)
-                t_t2i = distill_targets(text_feat_m @ image_feat_all / temp, alpha)
-            else:  # plain one-hot targets: column i is the positive of row i
-                t_i2t = t_t2i = distill_targets(image_feat.new_zeros(B, text_feat_all.shape[1]), 0)
-
-        # ---- ITC (§3.2 Eq. 1-3)
-        sim_i2t = image_feat @ text_feat_all / temp  # (B, B+K)
-        sim_t2i = text_feat @ image_feat_all / temp  # (B, B+K)
-        zero = sim_i2t.sum() * 0.0
-        loss_itc = zero
-        if cfg.itc_weight:
-            loss_itc = (soft_cross_entropy(sim_i2t, t_i2t) + soft_cross_entropy(sim_t2i, t_t2i)) / 2
-
-        # ---- ITM with hard negatives (§3.2)
-        loss_itm, itm_logits, itm_labels, neg_t, neg_i = zero, None, None, None, None
+        out = self.itc_loss(image_feat, text_feat, image_feat_m, text_feat_m, temp, alpha)
+        zero = out.loss_itc * 0.0
+        out.loss_itm = out.loss_mlm = zero
         if cfg.itm_weight:
-            exclude = same_pair_mask(input_ids, mask, index) if cfg.itm_exclude_duplicates else None
-            neg_t, neg_i = sample_hard_negatives(sim_i2t, sim_t2i, exclude)  # (B,), (B,)
-            # rows: positives (I_i, T_i); (I_i, hard-negative text); (hard-negative image, T_i)
-            text_all = torch.cat([text_embeds, text_embeds[neg_t], text_embeds])  # (3B, T, Dt)
-            mask_all = torch.cat([mask, mask[neg_t], mask])  # (3B, T)
-            image_all = torch.cat([image_embeds, image_embeds, image_embeds[neg_i]])  # (3B, S, Dv)
-            fused = self.fuse(self.text_encoder, text_all, mask_all, image_all).last_hidden_state
-            itm_logits = self.itm_head(fused[:, 0])  # (3B, 2)
-            itm_labels = torch.zeros(3 * B, dtype=torch.long, device=fused.device)  # (3B,)
-            itm_labels[:B] = 1  # the positives match; the 2B hard negatives do not
-            loss_itm = F.cross_entropy(itm_logits.float(), itm_labels)
-
-        # ---- MLM conditioned on the image, distilled from the momentum model (§3.2-3.3)
-        loss_mlm, mlm_logits, mlm_labels = zero, None, None
+            self.itm_loss(out, image_embeds, text_embeds, input_ids, mask, index)
         if cfg.mlm_weight:
-            masked_ids, mlm_labels = mask_tokens(
-                input_ids, cfg.mask_token_id, cfg.text.vocab_size, cfg.special_token_ids,
-                cfg.mlm_probability,
-            )  # fmt: skip
-            mlm_logits = self.mlm_logits(self, masked_ids, mask, image_embeds)  # (B, T, V)
-            soft = None
-            if alpha > 0:
-                with torch.no_grad():  # (B, T, V) the momentum model's predicted distribution
-                    soft = self.mlm_logits(m, masked_ids, mask, image_embeds_m).float().softmax(-1)
-            loss_mlm = mlm_distill_loss(mlm_logits, mlm_labels, soft, alpha)
-
-        loss = cfg.itc_weight * loss_itc + cfg.itm_weight * loss_itm + cfg.mlm_weight * loss_mlm
-        if training:
+            self.mlm_loss(out, input_ids, mask, image_embeds, image_embeds_m, alpha)
+        if not cfg.itc_weight:
+            out.loss_itc = zero
+        out.loss = (cfg.itc_weight * out.loss_itc + cfg.itm_weight * out.loss_itm
+                    + cfg.mlm_weight * out.loss_mlm)  # fmt: skip
+        if self.training:
             self.dequeue_and_enqueue(image_feat_m, text_feat_m)
             self.num_steps.add_(1)
-        return ALBEFOutput(
-            loss=loss, loss_itc=loss_itc, loss_itm=loss_itm, loss_mlm=loss_mlm, alpha=alpha,
-            temperature=temp.detach(), sim_i2t=sim_i2t, sim_t2i=sim_t2i, itc_targets_i2t=t_i2t,
-            itc_targets_t2i=t_t2i, itm_logits=itm_logits, itm_labels=itm_labels,
-            neg_text_idx=neg_t, neg_image_idx=neg_i, mlm_logits=mlm_logits, mlm_labels=mlm_labels,
+        return out
+
+    @torch.no_grad()
+    def with_queues(self, image_feat_m: Tensor, text_feat_m: Tensor) -> tuple[Tensor, Tensor]:
+        """[momentum batch; queue] features, (E, B+K) each: images, texts."""
+        return (torch.cat([image_feat_m.t(), self.image_queue.float()], 1),
+                torch.cat([text_feat_m.t(), self.text_queue.float()], 1))  # fmt: skip
+
+    @torch.no_grad()
+    def itc_targets(self, image_feat_m: Tensor, text_feat_m: Tensor, temp: Tensor | float,
+                    alpha: float) -> tuple[Tensor, Tensor]:  # fmt: skip
+        """ITC targets (§3.3 Eq. 6) over [momentum batch; queue], (B, B+K) each: i2t, t2i."""
+        image_all, text_all = self.with_queues(image_feat_m, text_feat_m)  # (E, B+K) each
+        if alpha <= 0:  # plain one-hot targets: column i is the positive of row i
+            onehot = distill_targets(image_feat_m.new_zeros(len(text_feat_m), text_all.shape[1]), 0)
+            return onehot, onehot
+        return (distill_targets(image_feat_m @ text_all / temp, alpha),
+                distill_targets(text_feat_m @ image_all / temp, alpha))  # fmt: skip
+
+    def itc_loss(self, image_feat: Tensor, text_feat: Tensor, image_feat_m: Tensor,
+                 text_feat_m: Tensor, temp: Tensor, alpha: float) -> ALBEFOutput:  # fmt: skip
+        """ITC (§3.2 Eq. 1-3) against [momentum batch; queue] with (distilled) soft targets;
+        starts the :class:`ALBEFOutput` that the other losses fill in."""
+        t_i2t, t_t2i = self.itc_targets(image_feat_m, text_feat_m, temp, alpha)  # (B, B+K) x 2
+        image_all, text_all = self.with_queues(image_feat_m, text_feat_m)  # (E, B+K) each
+        sim_i2t = image_feat @ text_all / temp  # (B, B+K)
+        sim_t2i = text_feat @ image_all / temp  # (B, B+K)
+        loss = (soft_cross_entropy(sim_i2t, t_i2t) + soft_cross_entropy(sim_t2i, t_t2i)) / 2
+        return ALBEFOutput(loss=loss, loss_itc=loss, loss_itm=loss, loss_mlm=loss, alpha=alpha,
+                           temperature=temp.detach(), sim_i2t=sim_i2t, sim_t2i=sim_t2i,
+                           itc_targets_i2t=t_i2t, itc_targets_t2i=t_t2i)  # fmt: skip
+
+    def itm_loss(self, out: ALBEFOutput, image_embeds: Tensor, text_embeds: Tensor,
+                 input_ids: Tensor, mask: Tensor, index: Tensor | None) -> None:  # fmt: skip
+        """ITM (§3.2) on B positives and 2B hard negatives drawn from the ITC similarities."""
+        B, exclude = len(input_ids), None
+        if self.config.itm_exclude_duplicates:  # (B, B) pairs that would be false negatives
+            exclude = same_pair_mask(input_ids, mask, index)
+        neg_t, neg_i = sample_hard_negatives(out.sim_i2t, out.sim_t2i, exclude)  # (B,), (B,)
+        # rows: positives (I_i, T_i); (I_i, hard-negative text); (hard-negative image, T_i)
+        text_all = torch.cat([text_embeds, text_embeds[neg_t], text_embeds])  # (3B, T, Dt)
+        mask_all = torch.cat([mask, mask[neg_t], mask])  # (3B, T)
+        image_all = torch.cat([image_embeds, image_embeds, image_embeds[neg_i]])  # (3B, S, Dv)
+        fused = self.fuse(self.text_encoder, text_all, mask_all, image_all).last_hidden_state
+        out.itm_logits = self.itm_head(fused[:, 0])  # (3B, 2)
+        out.itm_labels = torch.zeros(3 * B, dtype=torch.long, device=fused.device)  # (3B,)
+        out.itm_labels[:B] = 1  # the positives match; the 2B hard negatives do not
+        out.loss_itm = F.cross_entropy(out.itm_logits.float(), out.itm_labels)
+        out.neg_text_idx, out.neg_image_idx = neg_t, neg_i
+
+    def mlm_loss(self, out: ALBEFOutput, input_ids: Tensor, mask: Tensor, image_embeds: Tensor,
+                 image_embeds_m: Tensor, alpha: float) -> None:  # fmt: skip
+        """MLM conditioned on the image (§3.2), distilled from the momentum model (§3.3)."""
+        cfg = self.config
+        masked_ids, out.mlm_labels = mask_tokens(
+            input_ids, cfg.mask_token_id, cfg.text.vocab_size, cfg.special_token_ids,
+            cfg.mlm_probability,
         )  # fmt: skip
+        out.mlm_logits = self.mlm_logits(self, masked_ids, mask, image_embeds)  # (B, T, V)
+        soft = None
+        if alpha > 0:
+            with torch.no_grad():  # (B, T, V) the momentum model's predicted distribution
+                soft = self.mlm_logits(self.momentum, masked_ids, mask, image_embeds_m)
+                soft = soft.float().softmax(-1)
+        out.loss_mlm = mlm_distill_loss(out.mlm_logits, out.mlm_labels, soft, alpha)
 
     def _check_forward(self, pixel_values: Tensor | None, input_ids: Tensor | None) -> None:
         if pixel_values is None or input_ids is None:
