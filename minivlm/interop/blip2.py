@@ -10,7 +10,7 @@ the model runs stage 2 and ``query_features`` equals HF's Q-Former output.
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -18,9 +18,7 @@ import torch.nn as nn
 from minivlm.interop.common import add_linear, hf_activation, load_converted
 from minivlm.nn.lm import DecoderLM
 from minivlm.nn.qformer import QFormerConfig
-
-if TYPE_CHECKING:
-    from minivlm.models.blip2 import Blip2, Blip2Config
+from minivlm.nn.vit import ViTConfig
 
 Tensor = torch.Tensor
 
@@ -29,11 +27,10 @@ __all__ = ["blip2_config_from_hf", "blip2_from_hf", "blip2_state_dict_from_hf"]
 SUPPORTED_LMS = ("LlamaForCausalLM",)
 
 
-def blip2_config_from_hf(model: nn.Module, language_model: DecoderLM | None) -> Blip2Config:
-    """The :class:`~minivlm.models.blip2.Blip2Config` of HF ``model`` (no Q-Former text side;
-    ``lm`` from the converted ``language_model``, or None)."""
-    from minivlm.models.blip2 import Blip2Config, blip2_vision_config
-
+def blip2_config_from_hf(config_cls: type[Any], model: nn.Module,
+                         language_model: DecoderLM | None) -> Any:  # fmt: skip
+    """The ``config_cls`` (:class:`~minivlm.models.blip2.Blip2Config`) of HF ``model``: no
+    Q-Former text side; ``lm`` from the converted ``language_model``, or None."""
     vm, qf = model.vision_model, model.qformer
     hv, hq = vm.config, qf.config
     if getattr(hq, "use_qformer_text_input", False):
@@ -43,8 +40,8 @@ def blip2_config_from_hf(model: nn.Module, language_model: DecoderLM | None) -> 
         raise ValueError(
             "Blip2.from_hf: the Q-Former's encoder_hidden_size differs from the vision width"
         )
-    vision = blip2_vision_config(
-        image_size=hv.image_size, patch_size=hv.patch_size,
+    vision = ViTConfig(  # BLIP-2's ViT: post-LN on every output token (HF post_layernorm)
+        final_norm=True, pre_norm=False, image_size=hv.image_size, patch_size=hv.patch_size,
         in_chans=vm.embeddings.patch_embedding.in_channels,
         dim=hv.hidden_size, depth=hv.num_hidden_layers, num_heads=hv.num_attention_heads,
         mlp_hidden=hv.intermediate_size, mlp_ratio=hv.intermediate_size / hv.hidden_size,
@@ -59,7 +56,7 @@ def blip2_config_from_hf(model: nn.Module, language_model: DecoderLM | None) -> 
         vocab_size=hq.vocab_size, max_len=hq.max_position_embeddings,
     )  # fmt: skip
     lm = language_model.config if language_model is not None else None
-    return Blip2Config(vision=vision, qformer=qformer, lm=lm)
+    return config_cls(vision=vision, qformer=qformer, lm=lm)
 
 
 def blip2_state_dict_from_hf(model: nn.Module, with_projection: bool) -> dict[str, Tensor]:
@@ -107,8 +104,10 @@ def blip2_state_dict_from_hf(model: nn.Module, with_projection: bool) -> dict[st
     return sd
 
 
-def blip2_from_hf(cls: type[Blip2], model: nn.Module, with_language_model: bool = True) -> Blip2:
-    """Build ``cls`` (:class:`~minivlm.models.blip2.Blip2`) from HF ``model``.
+def blip2_from_hf(cls: type[nn.Module], config_cls: type[Any], model: nn.Module,
+                  with_language_model: bool = True) -> nn.Module:  # fmt: skip
+    """Build ``cls`` (:class:`~minivlm.models.blip2.Blip2`, configured by ``config_cls``) from
+    HF ``model``.
 
     A Llama language model is copied with ``DecoderLM.from_hf``. Any other (OPT, T5: the
     published BLIP-2 checkpoints) raises a ValueError naming what is supported, unless
@@ -131,7 +130,7 @@ def blip2_from_hf(cls: type[Blip2], model: nn.Module, with_language_model: bool 
             )
         lm = DecoderLM.from_hf(model.language_model)
     sd = blip2_state_dict_from_hf(model, with_projection=lm is not None)
-    new = cls(blip2_config_from_hf(model, lm), language_model=lm)
+    new = cls(blip2_config_from_hf(config_cls, model, lm), language_model=lm)
     if lm is not None:
         sd.update({f"language_model.{k}": v for k, v in lm.state_dict().items()})
     return load_converted(new, sd, model.query_tokens, model.training)

@@ -156,9 +156,7 @@ class ALBEFConfig:
              f": fusion_from must be in 1..{self.text.depth - 1} (text depth {self.text.depth}) "
              f"so that both text and fusion layers exist, got {self.fusion_from}"),
         ]  # fmt: skip
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(f"ALBEFConfig{msg}")
+        _raise_first(checks)
 
     def _check_values(self) -> None:
         checks = [
@@ -177,9 +175,13 @@ class ALBEFConfig:
              f"mask_token_id {self.mask_token_id} is outside the vocabulary "
              f"0..{self.text.vocab_size - 1}"),
         ]  # fmt: skip
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(f"ALBEFConfig: {msg}")
+        _raise_first([(ok, ": " + msg) for ok, msg in checks])
+
+
+def _raise_first(checks: list[tuple[bool, str]]) -> None:
+    for ok, msg in checks:
+        if not ok:
+            raise ValueError(f"ALBEFConfig{msg}")
 
 
 @dataclass

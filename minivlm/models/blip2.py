@@ -446,7 +446,7 @@ class Blip2(nn.Module):
         ``with_language_model=False`` (image encoder, queries and Q-Former only)."""
         from minivlm.interop.blip2 import blip2_from_hf
 
-        return blip2_from_hf(cls, model, with_language_model)
+        return blip2_from_hf(cls, Blip2Config, model, with_language_model)
 
     # -- input checks --------------------------------------------------------------------
 
