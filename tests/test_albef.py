@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import minivlm
 from minivlm.interpret import gradcam
-from minivlm.models.albef import ALBEF, ALBEFConfig, ALBEFOutput
+from minivlm.models.albef import ALBEF, MOMENTUM_MODULES, ALBEFConfig, ALBEFOutput
 from minivlm.objectives import (
     distill_targets,
     ema_update_,
@@ -109,18 +109,12 @@ def test_momentum_model_gets_no_gradient_and_is_not_optimised():
     groups = default_param_groups(model, 0.02)
     optimised = {id(p) for g in groups for p in g["params"]}
     assert optimised.isdisjoint({id(p) for p in momentum_params(model)})
-    online = {id(p) for name, _ in _pairs() for p in getattr(model, name).parameters()}
+    online = {id(p) for name in MOMENTUM_MODULES for p in getattr(model, name).parameters()}
     online |= {id(p) for p in model.itm_head.parameters()} | {id(model.temp)}
     assert optimised == online
     # the momentum copies stay in eval mode whatever the model's mode
     model.train()
     assert model.training and not any(m.training for m in model.momentum_modules())
-
-
-def _pairs():
-    from minivlm.models.albef import MOMENTUM_MODULES
-
-    return [(name, name + "_m") for name in MOMENTUM_MODULES]
 
 
 # --------------------------------------------------------------------------- queues
