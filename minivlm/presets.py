@@ -288,8 +288,6 @@ def preset_config(name: str, **overrides: Any) -> Any:
             )
     if not parts:
         return config_cls(**_resolve(top))
-    if "stage" in top_fields and not parts.get("qformer", {}).get("text", True) and present["lm"]:
-        top.setdefault("stage", 2)  # BLIP-2 while it has a stage field: no Q-Former text -> LM
     try:
         built = {p: builders[p](**_resolve(parts[p])) if present[p] else None for p in parts}
         return config_cls(**built, **_resolve(top))

@@ -39,9 +39,6 @@ def _imports(path: Path, name: str) -> set[str]:
 MODULES = {_module(p): p for p in sorted(PKG.rglob("*.py"))}
 GRAPH = {m: {d for d in _imports(p, m) if d in MODULES and d != m} for m, p in MODULES.items()}
 MODEL_FILES = [m for m, p in MODULES.items() if m.startswith("minivlm.models.")]
-# ALBEF imports ViLT's masking and BLIP-2 ALBEF's negatives until those move to objectives.py
-# (branch r-models-b); strict, so this list must be emptied when they do
-PENDING = {"minivlm.models.albef", "minivlm.models.blip2"}
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -73,11 +70,7 @@ def test_there_are_model_files():
     )
 
 
-@pytest.mark.parametrize(
-    "model",
-    [pytest.param(m, marks=pytest.mark.xfail(strict=True, reason="r-models-b moves it"))
-     if m in PENDING else m for m in MODEL_FILES],
-)  # fmt: skip
+@pytest.mark.parametrize("model", MODEL_FILES)
 def test_a_model_file_imports_no_other_model_file(model):
     """A model file imports nn/, objectives, data, interop (lazily), never another model."""
     others = sorted(d for d in GRAPH[model] if d in MODEL_FILES)

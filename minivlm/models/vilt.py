@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from minivlm.nn.attention import padding_mask
 from minivlm.nn.bert import BertEncoder, BertMLMHead, TextConfig
 from minivlm.nn.blocks import TransformerBlock, get_activation
+from minivlm.objectives import mask_tokens, sample_itm_negatives
 
 Tensor = torch.Tensor
 
@@ -637,122 +638,6 @@ def _mean_ce(logits: Tensor, labels: Tensor) -> Tensor:
     if not bool((labels != -100).any()):
         return logits.sum() * 0.0
     return F.cross_entropy(logits, labels, ignore_index=-100)
-
-
-# ---------------------------------------------------------------------------
-# Pre-training data: MLM masking and ITM negatives (§3.2)
-# ---------------------------------------------------------------------------
-
-
-def _draw_device(generator: torch.Generator | None, fallback: torch.device) -> torch.device:
-    return generator.device if generator is not None else fallback
-
-
-def mask_tokens(
-    input_ids: Tensor,
-    mask_id: int,
-    vocab_size: int,
-    special_ids: list[int] | tuple[int, ...] | Tensor,
-    prob: float = 0.15,
-    generator: torch.Generator | None = None,
-) -> tuple[Tensor, Tensor]:
-    """BERT's masking for MLM (Devlin et al. 2019, §3.1), as ViLT uses it (§3.2).
-
-    Each token that is not special (padding, [CLS], [SEP], ...) is chosen with probability
-    ``prob`` = 0.15. A chosen token becomes [MASK] 80% of the time, a random non-special
-    token 10% of the time, and stays itself 10% of the time; the model must predict the
-    original id at every chosen position.
-
-    ViLT masks *whole words* (§3.3: all WordPiece pieces of a word together) so that a word cannot
-    be guessed from its other pieces without looking at the image. With minivlm's word-level
-    tokenizer every token is a whole word, so token masking already is whole-word masking.
-
-    Returns ``(masked_ids, labels)``, both (B, T): labels hold the original id at chosen
-    positions and -100 (ignored by the loss) everywhere else.
-    """
-    if input_ids.dim() != 2 or input_ids.is_floating_point():
-        raise ValueError(
-            f"mask_tokens: expected integer input_ids of shape (B, T), got {input_ids.dtype} "
-            f"{tuple(input_ids.shape)}"
-        )
-    if not 0.0 <= prob <= 1.0:
-        raise ValueError(f"mask_tokens: prob must be in [0, 1], got {prob}")
-    if not 0 <= mask_id < vocab_size:
-        raise ValueError(
-            f"mask_tokens: mask_id {mask_id} is outside the vocabulary 0..{vocab_size - 1}"
-        )
-    dev = input_ids.device
-    special = torch.as_tensor(special_ids, dtype=torch.long).flatten()
-    normal_ids = torch.ones(vocab_size, dtype=torch.bool)
-    normal_ids[special[(special >= 0) & (special < vocab_size)]] = False
-    normal_ids = normal_ids.nonzero().flatten()  # ids a random replacement may take
-    if normal_ids.numel() == 0:
-        raise ValueError("mask_tokens: every vocabulary id is special; nothing to sample")
-    gd = _draw_device(generator, dev)
-    shape = input_ids.shape
-    choose = torch.rand(shape, generator=generator, device=gd).to(dev) < prob  # (B, T)
-    choose &= ~torch.isin(input_ids, special.to(dev))
-    how = torch.rand(shape, generator=generator, device=gd).to(dev)  # 80/10/10 split
-    rand_tok = torch.randint(normal_ids.numel(), shape, generator=generator, device=gd)
-    rand_tok = normal_ids.to(gd)[rand_tok].to(dev)
-    labels = torch.where(choose, input_ids, torch.full_like(input_ids, -100))
-    masked = input_ids.clone()
-    masked[choose & (how < 0.8)] = mask_id
-    use_random = choose & (how >= 0.8) & (how < 0.9)
-    masked[use_random] = rand_tok[use_random]
-    return masked, labels
-
-
-_PAIR_KEYS = ("input_ids", "attention_mask", "token_type_ids")  # caption side
-_IMAGE_KEYS = ("pixel_values", "pixel_mask")  # image side
-
-
-def sample_itm_negatives(
-    batch: dict[str, Tensor], generator: torch.Generator | None = None, image_prob: float = 0.5
-) -> dict[str, Tensor]:
-    """Image-text matching pairs from a batch of B matching (caption, image) pairs (§3.2).
-
-    Every positive pair i is kept (label 1) and gets one negative (label 0): with
-    probability ``image_prob`` its image is swapped for the image of another item j != i,
-    otherwise its caption for caption j. ViLT itself only swaps images: half of its ITM pairs
-    show a randomly drawn other image (``image_prob=1`` here); swapping captions too makes
-    the model read the text as well.
-
-    Returns a batch of 2B rows, the B positives first, with ``itm_labels`` (2B,), plus
-    ``partner`` (B,) = j and ``swapped_image`` (B,) bool describing each negative. Caption
-    keys (``input_ids``, ``attention_mask``, ``token_type_ids``) and image keys
-    (``pixel_values``, ``pixel_mask``) are carried over; other keys are dropped.
-    """
-    if "input_ids" not in batch or "pixel_values" not in batch:
-        raise ValueError(
-            f"sample_itm_negatives: the batch needs 'input_ids' and 'pixel_values', got keys "
-            f"{sorted(batch)}"
-        )
-    B = batch["input_ids"].shape[0]
-    if B < 2:
-        raise ValueError(f"sample_itm_negatives: need at least 2 pairs to swap, got B={B}")
-    dev = batch["input_ids"].device
-    gd = _draw_device(generator, dev)
-    # j = i + k (mod B) with k in 1..B-1 is never i
-    shift = torch.randint(1, B, (B,), generator=generator, device=gd).to(dev)
-    partner = (torch.arange(B, device=dev) + shift) % B  # (B,)
-    swap_image = (torch.rand(B, generator=generator, device=gd) < image_prob).to(dev)  # (B,)
-    me = torch.arange(B, device=dev)
-    image_src = torch.where(swap_image, partner, me)  # whose image negative i shows
-    text_src = torch.where(swap_image, me, partner)  # whose caption negative i reads
-    out: dict[str, Tensor] = {}
-    for key, value in batch.items():
-        if not isinstance(value, Tensor) or value.dim() == 0 or value.shape[0] != B:
-            continue
-        if key in _PAIR_KEYS:
-            out[key] = torch.cat([value, value[text_src]], dim=0)
-        elif key in _IMAGE_KEYS:
-            out[key] = torch.cat([value, value[image_src]], dim=0)
-    labels = torch.cat([torch.ones(B, dtype=torch.long), torch.zeros(B, dtype=torch.long)])
-    out["itm_labels"] = labels.to(dev)
-    out["partner"] = partner
-    out["swapped_image"] = swap_image
-    return out
 
 
 def itm_loss_with_negatives(
