@@ -8,7 +8,7 @@ of every masked patch with a softmax over the codebook::
 
     images (B, C, H, W) -> patch embeddings (B, N, D); masked rows := e_[M]
       -> [CLS; patches] (+ absolute positions, if any)                        (B, 1+N, D)
-      -> blocks: x += γ1·Attn(LN(x), bias=relative positions); x += γ2·MLP(LN(x))  (§2.6, layer scale)
+      -> blocks: x += γ1·Attn(LN(x), bias=rel. positions); x += γ2·MLP(LN(x))  (layer scale)
       -> LN -> Linear(D, vocab) at every patch                               (B, N, vocab)
     loss = cross-entropy against the tokenizer's ids, masked patches only   (§2.3, Eq. 1)
 
@@ -226,7 +226,8 @@ class Beit(nn.Module):
         self.patch_embed = nn.Conv2d(cfg.in_chans, D, cfg.patch_size, stride=cfg.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
         self.mask_token = nn.Parameter(torch.zeros(1, 1, D))
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + cfg.num_patches, D)) if cfg.abs_pos else None
+        n = 1 + cfg.num_patches
+        self.pos_embed = nn.Parameter(torch.zeros(1, n, D)) if cfg.abs_pos else None
         self.rel_pos = (RelativePositionBias(cfg.grid_size, cfg.num_heads)
                         if cfg.rel_pos == "shared" else None)
         self.blocks = nn.ModuleList(BeitBlock(cfg) for _ in range(cfg.depth))
@@ -274,7 +275,7 @@ class Beit(nn.Module):
         loss = None
         if labels is not None:
             if bool_masked_pos is None:
-                raise ValueError("Beit: labels need bool_masked_pos (the loss is on masked patches)")
+                raise ValueError("Beit: labels need bool_masked_pos (the loss is on masked ones)")
             loss = F.cross_entropy(logits[bool_masked_pos], labels[bool_masked_pos])
         return BeitOutput(logits, hidden, loss)
 

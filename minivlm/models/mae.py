@@ -5,11 +5,11 @@ patches only, then let a small decoder fill in the hidden ones from the encoded 
 plus a shared, learned mask token, and score the pixels it predicts for the hidden patches::
 
     images (B, C, H, W) -> patches (B, N, p*p*C)
-      random_masking: keep the N_keep = int(N (1 - r)) patches with the lowest noise   (§3 "Masking")
-      encoder: a plain ViT on [CLS; kept patches + positions]   (B, 1+N_keep, D)   (§3 "MAE encoder")
-      decoder: Linear D->D', put mask tokens back, unshuffle, + positions, blocks  (§3 "MAE decoder")
-      pred (B, N, p*p*C); loss = MSE on the masked patches only (optionally on per-patch
-      normalised pixels, ``norm_pix_loss``)                                 (§3 "Reconstruction target")
+      random_masking: keep the int(N (1 - r)) lowest-noise patches        (§3 "Masking")
+      encoder: a plain ViT on [CLS; kept patches + positions], (B, 1+N_keep, D)  (§3 "encoder")
+      decoder: Linear D->D', mask tokens back in, unshuffle, + positions, blocks (§3 "decoder")
+      pred (B, N, p*p*C); loss = MSE on the masked patches only, optionally on per-patch
+      normalised pixels (``norm_pix_loss``)                       (§3 "Reconstruction target")
 
 After pre-training the decoder is thrown away; ``model.encoder`` is an ordinary
 :class:`~minivlm.nn.vit.ViT` that sees every patch. Positions are fixed 2-D sin-cos tables (kept
@@ -256,7 +256,7 @@ class MAE(nn.Module):
         return MAEOutput(loss, pred, mask, ids_restore, latent)
 
     def features(self, pixel_values: Tensor) -> Tensor:
-        """Frozen-encoder features for probing: mean of the patch tokens, all patches seen, (B, D)."""
+        """Probe features: mean of the encoder's patch tokens, every patch seen, (B, D)."""
         return self.encoder(pixel_values)[:, 1:].mean(dim=1)
 
     def reconstruct(self, pixel_values: Tensor, out: MAEOutput) -> Tensor:
