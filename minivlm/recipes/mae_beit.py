@@ -8,6 +8,7 @@ are used by the probes and the fine-tunes.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import minivlm
-from minivlm.data import Background, ShapesWorld
+from minivlm.data import Background, ShapesData, ShapesWorld
 from minivlm.eval import linear_probe
 from minivlm.models.beit import Beit, VQTokenizer, blockwise_mask_batch
 from minivlm.models.mae import MAE, patchify_hwc
@@ -123,7 +124,9 @@ class _Classifier(nn.Module):
 
 def finetune(vit: ViT, data: Data, task: str, steps: int = 80, seed: int = 0,
              batch_size: int = 32, lr: float = 1e-3) -> float:
-    """Fine-tune the whole encoder + a linear head on the probe's training rows; held-out acc."""
+    """Fine-tune (a copy of) the whole encoder + a linear head on the probe's training rows;
+    returns the held-out accuracy."""
+    vit = copy.deepcopy(vit)
     torch.manual_seed(seed)
     n = data.n_probe_train
     y = data.labels[task]
@@ -244,34 +247,38 @@ def codebook_stats(tokenizer: VQTokenizer, images: Tensor) -> dict[str, float]:
 MASK_RATIOS = (0.15, 0.5, 0.75, 0.9)
 
 
-def run(seed: int = 0, keep_models: bool = False) -> dict:
-    """The whole lecture experiment for one seed; ``keep_models`` adds the trained models."""
-    data = make_data(seed)
+def run(seed: int = 0, keep_models: bool = False, steps: int = 120, ft_steps: int = 80,
+        tokenizer_steps: int = 200, n_pretrain: int = 2000, n_probe: int = 1200,
+        n_probe_train: int = 800) -> dict:
+    """The whole lecture experiment for one seed (the notebook's budget by default);
+    ``keep_models`` adds the trained models under ``"models"``."""
+    data = make_data(seed, n_pretrain, n_probe, n_probe_train)
     res: dict = {"seed": seed, "probe": {}, "mae_loss": {}, "mae_heldout_loss": {}}
+    res["chance"] = {t: 1 / len(ShapesData.class_names(t)) for t in TASKS}
     res["probe"]["pixels"] = probe(pixel_features(data.probe), data)
     torch.manual_seed(seed)
     scratch = minivlm.create_model("mae_tiny")
     res["probe"]["random init"] = probe(features(scratch, data.probe), data)
     maes = {}
     for r in MASK_RATIOS:
-        mae, hist = pretrain_mae(data, r, seed=seed)
+        mae, hist = pretrain_mae(data, r, steps=steps, seed=seed)
         maes[r] = mae
-        res["mae_loss"][r] = sum(hist[-10:]) / 10
+        res["mae_loss"][r] = sum(hist[-10:]) / len(hist[-10:])
         res["mae_heldout_loss"][r] = heldout_mae_loss(mae, data.probe[data.n_probe_train:], r)
         res["probe"][f"MAE {r:.0%}"] = probe(features(mae, data.probe), data)
     res["why"] = object_vs_background_error(maes[0.75], data, 0.75, seed)
     res["finetune_shape"] = {
-        "MAE 75%": finetune(maes[0.75].encoder, data, "shape", seed=seed),
-        "scratch": finetune(scratch.encoder, data, "shape", seed=seed),
+        "MAE 75%": finetune(maes[0.75].encoder, data, "shape", ft_steps, seed),
+        "scratch": finetune(scratch.encoder, data, "shape", ft_steps, seed),
     }
     batch = data.pretrain[:64]
     t_all = encoder_seconds(maes[0.75], batch, 0.0)
     t_25 = encoder_seconds(maes[0.75], batch, 0.75)
     res["encoder_seconds"] = {"all patches": t_all, "25% of patches": t_25}
-    vq = train_tokenizer(data.pretrain, seed=seed)
+    vq = train_tokenizer(data.pretrain, steps=tokenizer_steps, seed=seed)
     res["codebook"] = codebook_stats(vq, data.probe)
-    beit, bhist = pretrain_beit(data, vq, seed=seed)
-    res["beit_loss"] = sum(bhist[-10:]) / 10
+    beit, bhist = pretrain_beit(data, vq, steps=steps, seed=seed)
+    res["beit_loss"] = sum(bhist[-10:]) / len(bhist[-10:])
     res["probe"]["BEiT 40% blocks"] = probe(features(beit, data.probe), data)
     if keep_models:
         res["models"] = {"data": data, "maes": maes, "scratch": scratch, "vq": vq, "beit": beit}
