@@ -95,45 +95,60 @@ class BeitOutput:
 # ---------------------------------------------------------------------------
 
 
+def add_block(mask: Tensor, area: float, aspect: float, top_frac: float, left_frac: float,
+              need: int) -> Tensor:
+    """One step of BEiT's Algorithm 1: try to mask one block of patches (§2.5).
+
+    mask: (g, g) bool, True = already masked. The block has height round(sqrt(area·aspect)) and
+    width round(sqrt(area/aspect)) patches and its top-left corner at row
+    int(top_frac·(g-h+1)), column int(left_frac·(g-w+1)) (fractions in [0, 1)). It is kept only
+    if it fits strictly inside the grid (h, w < g) and masks between 1 and ``need`` new patches;
+    otherwise the mask comes back unchanged. Returns a new (g, g) bool mask.
+    """
+    g = mask.shape[-1]
+    h = int(round(math.sqrt(area * aspect)))
+    w = int(round(math.sqrt(area / aspect)))
+    out = mask.clone()
+    if not (0 < h < g and 0 < w < g):
+        return out
+    top, left = int(top_frac * (g - h + 1)), int(left_frac * (g - w + 1))
+    new = h * w - int(mask[top:top + h, left:left + w].sum())
+    if 0 < new <= need:
+        out[top:top + h, left:left + w] = True
+    return out
+
+
 def blockwise_masking(
     grid: int, num_masked: int, rng: np.random.Generator, min_block: int = 4,
     min_aspect: float = 0.3, max_tries: int = 10,
 ) -> Tensor:
-    """Mask rectangular blocks of patches until at least ``num_masked`` are masked (§2.5).
+    """Mask rectangular blocks of patches until ``num_masked`` are masked (§2.5, Algorithm 1).
 
-    Each block has an area s ~ U[min_block, still-needed] patches and a log-uniform aspect ratio
-    r in [min_aspect, 1/min_aspect]: height round(sqrt(s·r)), width round(sqrt(s/r)), placed at a
-    random position. A block is kept only if it masks new patches without overshooting the
-    target. When no block fits what is still needed, single random patches finish the job (the
-    released code stops there instead), so every mask has exactly ``num_masked`` patches.
-    Returns a bool (grid, grid) mask, True = masked. (The paper: 75 of 14x14 = 196 patches,
-    blocks of at least 16; scale ``min_block`` with the grid.)
+    Each try draws an area s ~ U[min_block, still-needed] patches and a log-uniform aspect ratio
+    r in [min_aspect, 1/min_aspect] and places the block at random (:func:`add_block`), keeping
+    it only if it masks new patches without overshooting the target. When no block fits what is
+    still needed, single random patches finish the job (the released code stops there instead),
+    so every mask has exactly ``num_masked`` patches. Returns a bool (grid, grid) mask, True =
+    masked. (The paper: 75 of 14x14 = 196 patches, blocks of at least 16; scale ``min_block``.)
     """
     if not 0 <= num_masked <= grid * grid:
         raise ValueError(f"blockwise_masking: num_masked must be in [0, {grid * grid}], got "
                          f"{num_masked}")
-    mask = np.zeros((grid, grid), dtype=bool)
+    mask = torch.zeros(grid, grid, dtype=torch.bool)
     log_lo, log_hi = math.log(min_aspect), math.log(1 / min_aspect)
-    while mask.sum() < num_masked:
+    while int(mask.sum()) < num_masked:
         need = num_masked - int(mask.sum())
-        added = 0
+        before = need
         for _ in range(max_tries):
             area = rng.uniform(min_block, max(min_block, need))
             aspect = math.exp(rng.uniform(log_lo, log_hi))
-            h = int(round(math.sqrt(area * aspect)))
-            w = int(round(math.sqrt(area / aspect)))
-            if not (0 < h < grid and 0 < w < grid):
-                continue
-            top, left = rng.integers(0, grid - h + 1), rng.integers(0, grid - w + 1)
-            new = h * w - int(mask[top:top + h, left:left + w].sum())
-            if 0 < new <= need:
-                mask[top:top + h, left:left + w] = True
-                added = new
+            mask = add_block(mask, area, aspect, rng.uniform(), rng.uniform(), need)
+            if num_masked - int(mask.sum()) < before:
                 break
-        if added == 0:  # no block fits what is still needed: fill with single patches
-            free = np.flatnonzero(~mask.ravel())
-            mask.ravel()[rng.choice(free, size=need, replace=False)] = True
-    return torch.from_numpy(mask)
+        else:  # no block fits what is still needed: fill with single patches
+            free = (~mask).flatten().nonzero().flatten().numpy()
+            mask.view(-1)[torch.from_numpy(rng.choice(free, size=need, replace=False))] = True
+    return mask
 
 
 def blockwise_mask_batch(batch: int, grid: int, ratio: float, seed: int, **kw) -> Tensor:
