@@ -8,7 +8,7 @@ import pytest
 from script_helpers import assert_keeps_existing, load_script, restored_threads
 
 TINY = ["--steps", "3", "--ft-steps", "2", "--tokenizer-steps", "2", "--n-pretrain", "64",
-        "--n-probe", "48", "--n-probe-train", "32", "--long-steps", "2"]  # fmt: skip
+        "--n-probe", "48", "--n-probe-train", "32", "--long-steps", "2", "--long-seeds", "0"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
