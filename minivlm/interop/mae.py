@@ -10,9 +10,7 @@ import re
 
 import torch.nn as nn
 
-# Hugging Face ``hidden_act`` -> minivlm activation name
-HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
-                  "relu": "relu", "quick_gelu": "quick_gelu", "silu": "silu"}
+from minivlm.interop.common import hf_activation, load_converted
 
 # one HF ViT-style layer (ViTMAELayer, BeitLayer) -> minivlm names
 LAYER_RULES = [
@@ -34,15 +32,6 @@ MAE_RULES = [
 ]
 
 
-def hf_activation(name: object, where: str) -> str:
-    """minivlm's name for an HF activation; a ValueError naming ``where`` if there is none."""
-    act = HF_ACTIVATIONS.get(name) if isinstance(name, str) else None
-    if act is None:
-        raise ValueError(f"{where}: unsupported hidden_act {name!r}; expected one of "
-                         f"{sorted(HF_ACTIVATIONS)}")
-    return act
-
-
 def square(value: object, what: str, where: str) -> int:
     """An int from an int or a square (n, n) pair; a ValueError otherwise."""
     if isinstance(value, (tuple, list)):
@@ -60,14 +49,6 @@ def rename(state: dict, rules: list[tuple[str, str]]) -> dict:
             k = re.sub(pat, rep, k)
         out[k] = v
     return out
-
-
-def load_into(model: nn.Module, state: dict, like: nn.Module) -> nn.Module:
-    """Load a renamed state dict strictly, on ``like``'s device and dtype and in its mode."""
-    ref = next(like.parameters())
-    model.to(device=ref.device, dtype=ref.dtype)
-    model.load_state_dict(state, strict=True)
-    return model.train(like.training)
 
 
 def mae_config_from_hf(cfg) -> dict:
@@ -88,12 +69,12 @@ def mae_config_from_hf(cfg) -> dict:
     )
 
 
-def mae_from_hf(cls, model: nn.Module):
-    """Build ``cls`` (an MAE) with the config and weights of a ``ViTMAEForPreTraining``."""
+def mae_from_hf(cls: type[nn.Module], config_cls: type, model: nn.Module) -> nn.Module:
+    """Build ``cls(config_cls(...))`` (an MAE) with the config and weights of a
+    ``ViTMAEForPreTraining``."""
     if type(model).__name__ != "ViTMAEForPreTraining":
         raise TypeError("MAE.from_hf: expected a transformers ViTMAEForPreTraining, got "
                         f"{type(model).__name__}")
-    from minivlm.models.mae import MAEConfig
-
-    mae = cls(MAEConfig(**mae_config_from_hf(model.config)))
-    return load_into(mae, rename(model.state_dict(), MAE_RULES), model)
+    mae = cls(config_cls(**mae_config_from_hf(model.config)))
+    like = next(model.parameters())
+    return load_converted(mae, rename(model.state_dict(), MAE_RULES), like, model.training)

@@ -33,7 +33,6 @@ import torch.nn.functional as F
 from minivlm.nn.attention import MultiHeadAttention
 from minivlm.nn.blocks import MLP
 from minivlm.nn.vit import patchify
-from minivlm.registry import register_model
 
 Tensor = torch.Tensor
 
@@ -303,7 +302,7 @@ class Beit(nn.Module):
         """Copy a ``transformers.BeitForMaskedImageModeling`` (see :mod:`minivlm.interop.beit`)."""
         from minivlm.interop.beit import beit_from_hf
 
-        return beit_from_hf(cls, model)
+        return beit_from_hf(cls, BeitConfig, model)
 
 
 # ---------------------------------------------------------------------------
@@ -353,30 +352,3 @@ class VQTokenizer(nn.Module):
         recon = F.mse_loss(self.decoder(z_q), patches)
         vq = F.mse_loss(e, z.detach()) + self.beta * F.mse_loss(z, e.detach())
         return recon + vq, ids
-
-
-# ---------------------------------------------------------------------------
-# Presets
-# ---------------------------------------------------------------------------
-
-_PRESETS: dict[str, dict] = {
-    # 64-px shapes world, 8x8 grid of 8-px patches, a 64-entry codebook
-    "beit_tiny": dict(image_size=64, patch_size=8, dim=64, depth=2, num_heads=4, mlp_hidden=128,
-                      vocab_size=64),
-    # BEiT-B/16 pre-training layout: BeitForMaskedImageModeling(BeitConfig(use_mask_token=True,
-    # use_shared_relative_position_bias=True))
-    "beit_base_pt": dict(),
-}
-
-
-def _make_factory(name: str):
-    def factory(**overrides) -> Beit:
-        return Beit(BeitConfig(**{**_PRESETS[name], **overrides}))
-
-    factory.__name__ = name
-    factory.__doc__ = f"BEiT preset {name!r}: {_PRESETS[name]} (keyword overrides change it)."
-    return factory
-
-
-for _name in _PRESETS:
-    register_model(_name)(_make_factory(_name))

@@ -26,7 +26,6 @@ import torch.nn as nn
 
 from minivlm.nn.blocks import TransformerBlock
 from minivlm.nn.vit import ViT, ViTConfig, patchify
-from minivlm.registry import register_model
 
 Tensor = torch.Tensor
 
@@ -273,30 +272,4 @@ class MAE(nn.Module):
         """Copy a ``transformers.ViTMAEForPreTraining`` (see :mod:`minivlm.interop.mae`)."""
         from minivlm.interop.mae import mae_from_hf
 
-        return mae_from_hf(cls, model)
-
-
-# ---------------------------------------------------------------------------
-# Presets
-# ---------------------------------------------------------------------------
-
-_PRESETS: dict[str, dict] = {
-    # 64-px shapes world, 8x8 grid of 8-px patches; a CPU step in a few milliseconds
-    "mae_tiny": dict(image_size=64, patch_size=8, dim=64, depth=2, num_heads=4, mlp_hidden=128,
-                     decoder_dim=32, decoder_depth=1, decoder_heads=2, decoder_mlp_hidden=64),
-    # ViT-B/16 encoder with the paper's 8 x 512 decoder: ViTMAEForPreTraining(ViTMAEConfig())
-    "mae_vit_b16": dict(),
-}
-
-
-def _make_factory(name: str):
-    def factory(**overrides) -> MAE:
-        return MAE(MAEConfig(**{**_PRESETS[name], **overrides}))
-
-    factory.__name__ = name
-    factory.__doc__ = f"MAE preset {name!r}: {_PRESETS[name]} (keyword overrides change it)."
-    return factory
-
-
-for _name in _PRESETS:
-    register_model(_name)(_make_factory(_name))
+        return mae_from_hf(cls, MAEConfig, model)
