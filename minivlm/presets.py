@@ -112,6 +112,8 @@ FAMILIES: dict[str, Family] = {
         parts={"vision": "minivlm.nn.vit:clip_vision_config", "text": "minivlm.nn.lm:LMConfig"},
         shortcuts={"vocab_size": ("text",), "image_size": _VISION},
     ),
+    "mae": Family("minivlm.models.mae:MAE", "minivlm.models.mae:MAEConfig"),
+    "beit": Family("minivlm.models.beit:Beit", "minivlm.models.beit:BeitConfig"),
 }
 
 # the shapes-world text tower of both tiny CLIP presets ([EOS] = 6 in minivlm.data.tokenizer)
@@ -228,6 +230,22 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         text=dict(_LLAMA2_7B, vocab_size=32064, pad_id=32001),
         image_token_id=32000,
     )),  # fmt: skip
+    # ---- MAE (He et al. 2022)
+    # 64-px shapes world, 8x8 grid of 8-px patches; a 2-block encoder of width 64 and a
+    # 1-block decoder of width 32 (lecture 7 pre-trains it in a few seconds per 100 steps)
+    "mae_tiny": ("mae", dict(image_size=64, patch_size=8, dim=64, depth=2, num_heads=4,
+                             mlp_hidden=128, decoder_dim=32, decoder_depth=1, decoder_heads=2,
+                             decoder_mlp_hidden=64)),  # fmt: skip
+    # ViT-B/16 encoder with the paper's 8 x 512 decoder: ViTMAEForPreTraining(ViTMAEConfig()),
+    # 111,907,840 parameters (the two frozen sin-cos tables included, as HF counts them)
+    "mae_vit_b16": ("mae", dict()),
+    # ---- BEiT (Bao et al. 2022)
+    # 64-px shapes world, 8x8 grid of 8-px patches, a 64-entry VQ codebook (lecture 7)
+    "beit_tiny": ("beit", dict(image_size=64, patch_size=8, dim=64, depth=2, num_heads=4,
+                               mlp_hidden=128, vocab_size=64)),  # fmt: skip
+    # BEiT-B/16 pre-training layout: BeitForMaskedImageModeling(BeitConfig(use_mask_token=True,
+    # use_shared_relative_position_bias=True)), 91,965,776 parameters
+    "beit_base_pt": ("beit", dict()),
 }
 
 
