@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from minivlm.nn.attention import padding_mask
 from minivlm.nn.bert import BertEncoder, BertMLMHead, TextConfig
 from minivlm.nn.blocks import TransformerBlock, get_activation
+from minivlm.nn.vit import check_padded_images, interpolate_patch_positions, patch_grid_mask
 from minivlm.objectives import mask_tokens, sample_itm_negatives, wasserstein_distance, wpa_loss
 
 Tensor = torch.Tensor
@@ -321,62 +322,13 @@ class ViLT(nn.Module):
 
     # -- embeddings ---------------------------------------------------------
 
-    def _check_images(self, pixel_values: Tensor, pixel_mask: Tensor | None) -> None:
-        cfg = self.config
-        if not isinstance(pixel_values, Tensor) or pixel_values.dim() != 4:
-            shape = (
-                tuple(pixel_values.shape)
-                if isinstance(pixel_values, Tensor)
-                else type(pixel_values).__name__
-            )
-            raise ValueError(
-                f"ViLT: expected pixel_values of shape (B, {cfg.in_chans}, H, W), got {shape}"
-            )
-        B, C, H, W = pixel_values.shape
-        if C != cfg.in_chans:
-            raise ValueError(
-                f"ViLT: expected {cfg.in_chans} channels in pixel_values (B, C, H, W), got shape "
-                f"{tuple(pixel_values.shape)}"
-            )
-        if not pixel_values.is_floating_point():
-            raise TypeError(f"ViLT: expected floating-point pixel_values, got {pixel_values.dtype}")
-        if H % cfg.patch_size or W % cfg.patch_size:
-            raise ValueError(
-                f"ViLT: image size {H}x{W} is not divisible by patch_size {cfg.patch_size}; "
-                "pad images at the right/bottom (and pass pixel_mask) as ViltImageProcessor does"
-            )
-        if pixel_mask is not None and tuple(pixel_mask.shape) != (B, H, W):
-            raise ValueError(
-                f"ViLT: expected pixel_mask of shape ({B}, {H}, {W}) (1 = real pixel), got "
-                f"{tuple(pixel_mask.shape)}"
-            )
-
     def patch_positions(
         self, h: int, w: int, valid_hw: tuple[Tensor, Tensor] | None = None, batch: int = 1
     ) -> Tensor:
-        """Learned patch positions for an (h, w) patch grid, (B or 1, h*w, D).
-
-        The (g, g) table learned at ``image_size`` is resized with bilinear interpolation
-        (``align_corners=True``, as ViLT's code and HF do). With ``valid_hw`` = per-image
-        numbers of real patch rows and columns (B,), (B,), each image gets the table resized
-        to its own real region, and zeros at its padding patches.
-        """
-        g, D = self.config.grid_size, self.config.dim
-        table = self.pos_embed[:, 1:].transpose(1, 2).reshape(1, D, g, g)  # (1, D, g, g)
-
-        def resize(size: tuple[int, int]) -> Tensor:
-            if size == (g, g):
-                return table
-            return F.interpolate(table, size=size, mode="bilinear", align_corners=True)
-
-        if valid_hw is None:  # every patch is real: one table for the whole batch
-            return resize((h, w)).flatten(2).transpose(1, 2)  # (1, h*w, D)
-        vh, vw = valid_hw
-        out = table.new_zeros(batch, D, h, w)  # (B, D, h, w), zero at padding patches
-        for hv, wv in torch.stack([vh, vw], dim=1).unique(dim=0).tolist():
-            rows = ((vh == hv) & (vw == wv)).nonzero().flatten()
-            out[rows, :, :hv, :wv] = resize((hv, wv))
-        return out.flatten(2).transpose(1, 2)  # (B, h*w, D)
+        """Learned patch positions resized to an (h, w) patch grid, (B or 1, h*w, D)
+        (:func:`~minivlm.nn.vit.interpolate_patch_positions`; zeros at padding patches)."""
+        g = self.config.grid_size
+        return interpolate_patch_positions(self.pos_embed[:, 1:], (g, g), (h, w), valid_hw, batch)
 
     def embed_image(
         self, pixel_values: Tensor, pixel_mask: Tensor | None = None
@@ -387,24 +339,16 @@ class ViLT(nn.Module):
         raster order. ``pixel_mask`` (B, H, W) is resized to the patch grid (nearest), so a
         patch is padding where the mask is 0 at its sampled pixel (HF's rule).
         """
-        self._check_images(pixel_values, pixel_mask)
+        cfg = self.config
+        check_padded_images(pixel_values, pixel_mask, cfg.in_chans, cfg.patch_size, "ViLT")
         x = self.patch_embed(pixel_values.to(self.patch_embed.weight.dtype))  # (B, D, h, w)
         B, D, h, w = x.shape
         if pixel_mask is None:
             patch_mask = torch.ones(B, h * w, dtype=torch.long, device=x.device)  # (B, N)
             pos = self.patch_positions(h, w)  # (1, N, D)
-        else:
-            grid_mask = F.interpolate(pixel_mask[:, None].float(), size=(h, w))[:, 0].long()
-            vh = grid_mask[:, :, 0].sum(dim=1)  # (B,) real patch rows (first column)
-            vw = grid_mask[:, 0, :].sum(dim=1)  # (B,) real patch columns (first row)
-            if bool((vh == 0).any() | (vw == 0).any()):
-                bad = ((vh == 0) | (vw == 0)).nonzero().flatten().tolist()
-                raise ValueError(
-                    f"ViLT: pixel_mask of images {bad} has no real patch at the top left; real "
-                    "pixels must start at the top-left corner (padding right/bottom)"
-                )
-            patch_mask = grid_mask.flatten(1)  # (B, N)
-            pos = self.patch_positions(h, w, (vh, vw), batch=B)  # (B, N, D)
+        else:  # (B, N) 1/0 and the numbers of real patch rows and columns (B,), (B,)
+            patch_mask, valid_hw = patch_grid_mask(pixel_mask, (h, w), "ViLT")
+            pos = self.patch_positions(h, w, valid_hw, batch=B)  # (B, N, D)
         patches = x.flatten(2).transpose(1, 2) + pos  # (B, N, D)
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(B, -1, -1)  # (B, 1, D)
         image = self.image_drop(torch.cat([cls, patches], dim=1))  # (B, 1+N, D)
