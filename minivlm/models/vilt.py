@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minivlm.nn.attention import padding_mask
-from minivlm.nn.bert import BertEncoder, BertMLMHead, TextConfig
+from minivlm.nn.bert import BertEncoder, BertMLMHead, TextConfig, init_weights
 from minivlm.nn.blocks import TransformerBlock, get_activation
 from minivlm.nn.vit import check_padded_images, interpolate_patch_positions, patch_grid_mask
 from minivlm.objectives import mask_tokens, sample_itm_negatives, wasserstein_distance, wpa_loss
@@ -101,29 +101,22 @@ class ViLTConfig:
     wpa_iters: int = 50
 
     def __post_init__(self) -> None:
-        if self.dim % self.num_heads:
-            raise ValueError(
-                f"ViLTConfig: dim {self.dim} is not divisible by num_heads {self.num_heads}"
-            )
-        if self.image_size < self.patch_size:
-            raise ValueError(
-                f"ViLTConfig: image_size {self.image_size} is smaller than patch_size "
-                f"{self.patch_size}"
-            )
-        if self.modality_type_vocab_size < 2:
-            raise ValueError(
-                "ViLTConfig: modality_type_vocab_size must be >= 2 (text 0, image 1), got "
-                f"{self.modality_type_vocab_size}"
-            )
-        if self.vqa_loss not in ("bce", "ce"):
-            raise ValueError(f"ViLTConfig: vqa_loss must be 'bce' or 'ce', got {self.vqa_loss!r}")
-        if self.num_answers < 0:
-            raise ValueError(f"ViLTConfig: num_answers must be >= 0, got {self.num_answers}")
-        if not self.pooler and (self.itm_head or self.num_answers):
-            raise ValueError(
-                "ViLTConfig: the ITM and VQA heads read the pooled output; set pooler=True "
-                "or itm_head=False, num_answers=0"
-            )
+        checks = [
+            (self.dim % self.num_heads == 0,
+             f"dim {self.dim} is not divisible by num_heads {self.num_heads}"),
+            (self.image_size >= self.patch_size,
+             f"image_size {self.image_size} is smaller than patch_size {self.patch_size}"),
+            (self.modality_type_vocab_size >= 2, "modality_type_vocab_size must be >= 2 "
+             f"(text 0, image 1), got {self.modality_type_vocab_size}"),
+            (self.vqa_loss in ("bce", "ce"),
+             f"vqa_loss must be 'bce' or 'ce', got {self.vqa_loss!r}"),
+            (self.num_answers >= 0, f"num_answers must be >= 0, got {self.num_answers}"),
+            (self.pooler or not (self.itm_head or self.num_answers), "the ITM and VQA heads read "
+             "the pooled output; set pooler=True or itm_head=False, num_answers=0"),
+        ]  # fmt: skip
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"ViLTConfig: {msg}")
         get_activation(self.act)  # raises a clear error for an unknown name
 
     @property
@@ -202,26 +195,20 @@ def build_single_stream_input(
             f"(B, 1+N, D), got {tuple(text_embeds.shape)} and {tuple(image_embeds.shape)}"
         )
     B, T, D = text_embeds.shape
-    if image_embeds.shape[0] != B or image_embeds.shape[2] != D:
-        raise ValueError(
-            f"build_single_stream_input: image_embeds must have shape ({B}, 1+N, {D}) to match "
-            f"text_embeds {tuple(text_embeds.shape)}, got {tuple(image_embeds.shape)}"
-        )
-    if tuple(text_mask.shape) != (B, T):
-        raise ValueError(
-            f"build_single_stream_input: expected text_mask of shape ({B}, {T}), "
-            f"got {tuple(text_mask.shape)}"
-        )
-    if tuple(image_mask.shape) != tuple(image_embeds.shape[:2]):
-        raise ValueError(
-            f"build_single_stream_input: expected image_mask of shape "
-            f"{tuple(image_embeds.shape[:2])}, got {tuple(image_mask.shape)}"
-        )
-    if type_embedding.embedding_dim != D:
-        raise ValueError(
-            f"build_single_stream_input: type_embedding has width {type_embedding.embedding_dim}"
-            f", expected {D}"
-        )
+    checks = [
+        (image_embeds.shape[0] == B and image_embeds.shape[2] == D,
+         f"image_embeds must have shape ({B}, 1+N, {D}) to match text_embeds "
+         f"{tuple(text_embeds.shape)}, got {tuple(image_embeds.shape)}"),
+        (tuple(text_mask.shape) == (B, T),
+         f"expected text_mask of shape ({B}, {T}), got {tuple(text_mask.shape)}"),
+        (tuple(image_mask.shape) == tuple(image_embeds.shape[:2]), "expected image_mask of shape "
+         f"{tuple(image_embeds.shape[:2])}, got {tuple(image_mask.shape)}"),
+        (type_embedding.embedding_dim == D,
+         f"type_embedding has width {type_embedding.embedding_dim}, expected {D}"),
+    ]  # fmt: skip
+    for ok, msg in checks:
+        if not ok:
+            raise ValueError(f"build_single_stream_input: {msg}")
     device = text_embeds.device
     text_type = torch.full((B, T), TEXT_TYPE, dtype=torch.long, device=device)
     img_type = torch.full(image_embeds.shape[:2], image_type, dtype=torch.long, device=device)
@@ -303,22 +290,12 @@ class ViLT(nn.Module):
             self.mlm_head.tie_weights(self.text_embeddings.word_embeddings)
 
     def reset_parameters(self) -> None:
-        """ViLT's init: normal(0, 0.02) for linears and embeddings, truncated normal
-        positions and CLS, unit LayerNorms, zero biases (the patch Conv2d keeps PyTorch's)."""
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(m.weight, std=0.02)
-                if isinstance(m, nn.Linear) and m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        """ViLT's init: BERT's (:func:`~minivlm.nn.bert.init_weights`: normal(0, 0.02) linears
+        and embeddings, zero biases and padding row, unit LayerNorms), truncated normal
+        positions and CLS (the patch Conv2d keeps PyTorch's)."""
+        init_weights(self)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-        pad = self.text_embeddings.word_embeddings.padding_idx
-        if pad is not None:
-            with torch.no_grad():
-                self.text_embeddings.word_embeddings.weight[pad].zero_()
 
     # -- embeddings ---------------------------------------------------------
 
@@ -382,21 +359,20 @@ class ViLT(nn.Module):
         if not (isinstance(input_ids, Tensor) and input_ids.dim() == 2):
             return  # BertEncoder.embed names the expected shape
         B, T = input_ids.shape
-        if T > self.config.max_text_len:
-            raise ValueError(
-                f"ViLT: captions of {T} tokens exceed max_text_len "
-                f"{self.config.max_text_len} (the learned text positions); truncate them"
-            )
-        if attention_mask is not None and tuple(attention_mask.shape) != (B, T):
-            raise ValueError(
-                f"ViLT: expected attention_mask of shape ({B}, {T}) like input_ids, got "
-                f"{tuple(attention_mask.shape)}"
-            )
-        if isinstance(pixel_values, Tensor) and pixel_values.dim() == 4 and len(pixel_values) != B:
-            raise ValueError(
-                f"ViLT: input_ids hold {B} captions but pixel_values {len(pixel_values)} images; "
-                "pass one image per caption"
-            )
+        images = isinstance(pixel_values, Tensor) and pixel_values.dim() == 4
+        n_img = len(pixel_values) if images else B  # other inputs: checked in embed_image
+        checks = [
+            (T <= self.config.max_text_len, f"captions of {T} tokens exceed max_text_len "
+             f"{self.config.max_text_len} (the learned text positions); truncate them"),
+            (attention_mask is None or tuple(attention_mask.shape) == (B, T),
+             f"expected attention_mask of shape ({B}, {T}) like input_ids, got "
+             f"{tuple(getattr(attention_mask, 'shape', ()))}"),
+            (n_img == B, f"input_ids hold {B} captions but pixel_values {n_img} images; pass one "
+             "image per caption"),
+        ]  # fmt: skip
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"ViLT: {msg}")
 
     # -- forward ------------------------------------------------------------
 
@@ -465,21 +441,15 @@ class ViLT(nn.Module):
     ) -> None:
         """Each given target has its head and the shape that head's logits need."""
         B, T = out.last_hidden_state.shape[0], out.text_len
-        if itm is not None:
-            if out.itm_logits is None:
-                raise ValueError("ViLT: itm_labels given but the model has no ITM head (itm_head)")
-            if tuple(itm.shape) != (B,):
-                raise ValueError(
-                    f"ViLT: expected itm_labels of shape ({B},), got {tuple(itm.shape)}"
-                )
-        if mlm is not None:
-            if out.mlm_logits is None:
-                raise ValueError("ViLT: mlm_labels given but the model has no MLM head (mlm_head)")
-            if tuple(mlm.shape) != (B, T):
-                raise ValueError(
-                    f"ViLT: expected mlm_labels of shape {(B, T)} like input_ids, "
-                    f"got {tuple(mlm.shape)}"
-                )
+        for name, labels, logits, shape in (("itm", itm, out.itm_logits, (B,)),
+                                            ("mlm", mlm, out.mlm_logits, (B, T))):  # fmt: skip
+            if labels is not None and logits is None:
+                raise ValueError(f"ViLT: {name}_labels given but the model has no "
+                                 f"{name.upper()} head ({name}_head)")  # fmt: skip
+            if labels is not None and tuple(labels.shape) != shape:
+                raise ValueError(f"ViLT: expected {name}_labels of shape {shape}"
+                                 f"{' like input_ids' if name == 'mlm' else ''}, got "
+                                 f"{tuple(labels.shape)}")  # fmt: skip
         if vqa is None:
             return
         if out.vqa_logits is None:
@@ -550,19 +520,9 @@ class ViLT(nn.Module):
 
     @classmethod
     def from_hf(cls, model: nn.Module) -> ViLT:
-        """Build a ViLT with the config and weights of a Hugging Face ``ViltModel``.
-
-        Also accepts the task models, taking ``.vilt`` and copying their head:
-        ``ViltForMaskedLM`` -> ``mlm_head`` (tied to the word embeddings, as in HF),
-        ``ViltForQuestionAnswering`` -> ``vqa_head``, ``ViltForImageAndTextRetrieval`` ->
-        ``itm_head`` with row 1 = HF's ``rank_output`` and row 0 = 0, so
-        ``itm_logits[:, 1]`` equals HF's retrieval logit. Other models copy the backbone only.
-
-        ``model(ids, pixels, mask).last_hidden_state`` then equals HF's with its patch
-        sampling (``torch.multinomial``) made the identity: HF visits the patches in a random
-        order even when it keeps them all, and at most ``max_image_length`` of them when
-        that is positive; minivlm keeps all, in raster order.
-        """
+        """Build a ViLT with the config and weights of a Hugging Face ``ViltModel`` (or a
+        ``Vilt...For...`` task model, its head copied too; details in
+        :func:`minivlm.interop.vilt.vilt_from_hf`)."""
         from minivlm.interop.vilt import vilt_from_hf
 
         return vilt_from_hf(cls, ViLTConfig, model)
