@@ -106,44 +106,33 @@ class LlavaConfig:
             self.vision = clip_vision_config(**self.vision)
         if isinstance(self.text, dict):
             self.text = LMConfig(**self.text)
-        if not isinstance(self.vision, ViTConfig):
-            raise TypeError(
-                f"LlavaConfig.vision: expected a ViTConfig or dict, got "
-                f"{type(self.vision).__name__}"
-            )
-        if not isinstance(self.text, LMConfig):
-            raise TypeError(
-                f"LlavaConfig.text: expected an LMConfig or dict, got {type(self.text).__name__}"
-            )
-        if self.projector_type not in PROJECTOR_TYPES:
-            raise ValueError(
-                f"LlavaConfig.projector_type: expected one of {PROJECTOR_TYPES}, "
-                f"got {self.projector_type!r}"
-            )
+        self._check()
+
+    def _check(self) -> None:
+        """A clear error for parts of the wrong type or values out of range."""
+        for name, cls in (("vision", ViTConfig), ("text", LMConfig)):
+            if not isinstance(getattr(self, name), cls):
+                raise TypeError(f"LlavaConfig.{name}: expected a{'n' * (name == 'text')} "
+                                f"{cls.__name__} or dict, got {type(getattr(self, name)).__name__}")
         get_activation(self.projector_act)  # a clear error for an unknown name
-        if self.vision_feature_select_strategy not in ("default", "full"):
-            raise ValueError(
-                "LlavaConfig.vision_feature_select_strategy: expected 'default' "
-                f"(drop CLS) or 'full', got {self.vision_feature_select_strategy!r}"
-            )
-        if self.vision_feature_select_strategy == "default" and not self.vision.class_token:
-            raise ValueError(
-                "LlavaConfig: select strategy 'default' drops the CLS token, but "
-                "the vision config has class_token=False; use 'full'"
-            )
-        n = self.vision.depth + 1
-        for layer in self.feature_layers_raw:
-            if not isinstance(layer, int) or not -n <= layer < n:
-                raise ValueError(
-                    f"LlavaConfig.vision_feature_layer: expected ints in [{-n}, "
-                    f"{n - 1}] (the {n} hidden states of a depth-{n - 1} ViT), "
-                    f"got {self.vision_feature_layer!r}"
-                )
-        if not 0 <= self.image_token_id < self.text.vocab_size:
-            raise ValueError(
-                f"LlavaConfig.image_token_id={self.image_token_id} is outside the "
-                f"language model's vocabulary [0, {self.text.vocab_size})"
-            )
+        n, strategy = self.vision.depth + 1, self.vision_feature_select_strategy
+        checks = [
+            (self.projector_type in PROJECTOR_TYPES, f".projector_type: expected one of "
+             f"{PROJECTOR_TYPES}, got {self.projector_type!r}"),
+            (strategy in ("default", "full"), ".vision_feature_select_strategy: expected "
+             f"'default' (drop CLS) or 'full', got {strategy!r}"),
+            (strategy != "default" or self.vision.class_token, ": select strategy 'default' drops "
+             "the CLS token, but the vision config has class_token=False; use 'full'"),
+            (all(isinstance(v, int) and -n <= v < n for v in self.feature_layers_raw),
+             f".vision_feature_layer: expected ints in [{-n}, {n - 1}] (the {n} hidden states of "
+             f"a depth-{n - 1} ViT), got {self.vision_feature_layer!r}"),
+            (0 <= self.image_token_id < self.text.vocab_size, f".image_token_id="
+             f"{self.image_token_id} is outside the language model's vocabulary "
+             f"[0, {self.text.vocab_size})"),
+        ]  # fmt: skip
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"LlavaConfig{msg}")
 
     @property
     def feature_layers_raw(self) -> list[int]:
