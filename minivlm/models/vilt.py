@@ -8,16 +8,12 @@ ViT-style transformer reads the concatenation ``[text; image]`` (a "single-strea
 §3.1). Everything the two modalities learn about each other is learned in the
 attention layers of that one transformer.
 
-Reading order of this file::
+Read top to bottom: :class:`ViLTConfig`, :class:`ViLTOutput`, :func:`build_single_stream_input`
+([text; image] + modality types, joint mask), :class:`ViLT` (embeddings -> blocks -> heads).
 
-    ViLTConfig, ViLTOutput
-    build_single_stream_input   [text; image] + modality-type embeddings, joint padding mask
-    ViLT                        embeddings -> pre-norm blocks -> LayerNorm -> pooler -> heads
-
-Its training-batch helpers (``mask_tokens``, ``sample_itm_negatives``,
-``itm_loss_with_negatives``, ``make_pretraining_batch``) and the word-patch alignment by
-optimal transport (``wasserstein_distance``, ``wpa_loss``; UNITER's too) are shared
-objectives in :mod:`minivlm.objectives` (the first two are re-exported here).
+Training batches (``mask_tokens``, ``sample_itm_negatives`` -- re-exported here --,
+``itm_loss_with_negatives``, ``make_pretraining_batch``) and word-patch alignment by optimal
+transport (``wasserstein_distance``, ``wpa_loss``) are shared in :mod:`minivlm.objectives`.
 ``ViLT.from_hf`` calls :mod:`minivlm.interop.vilt`; the presets (``vilt_tiny``, ``vilt_b32``)
 are in :mod:`minivlm.presets`.
 """
@@ -33,7 +29,7 @@ import torch.nn.functional as F
 from minivlm.nn.attention import padding_mask
 from minivlm.nn.bert import BertEncoder, BertMLMHead, TextConfig, init_weights
 from minivlm.nn.blocks import TransformerBlock, get_activation
-from minivlm.nn.vit import check_padded_images, interpolate_patch_positions, patch_grid_mask
+from minivlm.nn.vit import check_padded_images, embed_padded_images
 from minivlm.objectives import mask_tokens, sample_itm_negatives, wasserstein_distance, wpa_loss
 
 Tensor = torch.Tensor
@@ -59,11 +55,10 @@ TEXT_TYPE, IMAGE_TYPE = 0, 1  # modality-type ids (§3.1): t^type for words, v^t
 class ViLTConfig:
     """Sizes and switches of ViLT (defaults: ViLT-B/32 as Hugging Face's ``ViltConfig()``).
 
-    Text side (BERT's embedding layer): ``vocab_size`` words, ``max_text_len`` learned
-    positions (40 in the paper's code), ``type_vocab_size`` BERT segment embeddings (always
-    segment 0 here). Image side (ViT's): ``patch_size`` patches, learned positions for an
-    ``image_size`` square image, interpolated to other sizes. Transformer: ``depth`` pre-norm
-    blocks of width ``dim``. The pooler is BERT's ``tanh(dense(h_first))``.
+    Text (BERT's embedding layer): ``vocab_size`` words, ``max_text_len`` learned positions
+    (40 in the paper's code), ``type_vocab_size`` segments (always 0 here). Image (ViT's):
+    ``patch_size`` patches, positions learned for an ``image_size`` square, interpolated to
+    other sizes. ``depth`` pre-norm blocks of width ``dim``; pooler ``tanh(dense(h_first))``.
 
     Heads (§3.2, §4): ``itm_head`` (image-text matching, 2 classes), ``mlm_head`` (masked
     language modelling, decoder tied to the word embeddings) and a VQA classifier over
@@ -135,19 +130,13 @@ class ViLTConfig:
 
 @dataclass
 class ViLTOutput:
-    """What :meth:`ViLT.forward` returns.
-
-    loss: sum of the losses whose targets were given (``loss_itm + loss_mlm + loss_vqa +
-        wpa_weight * loss_wpa``); None without targets.
-    last_hidden_state: (B, T + 1 + N, D) after the final LayerNorm: the T text tokens first,
-        then the image CLS token, then the N patches in raster order.
-    pooler_output: (B, D) ``tanh(dense(last_hidden_state[:, 0]))``.
-    itm_logits (B, 2), mlm_logits (B, T, vocab), vqa_logits (B, num_answers): head outputs
-        (None where the model has no such head).
-    attentions: one (B, H, L, L) map per layer when ``need_weights`` (L = T + 1 + N).
-    text_len: T, so ``last_hidden_state[:, :text_len]`` are the text tokens.
-    joint_mask: (B, L) 1/0 mask of real tokens (text ``attention_mask`` then image mask).
-    """
+    """What :meth:`ViLT.forward` returns: ``loss`` = ``loss_itm + loss_mlm + loss_vqa +
+    wpa_weight * loss_wpa`` over the targets given (None without); ``last_hidden_state``
+    (B, L = T+1+N, D) after the final LayerNorm: T text tokens, the image CLS, N patches in
+    raster order (``text_len`` = T); ``pooler_output`` (B, D) ``tanh(dense(h[:, 0]))``; head
+    outputs ``itm_logits`` (B, 2), ``mlm_logits`` (B, T, vocab), ``vqa_logits`` (B, A) (None
+    without the head); ``attentions``, one (B, H, L, L) map per layer with ``need_weights``;
+    ``joint_mask`` (B, L) 1/0 for real tokens (text ``attention_mask``, then the image's)."""
 
     loss: Tensor | None = None
     loss_itm: Tensor | None = None
@@ -238,9 +227,8 @@ class ViLT(nn.Module):
     ``model(input_ids, pixel_values, attention_mask)`` gives the same ``last_hidden_state``
     as Hugging Face's ``ViltModel`` (see :meth:`from_hf`). Images may have another size than
     ``config.image_size`` (divisible by the patch size); ``pixel_mask`` (B, H, W) marks the
-    real pixels of images padded at the right and bottom, as ``ViltImageProcessor`` pads.
-    Unlike HF (and the paper's code, which can sample at most ``max_image_len`` patches),
-    every patch is kept, in raster order; padded patches are masked out instead.
+    real pixels of images padded at the right and bottom (as ``ViltImageProcessor``). Every
+    patch is kept, in raster order (HF and the paper's code sample them); padding is masked.
     """
 
     def __init__(self, config: ViLTConfig | None = None, **overrides) -> None:
@@ -299,38 +287,18 @@ class ViLT(nn.Module):
 
     # -- embeddings ---------------------------------------------------------
 
-    def patch_positions(
-        self, h: int, w: int, valid_hw: tuple[Tensor, Tensor] | None = None, batch: int = 1
-    ) -> Tensor:
-        """Learned patch positions resized to an (h, w) patch grid, (B or 1, h*w, D)
-        (:func:`~minivlm.nn.vit.interpolate_patch_positions`; zeros at padding patches)."""
-        g = self.config.grid_size
-        return interpolate_patch_positions(self.pos_embed[:, 1:], (g, g), (h, w), valid_hw, batch)
-
     def embed_image(
         self, pixel_values: Tensor, pixel_mask: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        """(B, C, H, W) images -> image tokens (B, 1+N, D) and their 1/0 mask (B, 1+N).
-
-        Tokens: [image CLS + pos[0]; patch_i + pos_i] (ViT's embedding, §3.1), patches in
-        raster order. ``pixel_mask`` (B, H, W) is resized to the patch grid (nearest), so a
-        patch is padding where the mask is 0 at its sampled pixel (HF's rule).
-        """
-        cfg = self.config
-        check_padded_images(pixel_values, pixel_mask, cfg.in_chans, cfg.patch_size, "ViLT")
-        x = self.patch_embed(pixel_values.to(self.patch_embed.weight.dtype))  # (B, D, h, w)
-        B, D, h, w = x.shape
-        if pixel_mask is None:
-            patch_mask = torch.ones(B, h * w, dtype=torch.long, device=x.device)  # (B, N)
-            pos = self.patch_positions(h, w)  # (1, N, D)
-        else:  # (B, N) 1/0 and the numbers of real patch rows and columns (B,), (B,)
-            patch_mask, valid_hw = patch_grid_mask(pixel_mask, (h, w), "ViLT")
-            pos = self.patch_positions(h, w, valid_hw, batch=B)  # (B, N, D)
-        patches = x.flatten(2).transpose(1, 2) + pos  # (B, N, D)
-        cls = (self.cls_token + self.pos_embed[:, :1]).expand(B, -1, -1)  # (B, 1, D)
-        image = self.image_drop(torch.cat([cls, patches], dim=1))  # (B, 1+N, D)
-        mask = torch.cat([patch_mask.new_ones(B, 1), patch_mask], dim=1)  # (B, 1+N)
-        return image, mask
+        """(B, C, H, W) images -> image tokens (B, 1+N, D) and their 1/0 mask (B, 1+N):
+        [image CLS + pos[0]; patch_i + pos_i] (ViT's embedding, §3.1), patches in raster
+        order, positions resized to each image's real patch grid
+        (:func:`~minivlm.nn.vit.embed_padded_images`)."""
+        check_padded_images(pixel_values, pixel_mask, self.config.in_chans,
+                            self.config.patch_size, "ViLT")  # fmt: skip
+        image, mask = embed_padded_images(pixel_values, pixel_mask, self.patch_embed,
+                                          self.cls_token, self.pos_embed, "ViLT")  # fmt: skip
+        return self.image_drop(image), mask  # (B, 1+N, D), (B, 1+N)
 
     def embed(
         self,
@@ -462,10 +430,8 @@ class ViLT(nn.Module):
             if bool(((vqa[keep] < 0) | (vqa[keep] >= A)).any()):
                 raise ValueError(f"ViLT: vqa_labels must be answer ids in 0..{A - 1} (or -100)")
         elif tuple(vqa.shape) != (B, A) or not vqa.is_floating_point():
-            raise ValueError(
-                f"ViLT: expected vqa_labels as answer ids (B,) or float soft scores ({B}, {A}), "
-                f"got {vqa.dtype} {tuple(vqa.shape)}"
-            )
+            raise ValueError(f"ViLT: expected vqa_labels as answer ids (B,) or float soft scores "
+                             f"({B}, {A}), got {vqa.dtype} {tuple(vqa.shape)}")  # fmt: skip
 
     # -- losses -------------------------------------------------------------
 
@@ -478,12 +444,9 @@ class ViLT(nn.Module):
         return _mean_ce(logits.flatten(0, 1), labels.flatten().long())
 
     def _vqa_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """VQA as answer classification (§4, VQAv2).
-
-        Soft scores (B, A) with ``vqa_loss="bce"``: the paper's binary cross-entropy per
-        answer, multiplied by A (as its code, after Kim et al.'s BAN). Answer ids (B,) are
-        one-hot for BCE or used directly by cross-entropy (``vqa_loss="ce"``); -100 skips a row.
-        """
+        """VQA as answer classification (§4, VQAv2). Soft scores (B, A) with ``vqa_loss="bce"``:
+        the paper's binary cross-entropy per answer, times A (as its code, after BAN). Answer
+        ids (B,) are one-hot for BCE or used directly by ``vqa_loss="ce"``; -100 skips a row."""
         A = logits.shape[1]
         if labels.dim() == 1 and not labels.is_floating_point():  # answer ids (B,)
             keep = labels != -100
@@ -498,11 +461,9 @@ class ViLT(nn.Module):
         return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype)) * A
 
     def _wpa_loss(self, x: Tensor, joint: Tensor, T: int, itm_labels: Tensor) -> Tensor:
-        """Word-patch alignment on the ITM rows (see :func:`wpa_loss`).
-
-        As in the paper's code, the text [CLS] (first token), the last real text token
-        ([SEP] in BERT tokenisation) and the image CLS do not take part.
-        """
+        """Word-patch alignment on the ITM rows (:func:`~minivlm.objectives.wpa_loss`); as in
+        the paper's code, the text [CLS], the last real text token ([SEP]) and the image CLS
+        do not take part."""
         rows = itm_labels != -100
         text_mask = joint[:, :T].bool().clone()  # (B, T)
         last = text_mask.long().sum(dim=1) - 1  # (B,) index of the last real text token

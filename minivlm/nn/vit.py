@@ -5,8 +5,8 @@ CLS token, adds learned positions and runs pre-norm transformer blocks.
 ``ViT.from_timm`` copies a timm ``VisionTransformer`` so that ``vit(x)`` equals
 ``timm_model.forward_features(x)`` (the converter: :mod:`minivlm.interop.timm_vit`).
 :func:`clip_vision_config` is CLIP's variant (also LLaVA's vision tower).
-For images padded to a common size (ViLT): :func:`check_padded_images`,
-:func:`patch_grid_mask` and :func:`interpolate_patch_positions`.
+For images padded to a common size (ViLT): :func:`embed_padded_images` (with
+:func:`check_padded_images`, :func:`patch_grid_mask`, :func:`interpolate_patch_positions`).
 """
 
 from __future__ import annotations
@@ -273,6 +273,38 @@ def interpolate_patch_positions(
         rows = ((vh == hv) & (vw == wv)).nonzero().flatten()
         out[rows, :, :hv, :wv] = resize((hv, wv))
     return out.flatten(2).transpose(1, 2)  # (B, h*w, D)
+
+
+def embed_padded_images(
+    pixel_values: Tensor,
+    pixel_mask: Tensor | None,
+    patch_embed: nn.Conv2d,
+    cls_token: Tensor,
+    pos_embed: Tensor,
+    where: str = "embed_padded_images",
+) -> tuple[Tensor, Tensor]:
+    """ViT's embedding of images padded at the right and bottom (ViLT §3.1, HF's rule).
+
+    pixel_values (B, C, H, W), pixel_mask (B, H, W) 1/0 or None; ``patch_embed`` the
+    Conv2d(C, D, p, stride p), ``cls_token`` (1, 1, D), ``pos_embed`` (1, 1 + g*g, D) learned
+    for a (g, g) grid (the caller keeps them as its own parameters). Returns the tokens
+    [CLS + pos[0]; patch_i + pos_i] (B, 1+N, D), patches in raster order, with the positions
+    resized to each image's real patch region (zeros at padding patches), and their 1/0 mask
+    (B, 1+N). A patch is padding where the mask, resized to the grid (nearest), is 0.
+    """
+    x = patch_embed(pixel_values.to(patch_embed.weight.dtype))  # (B, D, h, w)
+    B, D, h, w = x.shape
+    g = int(round((pos_embed.shape[1] - 1) ** 0.5))
+    if pixel_mask is None:
+        patch_mask = torch.ones(B, h * w, dtype=torch.long, device=x.device)  # (B, N)
+        pos = interpolate_patch_positions(pos_embed[:, 1:], (g, g), (h, w))  # (1, N, D)
+    else:  # (B, N) 1/0 and the numbers of real patch rows and columns (B,), (B,)
+        patch_mask, valid_hw = patch_grid_mask(pixel_mask, (h, w), where)
+        pos = interpolate_patch_positions(pos_embed[:, 1:], (g, g), (h, w), valid_hw, B)
+    patches = x.flatten(2).transpose(1, 2) + pos  # (B, N, D)
+    cls = (cls_token + pos_embed[:, :1]).expand(B, -1, -1)  # (B, 1, D)
+    mask = torch.cat([patch_mask.new_ones(B, 1), patch_mask], dim=1)  # (B, 1+N)
+    return torch.cat([cls, patches], dim=1), mask  # (B, 1+N, D), (B, 1+N)
 
 
 # ---------------------------------------------------------------------------
