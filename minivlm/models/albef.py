@@ -216,13 +216,12 @@ MOMENTUM_MODULES = ("image_encoder", "vision_proj", "text_encoder", "text_proj",
 class ALBEF(nn.Module):
     """ALBEF (§3): align (ITC with a momentum queue) before fusing (ITM + MLM).
 
-    Modules: ``image_encoder`` (ViT), ``text_encoder`` (BERT; layers < ``fusion_from`` are
-    text-only, the rest cross-attend to the image tokens), ``vision_proj`` / ``text_proj``
-    (Linear to E), ``itm_head`` (Linear(D, 2)), ``mlm_head`` (tied to the word embeddings),
-    the learnable temperature ``temp``; ``momentum``, a deep copy of the
-    :data:`MOMENTUM_MODULES` (no gradients, always in eval mode, updated by EMA), and the
-    buffers ``image_queue``/``text_queue`` (E, K), ``queue_ptr`` and ``num_steps`` (training
-    steps seen, for the α ramp).
+    Modules: ``image_encoder`` (ViT), ``text_encoder`` (BERT: layers < ``fusion_from`` text-only,
+    the rest cross-attend to the image), ``vision_proj`` / ``text_proj`` (Linear to E),
+    ``itm_head`` (Linear(D, 2)), ``mlm_head`` (tied to the word embeddings), the temperature
+    ``temp``; ``momentum``, a deep copy of the :data:`MOMENTUM_MODULES` (no gradients, eval
+    mode, updated by EMA); buffers ``image_queue``/``text_queue`` (E, K), ``queue_ptr``,
+    ``num_steps`` (training steps seen, for the α ramp).
     """
 
     def __init__(self, config: ALBEFConfig | None = None, **overrides: Any) -> None:
@@ -308,9 +307,8 @@ class ALBEF(nn.Module):
         return cfg.alpha * min(1.0, int(self.num_steps) / ramp) if ramp > 0 else cfg.alpha
 
     def on_after_step(self, step: int, total: int | None = None) -> None:
-        """Hook of ``minivlm.train.train``: record the number of completed steps (α ramp). The
-        EMA update itself happens inside ``forward``, in the paper's order; every training-mode
-        forward also counts one step, so a custom loop need not call this hook."""
+        """Hook of ``minivlm.train.train``: record the completed steps (α ramp). Every training
+        forward counts a step too (and does the EMA update), so a custom loop need not call it."""
         self.num_steps.fill_(int(step))
 
     # -- encoders: each takes the module set to run, ``self`` or ``self.momentum`` ----------
