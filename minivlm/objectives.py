@@ -3,25 +3,31 @@
 Each model file keeps the losses only it uses; what two or more models share lives here, as
 plain functions on tensors (shapes in the comments):
 
-=========================  ===================================================  ================
-function                   what it does                                         used by
-=========================  ===================================================  ================
-``mask_tokens``            BERT's 80/10/10 masking for MLM                       ViLT, ALBEF
-``sample_itm_negatives``   one swapped image or caption per pair (ITM)           ViLT
-``sample_hard_negatives``  ITM negatives drawn ∝ exp(similarity)                 ALBEF, BLIP-2
-``same_pair_mask``         pairs that would be false negatives                   ALBEF, BLIP-2
-``soft_cross_entropy``     cross-entropy against soft targets                    ALBEF
-``distill_targets``        α·softmax(momentum sims) + (1 − α)·one-hot            ALBEF
-``mlm_distill_loss``       MLM against labels and the momentum model's output    ALBEF
-``ema_update_``            momentum (EMA) copy of the weights                    ALBEF
-``enqueue_``               ring-buffer queue of momentum features                ALBEF
-=========================  ===================================================  ================
+============================  ======================================================  =============
+function                      what it does                                            used by
+============================  ======================================================  =============
+``mask_tokens``               BERT's 80/10/10 masking for MLM                         ViLT, ALBEF
+``sample_itm_negatives``      one swapped image or caption per pair (ITM)             ViLT
+``itm_loss_with_negatives``   a model's ITM loss on positives + those negatives       ViLT
+``make_pretraining_batch``    ITM + MLM rows stacked for one forward pass             ViLT
+``sample_hard_negatives``     ITM negatives drawn ∝ exp(similarity)                   ALBEF, BLIP-2
+``same_pair_mask``            pairs that would be false negatives                     ALBEF, BLIP-2
+``soft_cross_entropy``        cross-entropy against soft targets                      ALBEF
+``distill_targets``           α·softmax(momentum sims) + (1 − α)·one-hot              ALBEF
+``mlm_distill_loss``          MLM against labels and the momentum model's output      ALBEF
+``ema_update_``               momentum (EMA) copy of the weights                      ALBEF
+``enqueue_``                  ring-buffer queue of momentum features                  ALBEF
+``wasserstein_distance``      OT distance of words to patches (``ipot``)              ViLT
+``wpa_loss``                  word-patch alignment: matches close, others far         ViLT
+============================  ======================================================  =============
 
-CLIP's loss lives in :mod:`minivlm.models.clip`, ViLT's ITM/WPA in :mod:`minivlm.models.vilt`,
-the next-token loss in :func:`minivlm.nn.lm.lm_loss`.
+CLIP's loss lives in :mod:`minivlm.models.clip`, ViLT's ITM/MLM/VQA losses in
+:mod:`minivlm.models.vilt`, the next-token loss in :func:`minivlm.nn.lm.lm_loss`.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,15 +36,21 @@ Tensor = torch.Tensor
 
 __all__ = [
     "concat_all_gather",
+    "cost_matrix_cosine",
     "distill_targets",
     "ema_update_",
     "enqueue_",
+    "ipot",
+    "itm_loss_with_negatives",
+    "make_pretraining_batch",
     "mask_tokens",
     "mlm_distill_loss",
     "same_pair_mask",
     "sample_hard_negatives",
     "sample_itm_negatives",
     "soft_cross_entropy",
+    "wasserstein_distance",
+    "wpa_loss",
 ]
 
 
@@ -229,6 +241,61 @@ def sample_hard_negatives(
         out.append(idx.to(dev))
     return out[0], out[1]
 
+
+# ---------------------------------------------------------------------------
+# ViLT's pre-training batches (ViLT §3.2): ITM pairs and ITM + MLM in one pass
+# ---------------------------------------------------------------------------
+
+
+def itm_loss_with_negatives(
+    model: torch.nn.Module,
+    batch: dict[str, Tensor],
+    generator: torch.Generator | None = None,
+    image_prob: float = 0.5,
+) -> Any:
+    """Run ``model`` on the positives and sampled negatives of ``batch`` (ITM, ViLT §3.2).
+
+    Returns the model's output (:class:`~minivlm.models.vilt.ViLTOutput` for ViLT) on the 2B
+    pairs of :func:`sample_itm_negatives`; its ``loss`` is ``loss_itm`` (plus
+    ``wpa_weight * loss_wpa`` when WPA is on).
+    """
+    pairs = sample_itm_negatives(batch, generator, image_prob)
+    inputs = {k: v for k, v in pairs.items() if k not in ("partner", "swapped_image")}
+    return model(**inputs)
+
+
+def make_pretraining_batch(
+    batch: dict[str, Tensor],
+    mask_id: int,
+    vocab_size: int,
+    special_ids: list[int] | tuple[int, ...] | Tensor,
+    mlm_prob: float = 0.15,
+    image_prob: float = 0.5,
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
+    """ViLT's pre-training step (ViLT §3.2) as one batch of 3B rows for ``model(**batch)``.
+
+    The paper runs two passes: MLM on masked captions with their own images, and ITM (with
+    WPA) on unmasked captions, half of them with a wrong partner. Here they are stacked:
+    rows 0..B-1 are the MLM pass (``itm_labels`` = -100), rows B..3B-1 the ITM pass of
+    :func:`sample_itm_negatives` (``mlm_labels`` all -100), so ``loss = loss_itm + loss_mlm``.
+    """
+    ids = batch["input_ids"]
+    masked, mlm = mask_tokens(ids, mask_id, vocab_size, special_ids, mlm_prob, generator)
+    itm = sample_itm_negatives(batch, generator, image_prob)
+    B = ids.shape[0]
+    out: dict[str, Tensor] = {}
+    for key, value in itm.items():
+        if key in ("partner", "swapped_image", "itm_labels"):
+            continue
+        first = masked if key == "input_ids" else batch[key]
+        out[key] = torch.cat([first, value], dim=0)
+    out["itm_labels"] = torch.cat([torch.full_like(itm["itm_labels"][:B], -100),
+                                   itm["itm_labels"]])  # fmt: skip
+    out["mlm_labels"] = torch.cat([mlm, torch.full_like(itm["input_ids"], -100)], dim=0)
+    return out
+
+
 # ---------------------------------------------------------------------------
 # Soft targets and momentum distillation (ALBEF §3.3)
 # ---------------------------------------------------------------------------
@@ -323,3 +390,88 @@ def concat_all_gather(t: Tensor) -> Tensor:
     parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, t.contiguous())
     return torch.cat(parts, dim=0)
+
+
+# ---------------------------------------------------------------------------
+# Word-patch alignment (ViLT §3.2, after UNITER's WRA): optimal transport, words <-> patches
+# ---------------------------------------------------------------------------
+
+
+def cost_matrix_cosine(x: Tensor, y: Tensor, eps: float = 1e-5) -> Tensor:
+    """Cosine distance 1 - cos(x_i, y_j) between every pair: (B, M, D), (B, N, D) -> (B, M, N)."""
+    x = F.normalize(x, dim=-1, eps=eps)
+    y = F.normalize(y, dim=-1, eps=eps)
+    return 1.0 - x @ y.transpose(1, 2)
+
+
+@torch.no_grad()
+def ipot(
+    cost: Tensor, x_mask: Tensor, y_mask: Tensor, beta: float = 0.5, iters: int = 50, k: int = 1
+) -> Tensor:
+    """Inexact proximal point method for optimal transport (Xie et al. 2019, Alg. 1).
+
+    Finds a transport plan P (B, M, N) between uniform distributions over the real tokens of
+    x (``x_mask`` (B, M) bool) and of y (``y_mask`` (B, N)) that (approximately) minimises
+    <C, P>. Each outer step solves a proximal problem min <C, P> + beta * KL(P || P_t) with
+    ``k`` Sinkhorn-style scaling steps:
+
+        G = exp(-C / beta);   Q = G * P_t
+        b = nu / (Q^T a);     a = mu / (Q b);    P_{t+1} = diag(a) Q diag(b)
+
+    A small ``k`` (1 in ViLT/UNITER) makes it "inexact"; unlike entropic Sinkhorn, the plan
+    still converges to the exact optimum as t grows. Padding gets no mass.
+    """
+    xm, ym = x_mask.to(cost.dtype), y_mask.to(cost.dtype)  # (B, M), (B, N)
+    joint = xm[:, :, None] * ym[:, None, :]  # (B, M, N) 1 where both tokens are real
+    mu = xm / xm.sum(1, keepdim=True).clamp_min(1)  # (B, M) uniform over real x tokens
+    nu = ym / ym.sum(1, keepdim=True).clamp_min(1)  # (B, N)
+    G = torch.exp(-cost / beta) * joint  # (B, M, N)
+    P = joint.clone()
+    a = mu.clone()
+    for _ in range(iters):
+        Q = G * P
+        for _ in range(k):
+            b = nu / (Q.transpose(1, 2) @ a[..., None])[..., 0].clamp_min(1e-30)  # (B, N)
+            a = mu / (Q @ b[..., None])[..., 0].clamp_min(1e-30)  # (B, M)
+        P = a[:, :, None] * Q * b[:, None, :]
+    return P * joint
+
+
+def wasserstein_distance(
+    text_feats: Tensor,
+    image_feats: Tensor,
+    text_mask: Tensor,
+    image_mask: Tensor,
+    beta: float = 0.5,
+    iters: int = 50,
+) -> Tensor:
+    """Optimal-transport distance between each caption's words and its image's patches, (B,).
+
+    D = <C, P*> with C the cosine-distance matrix (B, M, N) and P* the IPOT plan; P* is
+    treated as a constant, so the gradient is that of <C, P*> (the plan says which word is
+    pulled towards which patches). Masked (False) tokens take no part.
+    """
+    with torch.autocast(text_feats.device.type, enabled=False):  # float32, as ViLT's code
+        cost = cost_matrix_cosine(text_feats.float(), image_feats.float())  # (B, M, N)
+        joint = text_mask.bool()[:, :, None] & image_mask.bool()[:, None, :]
+        cost = cost.masked_fill(~joint, 0.0)
+        plan = ipot(cost.detach(), text_mask.bool(), image_mask.bool(), beta, iters)  # (B, M, N)
+        return (cost * plan).sum(dim=(1, 2))  # (B,)
+
+
+def wpa_loss(distance: Tensor, itm_labels: Tensor) -> Tensor:
+    """Word-patch alignment loss (ViLT §3.2): pull matching pairs' words and patches together.
+
+    ``(sum of distances of positive pairs - sum over negative pairs) / number of pairs``:
+    matching pairs (label 1) minimise their transport distance, mismatched pairs (label 0)
+    maximise it. ViLT adds it to ITM with weight 0.1 (``ViLTConfig.wpa_weight``).
+    """
+    if distance.shape != itm_labels.shape:
+        raise ValueError(
+            f"wpa_loss: distance {tuple(distance.shape)} and itm_labels "
+            f"{tuple(itm_labels.shape)} must have the same shape (B,)"
+        )
+    if distance.numel() == 0:
+        return distance.sum()
+    sign = torch.where(itm_labels == 1, 1.0, -1.0).to(distance.dtype)
+    return (sign * distance).sum() / distance.numel()

@@ -20,6 +20,7 @@ from minivlm.data import (
     pixel_values,
     shapes_tokenizer,
 )
+from minivlm.data.chat import expand_image_tokens
 from minivlm.models.llava import (
     SHAPES_CHAT,
     VICUNA_V1,
@@ -27,7 +28,6 @@ from minivlm.models.llava import (
     LlavaCollator,
     LlavaConfig,
     build_projector,
-    expand_image_tokens,
     merge_image_features,
 )
 from minivlm.nn.lm import DecoderLM, LMConfig, lm_loss

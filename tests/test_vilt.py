@@ -12,12 +12,14 @@ from minivlm.models.vilt import (
     ViLTConfig,
     ViLTOutput,
     build_single_stream_input,
+    mask_tokens,
+    sample_itm_negatives,
+)
+from minivlm.objectives import (
     cost_matrix_cosine,
     ipot,
     itm_loss_with_negatives,
     make_pretraining_batch,
-    mask_tokens,
-    sample_itm_negatives,
     wasserstein_distance,
     wpa_loss,
 )

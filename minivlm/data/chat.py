@@ -10,7 +10,8 @@ Two formats, both as LLaVA trains (Liu et al. 2023, §4.2, Table 2):
   ``{"conversations", "image"}`` items such as ``LlavaConversations`` records.
 
 Each ``<image>`` becomes ``num_image_tokens`` copies of the tokenizer's ``image_id``, as current
-Hugging Face LLaVA processors do.
+Hugging Face LLaVA processors do; :func:`expand_image_tokens` does the same to prompts already
+tokenised with one ``<image>`` each.
 """
 
 from __future__ import annotations
@@ -25,14 +26,20 @@ from minivlm.data.datasets import IGNORE_INDEX, ShapesTextDataset
 from minivlm.data.shapes import CHAT_ROLES, ShapesData
 from minivlm.data.tokenizer import IMAGE
 
+Tensor = torch.Tensor
+
 __all__ = [
+    "IMAGE_TOKEN_ID",
     "SHAPES_CHAT",
     "VICUNA_V1",
     "ChatTemplate",
     "DialogueDataset",
     "LlavaCollator",
     "encode_chat",
+    "expand_image_tokens",
 ]
+
+IMAGE_TOKEN_ID = 7  # <image> in minivlm.data.tokenizer (SPECIAL_TOKENS[7])
 
 
 def encode_chat(
@@ -339,3 +346,58 @@ class LlavaCollator:
         if images:  # (B_img, C, H, W), B_img <= B: the images of the rows that have one
             batch["pixel_values"] = torch.stack(images)
         return batch
+
+
+def expand_image_tokens(
+    input_ids: Tensor,
+    num_image_tokens: int,
+    image_token_id: int = IMAGE_TOKEN_ID,
+    attention_mask: Tensor | None = None,
+    labels: Tensor | None = None,
+    pad_id: int = 0,
+) -> dict[str, Tensor]:
+    """Repeat each single ``<image>`` token ``num_image_tokens`` times (HF-processor style).
+
+    input_ids (B, T) right-padded (``attention_mask`` (B, T) 1/0, default all ones). Returns
+    ``input_ids``, ``attention_mask`` and (when given) ``labels`` (B, T'), right-padded with
+    ``pad_id`` / 0 / -100; labels at the new image slots are -100.
+    """
+    if input_ids.dim() != 2:
+        raise ValueError(
+            f"expand_image_tokens: expected input_ids (B, T), got {tuple(input_ids.shape)}"
+        )
+    if num_image_tokens < 1:
+        raise ValueError(
+            f"expand_image_tokens: num_image_tokens must be >= 1, got {num_image_tokens}"
+        )
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    for name, t in (("attention_mask", attention_mask), ("labels", labels)):
+        if t is not None and t.shape != input_ids.shape:
+            raise ValueError(
+                f"expand_image_tokens: {name} {tuple(t.shape)} does not match "
+                f"input_ids {tuple(input_ids.shape)}"
+            )
+    rows_ids, rows_lab = [], []
+    for r in range(input_ids.shape[0]):
+        keep = attention_mask[r].bool()
+        ids = input_ids[r][keep]  # (t,) real tokens
+        reps = torch.where(ids == image_token_id, num_image_tokens, 1)  # (t,)
+        rows_ids.append(ids.repeat_interleave(reps))
+        if labels is not None:
+            lab = labels[r][keep].masked_fill(ids == image_token_id, IGNORE_INDEX)
+            rows_lab.append(lab.repeat_interleave(reps))
+    T = max((len(x) for x in rows_ids), default=0)
+    B = len(rows_ids)
+    out = {
+        "input_ids": input_ids.new_full((B, T), pad_id),
+        "attention_mask": attention_mask.new_zeros((B, T)),
+    }
+    if labels is not None:
+        out["labels"] = labels.new_full((B, T), IGNORE_INDEX)
+    for r, ids in enumerate(rows_ids):
+        out["input_ids"][r, : len(ids)] = ids
+        out["attention_mask"][r, : len(ids)] = 1
+        if labels is not None:
+            out["labels"][r, : len(ids)] = rows_lab[r]
+    return out

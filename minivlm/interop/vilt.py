@@ -19,7 +19,19 @@ Tensor = torch.Tensor
 def vilt_from_hf(cls: type[nn.Module], config_cls: type, model: nn.Module) -> Any:
     """Build a ``cls`` (:class:`~minivlm.models.vilt.ViLT`, ``config_cls`` its ViLTConfig) with
     the config and weights of a Hugging Face ``ViltModel`` (or a ``Vilt...For...`` model
-    holding one as ``.vilt``, its head copied too)."""
+    holding one as ``.vilt``, its head copied too).
+
+    Also accepts the task models, taking ``.vilt`` and copying their head:
+    ``ViltForMaskedLM`` -> ``mlm_head`` (tied to the word embeddings, as in HF),
+    ``ViltForQuestionAnswering`` -> ``vqa_head``, ``ViltForImageAndTextRetrieval`` ->
+    ``itm_head`` with row 1 = HF's ``rank_output`` and row 0 = 0, so
+    ``itm_logits[:, 1]`` equals HF's retrieval logit. Other models copy the backbone only.
+
+    ``model(ids, pixels, mask).last_hidden_state`` then equals HF's with its patch
+    sampling (``torch.multinomial``) made the identity: HF visits the patches in a random
+    order even when it keeps them all, and at most ``max_image_length`` of them when
+    that is positive; minivlm keeps all, in raster order.
+    """
     vilt = getattr(model, "vilt", model)
     emb = getattr(vilt, "embeddings", None)
     if not (hasattr(emb, "text_embeddings") and hasattr(emb, "patch_embeddings")):

@@ -21,10 +21,9 @@ forgive noisy web captions::
     L_mlm = (1 − α) CE(mlm logits, masked ids) + α H(softmax(momentum mlm logits), mlm logits)
     loss  = L_itc + L_itm + L_mlm ;  enqueue(image_feat_m, text_feat_m)
 
-Read top to bottom: :class:`ALBEFConfig`, the model :class:`ALBEF` (its momentum copy, the
-encoders, notebook hooks ``soft_targets``, ``itm_score``, ``fusion``) and ``forward``. The pieces
-shared with other models -- masking, hard negatives, soft targets, EMA and queues -- are plain
-functions in :mod:`minivlm.objectives`; Grad-CAM is :func:`minivlm.interpret.gradcam`.
+Read top to bottom: :class:`ALBEFConfig`, :class:`ALBEF` (momentum copy, encoders, notebook
+hooks ``soft_targets``, ``itm_score``, ``fusion``) and ``forward``. Masking, hard negatives, soft
+targets, EMA and queues are shared :mod:`minivlm.objectives`; Grad-CAM :mod:`minivlm.interpret`.
 """
 
 from __future__ import annotations
@@ -80,27 +79,22 @@ def albef_vision_config(**overrides: Any) -> ViTConfig:
 class ALBEFConfig:
     """Sizes and switches of ALBEF (defaults: the paper's ViT-B/16 + BERT-base 6+6 model).
 
-    vision: the ViT (:func:`albef_vision_config`; a dict is merged into it).
-    text: the BERT (a :class:`TextConfig`; a dict is merged into BERT-base). Its layers
-        ``0..fusion_from-1`` are the text encoder, ``fusion_from..depth-1`` the fusion encoder
-        with cross-attention to the image tokens (``kv_dim`` = the ViT width, set here).
-    vocab_size: when given, overrides ``text.vocab_size``.
-    embed_dim: size E of the shared normalised embedding space (256 in the paper).
-    temp: initial learnable temperature τ (0.07), clamped to [temp_min, temp_max] =
-        [0.001, 0.5] at the start of every forward, as in the paper's code.
-    queue_size: K momentum features kept per modality (65,536 in the paper).
-    momentum: EMA coefficient m of the momentum model (0.995).
-    alpha: distillation weight α (0.4); ramped linearly from 0 over the first
-        ``alpha_warmup_steps`` training steps (the paper: over the first epoch; 0 = no ramp).
-    distill: momentum distillation (§3.3) on; False trains on one-hot targets only.
+    vision: the ViT (:func:`albef_vision_config`); text: the BERT (a :class:`TextConfig`,
+        BERT-base by default; dicts are merged into the defaults). BERT layers
+        ``0..fusion_from-1`` are the text encoder, the rest the fusion encoder, cross-attending
+        to the image tokens (``kv_dim`` = the ViT width, set here). vocab_size: overrides
+        ``text.vocab_size`` when given.
+    embed_dim: size E of the shared normalised embedding space (256). temp: learnable τ (0.07),
+        clamped to [temp_min, temp_max] at the start of every forward (the paper's code).
+    queue_size: K momentum features kept per modality (65,536). momentum: EMA coefficient m
+        (0.995). alpha: distillation weight α (0.4), ramped from 0 over the first
+        ``alpha_warmup_steps`` steps (the paper: the first epoch; 0 = no ramp); ``distill=False``
+        trains on one-hot targets only (§3.3 off).
     mlm_probability: BERT masking rate (0.15); ``mask_token_id`` and ``special_token_ids``
-        (never masked, never used as random replacements) depend on the tokenizer: the
-        defaults are BERT-base-uncased's; the tiny preset uses minivlm's shapes tokenizer.
-    itm_exclude_duplicates: hard-negative sampling also skips captions identical to the
-        positive one, and images with the same ``index`` when the batch gives one (they
-        would be false negatives); the positive itself is always skipped.
-    itc_weight, itm_weight, mlm_weight: loss = sum of weighted parts (all 1 in the paper;
-        a weight of 0 skips that part).
+        (never masked or drawn as replacements) are BERT-base-uncased's by default.
+    itm_exclude_duplicates: hard negatives also skip copies of the positive caption and, given
+        ``index``, images with the same index (false negatives); never the positive itself.
+    itc_weight, itm_weight, mlm_weight: loss = the weighted sum (all 1; 0 skips that part).
     """
 
     vision: ViTConfig = field(default_factory=albef_vision_config)
@@ -185,19 +179,13 @@ def _raise_first(checks: list[tuple[bool, str]]) -> None:
 
 @dataclass
 class ALBEFOutput:
-    """What :meth:`ALBEF.forward` returns.
-
-    loss: ``itc_weight·loss_itc + itm_weight·loss_itm + mlm_weight·loss_mlm``.
-    alpha: the distillation weight used in this step (0 when ``distill`` is off).
-    temperature: τ after the clamp.
-    sim_i2t, sim_t2i: (B, B+K) online-vs-[momentum batch; queue] similarities / τ.
-    itc_targets_i2t, itc_targets_t2i: (B, B+K) the ITC targets (rows sum to 1).
-    itm_logits: (3B, 2) for [positives; (image i, hard-negative text); (hard-negative image,
-        text i)], with ``itm_labels`` (3B,) = [1]*B + [0]*2B.
-    neg_text_idx, neg_image_idx: (B,) the sampled negatives: text for each image, image for
-        each text.
-    mlm_logits: (B, T, V); mlm_labels: (B, T) original ids at masked positions, else -100.
-    """
+    """What :meth:`ALBEF.forward` returns: ``loss`` (the weighted sum of the three), ``alpha``
+    used in this step (0 without ``distill``), ``temperature`` τ after the clamp; ``sim_i2t``,
+    ``sim_t2i`` (B, B+K) online-vs-[momentum batch; queue] similarities / τ and their ITC
+    targets ``itc_targets_*`` (rows sum to 1); ``itm_logits`` (3B, 2) for [positives; (image i,
+    hard-negative text); (hard-negative image, text i)] with ``itm_labels`` [1]*B + [0]*2B and
+    the negatives ``neg_text_idx``, ``neg_image_idx`` (B,); ``mlm_logits`` (B, T, V) and
+    ``mlm_labels`` (B, T) (original ids at masked positions, else -100)."""
 
     loss: Tensor
     loss_itc: Tensor
@@ -228,21 +216,18 @@ MOMENTUM_MODULES = ("image_encoder", "vision_proj", "text_encoder", "text_proj",
 class ALBEF(nn.Module):
     """ALBEF (§3): align (ITC with a momentum queue) before fusing (ITM + MLM).
 
-    Modules: ``image_encoder`` (ViT), ``text_encoder`` (BERT; layers < ``fusion_from`` are
-    text-only, the rest cross-attend to the image tokens), ``vision_proj`` / ``text_proj``
-    (Linear to E), ``itm_head`` (Linear(D, 2)), ``mlm_head`` (tied to the word embeddings),
-    the learnable temperature ``temp``; ``momentum``, a deep copy of the
-    :data:`MOMENTUM_MODULES` (no gradients, always in eval mode, updated by EMA), and the
-    buffers ``image_queue``/``text_queue`` (E, K), ``queue_ptr`` and ``num_steps`` (training
-    steps seen, for the α ramp).
+    Modules: ``image_encoder`` (ViT), ``text_encoder`` (BERT: layers < ``fusion_from`` text-only,
+    the rest cross-attend to the image), ``vision_proj`` / ``text_proj`` (Linear to E),
+    ``itm_head`` (Linear(D, 2)), ``mlm_head`` (tied to the word embeddings), the temperature
+    ``temp``; ``momentum``, a deep copy of the :data:`MOMENTUM_MODULES` (no gradients, eval
+    mode, updated by EMA); buffers ``image_queue``/``text_queue`` (E, K), ``queue_ptr``,
+    ``num_steps`` (training steps seen, for the α ramp).
     """
 
     def __init__(self, config: ALBEFConfig | None = None, **overrides: Any) -> None:
         super().__init__()
         cfg = config or ALBEFConfig()
-        if overrides:
-            cfg = replace(cfg, **overrides)
-        self.config = cfg
+        self.config = cfg = replace(cfg, **overrides) if overrides else cfg
         E, Dv, Dt = cfg.embed_dim, cfg.vision.dim, cfg.text.dim
         self.image_encoder = ViT(cfg.vision)
         self.text_encoder = BertEncoder(cfg.text)
@@ -298,10 +283,9 @@ class ALBEF(nn.Module):
         entries are overwritten, wrapping around the end of the queue (:func:`enqueue_`)."""
         image_feat_m, text_feat_m = concat_all_gather(image_feat_m), concat_all_gather(text_feat_m)
         if image_feat_m.shape != text_feat_m.shape:
-            raise ValueError(
-                "ALBEF.dequeue_and_enqueue: image and text features must have the same shape "
-                f"(B, E), got {tuple(image_feat_m.shape)} and {tuple(text_feat_m.shape)}"
-            )
+            raise ValueError("ALBEF.dequeue_and_enqueue: image and text features must have the "
+                             f"same shape (B, E), got {tuple(image_feat_m.shape)} and "
+                             f"{tuple(text_feat_m.shape)}")  # fmt: skip
         enqueue_(self.image_queue, self.queue_ptr.clone(), image_feat_m)
         enqueue_(self.text_queue, self.queue_ptr, text_feat_m)
 
@@ -317,17 +301,14 @@ class ALBEF(nn.Module):
 
     def current_alpha(self) -> float:
         """Scheduled α: ``alpha · min(1, num_steps / alpha_warmup_steps)`` (0 without distill)."""
-        cfg = self.config
+        cfg, ramp = self.config, self.config.alpha_warmup_steps
         if not cfg.distill:
             return 0.0
-        if cfg.alpha_warmup_steps <= 0:
-            return cfg.alpha
-        return cfg.alpha * min(1.0, int(self.num_steps) / cfg.alpha_warmup_steps)
+        return cfg.alpha * min(1.0, int(self.num_steps) / ramp) if ramp > 0 else cfg.alpha
 
     def on_after_step(self, step: int, total: int | None = None) -> None:
-        """Hook of ``minivlm.train.train``: record the number of completed steps (α ramp). The
-        EMA update itself happens inside ``forward``, in the paper's order; every training-mode
-        forward also counts one step, so a custom loop need not call this hook."""
+        """Hook of ``minivlm.train.train``: record the completed steps (α ramp). Every training
+        forward counts a step too (and does the EMA update), so a custom loop need not call it."""
         self.num_steps.fill_(int(step))
 
     # -- encoders: each takes the module set to run, ``self`` or ``self.momentum`` ----------
@@ -398,13 +379,10 @@ class ALBEF(nn.Module):
     def soft_targets(self, pixel_values: Tensor, input_ids: Tensor,
                      attention_mask: Tensor | None = None, alpha: float | None = None,
                      direction: str = "i2t") -> Tensor:  # fmt: skip
-        """The momentum model's ITC pseudo-targets (§3.3), (B, B+K), rows summing to 1.
-
-        Row i is ``alpha · softmax(s_m(I_i, ·) / τ) + (1 − alpha) · one-hot(i)`` over the B
-        texts of the batch then the K queued ones (``direction="t2i"``: each text over the
-        images). ``alpha`` defaults to ``config.alpha`` (not the warm-up ramp). Nothing is
-        updated: no EMA step, no enqueue.
-        """
+        """The momentum model's ITC pseudo-targets (§3.3), (B, B+K), rows summing to 1: row i is
+        ``alpha · softmax(s_m(I_i, ·) / τ) + (1 − alpha) · one-hot(i)`` over the batch's texts
+        then the K queued ones (``direction="t2i"``: each text over the images). ``alpha``
+        defaults to ``config.alpha`` (no warm-up ramp). Updates nothing (no EMA, no enqueue)."""
         if direction not in ("i2t", "t2i"):
             raise ValueError(f"soft_targets: direction must be 'i2t' or 't2i', got {direction!r}")
         alpha = self.config.alpha if alpha is None else float(alpha)
@@ -418,15 +396,13 @@ class ALBEF(nn.Module):
     def forward(self, pixel_values: Tensor | None = None, input_ids: Tensor | None = None,
                 attention_mask: Tensor | None = None, alpha: float | None = None,
                 index: Tensor | None = None) -> ALBEFOutput:  # fmt: skip
-        """ALBEF's pre-training step (§3.2-3.3) on B matching (image, caption) pairs.
+        """ALBEF's pre-training step (§3.2-3.3) on B matching (image, caption) pairs:
+        pixel_values (B, C, H, W), input_ids (B, T) starting with [CLS], attention_mask (B, T).
 
-        pixel_values (B, C, H, W), input_ids (B, T) starting with [CLS], attention_mask
-        (B, T). ``alpha``: distillation weight for this call (default: the scheduled
-        :meth:`current_alpha`). ``index`` (B,), optional: image ids, so that another caption of
-        the same image is never drawn as its hard negative. In training mode the call also
-        does the EMA update (first), enqueues the momentum features (last) and counts a step;
-        in eval mode it changes no state.
-        """
+        ``alpha``: distillation weight for this call (default: :meth:`current_alpha`).
+        ``index`` (B,), optional image ids: another caption of the same image is never drawn as
+        a hard negative. In training mode the call also does the EMA update (first), enqueues
+        the momentum features (last) and counts a step; in eval mode it changes no state."""
         self._check_forward(pixel_values, input_ids)
         cfg = self.config
         alpha = (self.current_alpha() if alpha is None else float(alpha)) if cfg.distill else 0.0
@@ -526,16 +502,12 @@ class ALBEF(nn.Module):
 
     def _check_forward(self, pixel_values: Tensor | None, input_ids: Tensor | None) -> None:
         if pixel_values is None or input_ids is None:
-            raise ValueError(
-                "ALBEF.forward: expected pixel_values (B, C, H, W) and input_ids (B, T); use "
-                "encode_image / encode_text for one modality"
-            )
+            raise ValueError("ALBEF.forward: expected pixel_values (B, C, H, W) and input_ids "
+                             "(B, T); use encode_image / encode_text for one modality")  # fmt: skip
         B = input_ids.shape[0]
         if pixel_values.shape[0] != B:
-            raise ValueError(
-                f"ALBEF.forward: expected as many images as captions (matching pairs), got "
-                f"{pixel_values.shape[0]} images and {B} captions"
-            )
+            raise ValueError("ALBEF.forward: expected as many images as captions (matching "
+                             f"pairs), got {pixel_values.shape[0]} images and {B} captions")
         if B < 2:
             raise ValueError(f"ALBEF.forward: ITM needs at least 2 pairs per batch, got B={B}")
 

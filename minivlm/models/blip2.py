@@ -21,10 +21,10 @@ embedding space, where it is a *soft prompt* in front of the text, and trains wi
 the Q-Former (self-attention over [queries; instruction]), so the extracted visual features
 depend on it ("instruction-aware visual feature extraction").
 
-Read top to bottom: the config and outputs, :func:`itc_similarity`, :class:`Blip2` (encoders,
-``stage1``, ``stage2``, ``generate``, then the input checks) and :class:`Blip2Stage2`, the
-module that ``minivlm.train.train`` trains in stage 2. ``forward`` is stage 1. Hard negatives
-come from :mod:`minivlm.objectives`; ``from_hf`` from :mod:`minivlm.interop.blip2`.
+Read top to bottom: config and outputs, :func:`itc_similarity`, :class:`Blip2` (encoders,
+``stage1`` = ``forward``, ``stage2``, ``generate``, input checks), :class:`Blip2Stage2` (stage 2
+for ``minivlm.train.train``). Hard negatives come from :mod:`minivlm.objectives`, ``from_hf``
+from :mod:`minivlm.interop.blip2`.
 """
 
 from __future__ import annotations
@@ -77,19 +77,19 @@ def blip2_vision_config(**overrides: Any) -> ViTConfig:
 class Blip2Config:
     """Sizes and switches of BLIP-2 (defaults: ViT-g/14 + the paper's Q-Former, no LM).
 
-    vision: the frozen image encoder (:func:`blip2_vision_config`; a dict is merged into it).
-    qformer: :class:`QFormerConfig` (or a dict).
-    lm: the frozen decoder LM for stage 2 (:class:`~minivlm.nn.lm.LMConfig` or a dict);
-        ``None`` builds a stage-1-only model (no ``language_model`` / ``language_projection``).
+    vision: the frozen image encoder (:func:`blip2_vision_config`); qformer: a
+        :class:`QFormerConfig`; lm: the frozen stage-2 decoder (:class:`~minivlm.nn.lm.LMConfig`;
+        ``None``: stage 1 only, no ``language_model`` / ``language_projection``). Dicts are
+        merged into the defaults.
     embed_dim: ITC embedding size E (256). temp: learnable ITC temperature τ (0.07), clamped to
-        [temp_min, temp_max] as in the paper's code.
-    label_smoothing: for the ITC and ITG cross-entropies (0.1 in the paper's code).
+        [temp_min, temp_max] as in the paper's code. label_smoothing: for ITC and ITG (0.1).
     dec_token_id: the id that replaces the first ([CLS]) token for ITG (LAVIS's [DEC]).
-    itm_exclude_duplicates: never draw a caption identical to the positive (or, when the batch
-        gives ``index``, another caption of the same image) as its hard negative.
+    itm_exclude_duplicates: never draw a copy of the positive caption (or, given ``index``,
+        another caption of the same image) as its hard negative.
+    itc_weight, itm_weight, itg_weight: stage 1's loss = the weighted sum (all 1 in the paper).
     instruct: InstructBLIP: the instruction also enters the Q-Former (needs ``qformer.text``).
-    freeze_vision, freeze_lm: the frozen parts (True in the paper) get ``requires_grad=False``
-        and stay in eval mode.
+    freeze_vision, freeze_lm: the frozen parts (True in the paper) get no gradients and stay
+        in eval mode.
     """
 
     vision: ViTConfig = field(default_factory=blip2_vision_config)
@@ -118,36 +118,30 @@ class Blip2Config:
             self.lm = LMConfig(**self.lm)
         for name, cls in (("vision", ViTConfig), ("qformer", QFormerConfig)):
             if not isinstance(getattr(self, name), cls):
-                raise TypeError(
-                    f"Blip2Config.{name}: expected a {cls.__name__} or dict, got "
-                    f"{type(getattr(self, name)).__name__}"
-                )
+                raise TypeError(f"Blip2Config.{name}: expected a {cls.__name__} or dict, got "
+                                f"{type(getattr(self, name)).__name__}")  # fmt: skip
         if self.lm is not None and not isinstance(self.lm, LMConfig):
             raise TypeError(f"Blip2Config.lm: expected an LMConfig, dict or None, got {self.lm!r}")
-        if self.instruct and not self.qformer.text:
-            raise ValueError("Blip2Config: instruct=True needs the Q-Former's text side")
-        if self.qformer.text and not 0 <= self.dec_token_id < self.qformer.vocab_size:
-            raise ValueError(
-                f"Blip2Config: dec_token_id {self.dec_token_id} is outside the Q-Former "
-                f"vocabulary 0..{self.qformer.vocab_size - 1}"
-            )
-        if not 0.0 < self.temp_min <= self.temp <= self.temp_max:
-            raise ValueError(
-                f"Blip2Config: need 0 < temp_min <= temp <= temp_max, got "
-                f"{self.temp_min}, {self.temp}, {self.temp_max}"
-            )
+        checks = [
+            (not self.instruct or self.qformer.text,
+             "instruct=True needs the Q-Former's text side"),
+            (not self.qformer.text or 0 <= self.dec_token_id < self.qformer.vocab_size,
+             f"dec_token_id {self.dec_token_id} is outside the Q-Former vocabulary "
+             f"0..{self.qformer.vocab_size - 1}"),
+            (0.0 < self.temp_min <= self.temp <= self.temp_max, "need 0 < temp_min <= temp <= "
+             f"temp_max, got {self.temp_min}, {self.temp}, {self.temp_max}"),
+        ]  # fmt: skip
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"Blip2Config: {msg}")
 
 
 @dataclass
 class Blip2Stage1Output:
-    """What :meth:`Blip2.stage1` returns.
-
-    ``loss = itc_weight·loss_itc + itm_weight·loss_itm + itg_weight·loss_itg``; ``sim_i2t``
+    """What :meth:`Blip2.stage1` returns: ``loss`` (the weighted sum of the three); ``sim_i2t``
     (B, B) max-over-queries similarities / τ (``sim_t2i`` its transpose); ``itm_logits`` (3B, 2)
     for [positives; (image i, hard-negative text); (hard-negative image, text i)] with
-    ``itm_labels`` [1]*B + [0]*2B; ``itg_logits`` (B, T, V); ``query_output`` (B, Q, D) from
-    the ITC pass.
-    """
+    ``itm_labels`` [1]*B + [0]*2B; ``itg_logits`` (B, T, V); ``query_output`` (B, Q, D) (ITC)."""
 
     loss: Tensor
     loss_itc: Tensor
@@ -166,8 +160,7 @@ class Blip2Stage1Output:
 
 @dataclass
 class Blip2Output:
-    """What :meth:`Blip2.stage2` returns: ``loss``, the LM loss on the text (None without
-    labels), and ``logits`` (B, Q+T, V_lm) over [soft prompt; text]."""
+    """:meth:`Blip2.stage2`'s LM ``loss`` (None without labels), ``logits`` (B, Q+T, V_lm)."""
 
     loss: Tensor | None
     logits: Tensor
@@ -214,8 +207,7 @@ class Blip2(nn.Module):
     ) -> None:
         super().__init__()
         cfg = config or Blip2Config()
-        if overrides:
-            cfg = replace(cfg, **overrides)
+        cfg = replace(cfg, **overrides) if overrides else cfg
         if vision_encoder is not None:
             cfg = replace(cfg, vision=vision_encoder.config)
         if language_model is not None:
@@ -372,15 +364,9 @@ class Blip2(nn.Module):
 
     # -- stage 2: the soft prompt into the frozen LM (§3.3) ---------------------------------
 
-    def stage2(
-        self,
-        pixel_values: Tensor,
-        input_ids: Tensor,
-        attention_mask: Tensor | None = None,
-        labels: Tensor | None = None,
-        qformer_input_ids: Tensor | None = None,
-        qformer_attention_mask: Tensor | None = None,
-    ) -> Blip2Output:
+    def stage2(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor | None = None,
+               labels: Tensor | None = None, qformer_input_ids: Tensor | None = None,
+               qformer_attention_mask: Tensor | None = None) -> Blip2Output:  # fmt: skip
         """Vision-to-language generative training (§3.3): the LM loss on the text after the soft
         prompt. ``input_ids`` (B, T) are LM tokens (right-padded); ``labels`` (B, T) default to
         ``input_ids`` with padding set to -100 (prompts can be masked with -100 too). With
@@ -404,17 +390,10 @@ class Blip2(nn.Module):
         return Blip2Output(loss=out.loss, logits=out.logits)
 
     @torch.no_grad()
-    def generate(
-        self,
-        pixel_values: Tensor,
-        prompt_ids: Tensor | None = None,
-        prompt_mask: Tensor | None = None,
-        qformer_input_ids: Tensor | None = None,
-        qformer_attention_mask: Tensor | None = None,
-        max_new_tokens: int = 20,
-        temperature: float = 0.0,
-        **kwargs: Any,
-    ) -> Tensor:
+    def generate(self, pixel_values: Tensor, prompt_ids: Tensor | None = None,
+                 prompt_mask: Tensor | None = None, qformer_input_ids: Tensor | None = None,
+                 qformer_attention_mask: Tensor | None = None, max_new_tokens: int = 20,
+                 temperature: float = 0.0, **kwargs: Any) -> Tensor:  # fmt: skip
         """Caption (no prompt: the LM starts from [BOS]) or answer (``prompt_ids`` (B, P),
         right-padded with ``prompt_mask``) each image; returns the new tokens (B, T_new).
 
@@ -451,18 +430,15 @@ class Blip2(nn.Module):
 
     def _check_pair(self, name: str, pixel_values: Tensor | None, input_ids: Tensor | None) -> int:
         if pixel_values is None or input_ids is None:
-            raise ValueError(
-                f"Blip2.{name}: expected pixel_values (B, C, H, W) and input_ids (B, T)"
-            )
+            raise ValueError(f"Blip2.{name}: expected pixel_values (B, C, H, W) and input_ids "
+                             "(B, T)")  # fmt: skip
         if input_ids.dim() != 2:
-            raise ValueError(
-                f"Blip2.{name}: expected input_ids of shape (B, T), got {tuple(input_ids.shape)}"
-            )
+            raise ValueError(f"Blip2.{name}: expected input_ids of shape (B, T), got "
+                             f"{tuple(input_ids.shape)}")  # fmt: skip
         if pixel_values.dim() != 4 or pixel_values.shape[0] != input_ids.shape[0]:
-            raise ValueError(
-                f"Blip2.{name}: expected pixel_values of shape ({input_ids.shape[0]}, C, H, W) "
-                f"(one image per text), got {tuple(pixel_values.shape)}"
-            )
+            raise ValueError(f"Blip2.{name}: expected pixel_values of shape "
+                             f"({input_ids.shape[0]}, C, H, W) (one image per text), got "
+                             f"{tuple(pixel_values.shape)}")  # fmt: skip
         return input_ids.shape[0]
 
     def _check_stage1(self, pixel_values: Tensor | None, input_ids: Tensor | None) -> int:
@@ -479,10 +455,8 @@ class Blip2(nn.Module):
         B = self._check_pair("forward", pixel_values, input_ids)
         for name, t in (("attention_mask", attention_mask), ("labels", labels)):
             if t is not None and t.shape != input_ids.shape:
-                raise ValueError(
-                    f"Blip2.forward: expected {name} of shape {tuple(input_ids.shape)}, got "
-                    f"{tuple(t.shape)}"
-                )
+                raise ValueError(f"Blip2.forward: expected {name} of shape "
+                                 f"{tuple(input_ids.shape)}, got {tuple(t.shape)}")  # fmt: skip
         return B
 
     def _check_has_lm(self, name: str) -> None:
@@ -490,15 +464,11 @@ class Blip2(nn.Module):
             raise ValueError(f"Blip2.{name}: this model has no language model (config.lm is None)")
 
     def _check_instruction(self, qformer_input_ids: Tensor | None) -> None:
-        if qformer_input_ids is not None and not self.config.instruct:
-            raise ValueError(
-                "Blip2.query_features: qformer_input_ids are only used with instruct=True"
-            )
-        if self.config.instruct and qformer_input_ids is None:
-            raise ValueError(
-                "Blip2.query_features: instruct=True needs the instruction as "
-                "qformer_input_ids (B, I)"
-            )
+        if (qformer_input_ids is not None) != self.config.instruct:
+            raise ValueError("Blip2.query_features: instruct=True needs the instruction as "
+                             "qformer_input_ids (B, I)" if self.config.instruct else
+                             "Blip2.query_features: qformer_input_ids are only used with "
+                             "instruct=True")  # fmt: skip
 
     def _check_generate(self, pixel_values: Tensor, prompt_ids: Tensor | None) -> None:
         self._check_has_lm("generate")
@@ -506,10 +476,8 @@ class Blip2(nn.Module):
         if prompt_ids is None and self.language_model.config.bos_id is None:
             raise ValueError("Blip2.generate: pass prompt_ids (the LM config has no bos_id)")
         if prompt_ids is not None and (prompt_ids.dim() != 2 or prompt_ids.shape[0] != B):
-            raise ValueError(
-                f"Blip2.generate: expected prompt_ids of shape ({B}, P), got "
-                f"{tuple(prompt_ids.shape)}"
-            )
+            raise ValueError(f"Blip2.generate: expected prompt_ids of shape ({B}, P), got "
+                             f"{tuple(prompt_ids.shape)}")  # fmt: skip
 
 
 class Blip2Stage2(nn.Module):
@@ -524,14 +492,9 @@ class Blip2Stage2(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {f"model.{name}" for name in self.model.no_weight_decay()}
 
-    def forward(
-        self,
-        pixel_values: Tensor,
-        input_ids: Tensor,
-        attention_mask: Tensor | None = None,
-        labels: Tensor | None = None,
-        qformer_input_ids: Tensor | None = None,
-        qformer_attention_mask: Tensor | None = None,
-    ) -> Blip2Output:
+    def forward(self, pixel_values: Tensor, input_ids: Tensor,
+                attention_mask: Tensor | None = None, labels: Tensor | None = None,
+                qformer_input_ids: Tensor | None = None,
+                qformer_attention_mask: Tensor | None = None) -> Blip2Output:  # fmt: skip
         return self.model.stage2(pixel_values, input_ids, attention_mask, labels,
                                  qformer_input_ids, qformer_attention_mask)  # fmt: skip

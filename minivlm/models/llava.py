@@ -16,9 +16,11 @@ projector and language model learn and the vision tower stays frozen
 answers only (§4.2, Table 2: only the assistant's tokens enter the loss).
 
 Read top to bottom: :class:`LlavaConfig`, the projector (:func:`build_projector`), splicing image
-features into the text (:func:`merge_image_features`, :func:`expand_image_tokens`), the chat
-template (:class:`ChatTemplate`, :class:`LlavaCollator`), the model :class:`LLaVA` with
-``generate`` and ``from_hf``, and the presets ``llava_tiny`` / ``llava_1_5_7b``.
+features into the text (:func:`merge_image_features`), the model :class:`LLaVA` with
+``generate`` and ``from_hf``. The chat template (:class:`ChatTemplate`, :class:`LlavaCollator`)
+and prompt preprocessing (:func:`~minivlm.data.chat.expand_image_tokens`) live in
+:mod:`minivlm.data.chat` (the first two re-exported here); the presets ``llava_tiny`` /
+``llava_1_5_7b`` are in :mod:`minivlm.presets`.
 
 As with current Hugging Face processors, ``input_ids`` already hold one ``<image>`` token per
 image feature (``N = num_image_tokens``); the model swaps them for the projected features.
@@ -33,9 +35,15 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from minivlm.data.chat import SHAPES_CHAT, VICUNA_V1, ChatTemplate, LlavaCollator
+from minivlm.data.chat import (
+    IMAGE_TOKEN_ID,
+    SHAPES_CHAT,
+    VICUNA_V1,
+    ChatTemplate,
+    LlavaCollator,
+)
 from minivlm.nn.blocks import MLP, get_activation
-from minivlm.nn.lm import IGNORE_INDEX, DecoderLM, LMConfig
+from minivlm.nn.lm import DecoderLM, LMConfig
 from minivlm.nn.vit import ViT, ViTConfig, clip_vision_config
 
 Tensor = torch.Tensor
@@ -50,11 +58,9 @@ __all__ = [
     "LlavaConfig",
     "LlavaOutput",
     "build_projector",
-    "expand_image_tokens",
     "merge_image_features",
 ]
 
-IMAGE_TOKEN_ID = 7  # <image> in minivlm.data.tokenizer
 PROJECTOR_TYPES = ("linear", "mlp2x_gelu")
 
 
@@ -100,44 +106,33 @@ class LlavaConfig:
             self.vision = clip_vision_config(**self.vision)
         if isinstance(self.text, dict):
             self.text = LMConfig(**self.text)
-        if not isinstance(self.vision, ViTConfig):
-            raise TypeError(
-                f"LlavaConfig.vision: expected a ViTConfig or dict, got "
-                f"{type(self.vision).__name__}"
-            )
-        if not isinstance(self.text, LMConfig):
-            raise TypeError(
-                f"LlavaConfig.text: expected an LMConfig or dict, got {type(self.text).__name__}"
-            )
-        if self.projector_type not in PROJECTOR_TYPES:
-            raise ValueError(
-                f"LlavaConfig.projector_type: expected one of {PROJECTOR_TYPES}, "
-                f"got {self.projector_type!r}"
-            )
+        self._check()
+
+    def _check(self) -> None:
+        """A clear error for parts of the wrong type or values out of range."""
+        for name, cls in (("vision", ViTConfig), ("text", LMConfig)):
+            if not isinstance(getattr(self, name), cls):
+                raise TypeError(f"LlavaConfig.{name}: expected a{'n' * (name == 'text')} "
+                                f"{cls.__name__} or dict, got {type(getattr(self, name)).__name__}")
         get_activation(self.projector_act)  # a clear error for an unknown name
-        if self.vision_feature_select_strategy not in ("default", "full"):
-            raise ValueError(
-                "LlavaConfig.vision_feature_select_strategy: expected 'default' "
-                f"(drop CLS) or 'full', got {self.vision_feature_select_strategy!r}"
-            )
-        if self.vision_feature_select_strategy == "default" and not self.vision.class_token:
-            raise ValueError(
-                "LlavaConfig: select strategy 'default' drops the CLS token, but "
-                "the vision config has class_token=False; use 'full'"
-            )
-        n = self.vision.depth + 1
-        for layer in self.feature_layers_raw:
-            if not isinstance(layer, int) or not -n <= layer < n:
-                raise ValueError(
-                    f"LlavaConfig.vision_feature_layer: expected ints in [{-n}, "
-                    f"{n - 1}] (the {n} hidden states of a depth-{n - 1} ViT), "
-                    f"got {self.vision_feature_layer!r}"
-                )
-        if not 0 <= self.image_token_id < self.text.vocab_size:
-            raise ValueError(
-                f"LlavaConfig.image_token_id={self.image_token_id} is outside the "
-                f"language model's vocabulary [0, {self.text.vocab_size})"
-            )
+        n, strategy = self.vision.depth + 1, self.vision_feature_select_strategy
+        checks = [
+            (self.projector_type in PROJECTOR_TYPES, f".projector_type: expected one of "
+             f"{PROJECTOR_TYPES}, got {self.projector_type!r}"),
+            (strategy in ("default", "full"), ".vision_feature_select_strategy: expected "
+             f"'default' (drop CLS) or 'full', got {strategy!r}"),
+            (strategy != "default" or self.vision.class_token, ": select strategy 'default' drops "
+             "the CLS token, but the vision config has class_token=False; use 'full'"),
+            (all(isinstance(v, int) and -n <= v < n for v in self.feature_layers_raw),
+             f".vision_feature_layer: expected ints in [{-n}, {n - 1}] (the {n} hidden states of "
+             f"a depth-{n - 1} ViT), got {self.vision_feature_layer!r}"),
+            (0 <= self.image_token_id < self.text.vocab_size, f".image_token_id="
+             f"{self.image_token_id} is outside the language model's vocabulary "
+             f"[0, {self.text.vocab_size})"),
+        ]  # fmt: skip
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"LlavaConfig{msg}")
 
     @property
     def feature_layers_raw(self) -> list[int]:
@@ -238,7 +233,7 @@ def merge_image_features(
             raise ValueError(
                 f"merge_image_features: batch row {r}: expected {want} image tokens (id "
                 f"{image_token_id}, one per image feature), got {got}; build the prompt with "
-                f"num_image_tokens={N} or expand_image_tokens(...)"
+                f"num_image_tokens={N} or minivlm.data.chat.expand_image_tokens(...)"
             )
     if not total_ok:
         raise ValueError(
@@ -248,61 +243,6 @@ def merge_image_features(
     feats = image_features.to(inputs_embeds.dtype).reshape(-1, image_features.shape[-1])
     out = inputs_embeds.clone()
     out[slots] = feats  # boolean indexing visits the slots in row-major order, like masked_scatter
-    return out
-
-
-def expand_image_tokens(
-    input_ids: Tensor,
-    num_image_tokens: int,
-    image_token_id: int = IMAGE_TOKEN_ID,
-    attention_mask: Tensor | None = None,
-    labels: Tensor | None = None,
-    pad_id: int = 0,
-) -> dict[str, Tensor]:
-    """Repeat each single ``<image>`` token ``num_image_tokens`` times (HF-processor style).
-
-    input_ids (B, T) right-padded (``attention_mask`` (B, T) 1/0, default all ones). Returns
-    ``input_ids``, ``attention_mask`` and (when given) ``labels`` (B, T'), right-padded with
-    ``pad_id`` / 0 / -100; labels at the new image slots are -100.
-    """
-    if input_ids.dim() != 2:
-        raise ValueError(
-            f"expand_image_tokens: expected input_ids (B, T), got {tuple(input_ids.shape)}"
-        )
-    if num_image_tokens < 1:
-        raise ValueError(
-            f"expand_image_tokens: num_image_tokens must be >= 1, got {num_image_tokens}"
-        )
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    for name, t in (("attention_mask", attention_mask), ("labels", labels)):
-        if t is not None and t.shape != input_ids.shape:
-            raise ValueError(
-                f"expand_image_tokens: {name} {tuple(t.shape)} does not match "
-                f"input_ids {tuple(input_ids.shape)}"
-            )
-    rows_ids, rows_lab = [], []
-    for r in range(input_ids.shape[0]):
-        keep = attention_mask[r].bool()
-        ids = input_ids[r][keep]  # (t,) real tokens
-        reps = torch.where(ids == image_token_id, num_image_tokens, 1)  # (t,)
-        rows_ids.append(ids.repeat_interleave(reps))
-        if labels is not None:
-            lab = labels[r][keep].masked_fill(ids == image_token_id, IGNORE_INDEX)
-            rows_lab.append(lab.repeat_interleave(reps))
-    T = max((len(x) for x in rows_ids), default=0)
-    B = len(rows_ids)
-    out = {
-        "input_ids": input_ids.new_full((B, T), pad_id),
-        "attention_mask": attention_mask.new_zeros((B, T)),
-    }
-    if labels is not None:
-        out["labels"] = labels.new_full((B, T), IGNORE_INDEX)
-    for r, ids in enumerate(rows_ids):
-        out["input_ids"][r, : len(ids)] = ids
-        out["attention_mask"][r, : len(ids)] = 1
-        if labels is not None:
-            out["labels"][r, : len(ids)] = rows_lab[r]
     return out
 
 

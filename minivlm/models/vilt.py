@@ -8,19 +8,12 @@ ViT-style transformer reads the concatenation ``[text; image]`` (a "single-strea
 §3.1). Everything the two modalities learn about each other is learned in the
 attention layers of that one transformer.
 
-Reading order of this file::
+Read top to bottom: :class:`ViLTConfig`, :class:`ViLTOutput`, :func:`build_single_stream_input`
+([text; image] + modality types, joint mask), :class:`ViLT` (embeddings -> blocks -> heads).
 
-    ViLTConfig, ViLTOutput
-    build_single_stream_input   [text; image] + modality-type embeddings, joint padding mask
-    ViLT                        embeddings -> pre-norm blocks -> LayerNorm -> pooler -> heads
-    mask_tokens                 BERT 80/10/10 masking for MLM
-    sample_itm_negatives        image-text matching pairs: positives and swapped negatives
-    itm_loss_with_negatives     the ITM objective in one call
-    make_pretraining_batch      ITM + MLM pre-training (§3.2) as one forward pass
-    cost_matrix_cosine, ipot,
-    wasserstein_distance,
-    wpa_loss                    word-patch alignment by optimal transport (§3.2)
-
+Training batches (``mask_tokens``, ``sample_itm_negatives`` -- re-exported here --,
+``itm_loss_with_negatives``, ``make_pretraining_batch``) and word-patch alignment by optimal
+transport (``wasserstein_distance``, ``wpa_loss``) are shared in :mod:`minivlm.objectives`.
 ``ViLT.from_hf`` calls :mod:`minivlm.interop.vilt`; the presets (``vilt_tiny``, ``vilt_b32``)
 are in :mod:`minivlm.presets`.
 """
@@ -34,9 +27,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minivlm.nn.attention import padding_mask
-from minivlm.nn.bert import BertEncoder, BertMLMHead, TextConfig
+from minivlm.nn.bert import BertEncoder, BertMLMHead, TextConfig, init_weights
 from minivlm.nn.blocks import TransformerBlock, get_activation
-from minivlm.objectives import mask_tokens, sample_itm_negatives
+from minivlm.nn.vit import check_padded_images, embed_padded_images
+from minivlm.objectives import mask_tokens, sample_itm_negatives, wasserstein_distance, wpa_loss
 
 Tensor = torch.Tensor
 
@@ -45,14 +39,8 @@ __all__ = [
     "ViLTConfig",
     "ViLTOutput",
     "build_single_stream_input",
-    "cost_matrix_cosine",
-    "ipot",
-    "itm_loss_with_negatives",
-    "make_pretraining_batch",
     "mask_tokens",
     "sample_itm_negatives",
-    "wasserstein_distance",
-    "wpa_loss",
 ]
 
 TEXT_TYPE, IMAGE_TYPE = 0, 1  # modality-type ids (§3.1): t^type for words, v^type for patches
@@ -67,11 +55,10 @@ TEXT_TYPE, IMAGE_TYPE = 0, 1  # modality-type ids (§3.1): t^type for words, v^t
 class ViLTConfig:
     """Sizes and switches of ViLT (defaults: ViLT-B/32 as Hugging Face's ``ViltConfig()``).
 
-    Text side (BERT's embedding layer): ``vocab_size`` words, ``max_text_len`` learned
-    positions (40 in the paper's code), ``type_vocab_size`` BERT segment embeddings (always
-    segment 0 here). Image side (ViT's): ``patch_size`` patches, learned positions for an
-    ``image_size`` square image, interpolated to other sizes. Transformer: ``depth`` pre-norm
-    blocks of width ``dim``. The pooler is BERT's ``tanh(dense(h_first))``.
+    Text (BERT's embedding layer): ``vocab_size`` words, ``max_text_len`` learned positions
+    (40 in the paper's code), ``type_vocab_size`` segments (always 0 here). Image (ViT's):
+    ``patch_size`` patches, positions learned for an ``image_size`` square, interpolated to
+    other sizes. ``depth`` pre-norm blocks of width ``dim``; pooler ``tanh(dense(h_first))``.
 
     Heads (§3.2, §4): ``itm_head`` (image-text matching, 2 classes), ``mlm_head`` (masked
     language modelling, decoder tied to the word embeddings) and a VQA classifier over
@@ -109,29 +96,22 @@ class ViLTConfig:
     wpa_iters: int = 50
 
     def __post_init__(self) -> None:
-        if self.dim % self.num_heads:
-            raise ValueError(
-                f"ViLTConfig: dim {self.dim} is not divisible by num_heads {self.num_heads}"
-            )
-        if self.image_size < self.patch_size:
-            raise ValueError(
-                f"ViLTConfig: image_size {self.image_size} is smaller than patch_size "
-                f"{self.patch_size}"
-            )
-        if self.modality_type_vocab_size < 2:
-            raise ValueError(
-                "ViLTConfig: modality_type_vocab_size must be >= 2 (text 0, image 1), got "
-                f"{self.modality_type_vocab_size}"
-            )
-        if self.vqa_loss not in ("bce", "ce"):
-            raise ValueError(f"ViLTConfig: vqa_loss must be 'bce' or 'ce', got {self.vqa_loss!r}")
-        if self.num_answers < 0:
-            raise ValueError(f"ViLTConfig: num_answers must be >= 0, got {self.num_answers}")
-        if not self.pooler and (self.itm_head or self.num_answers):
-            raise ValueError(
-                "ViLTConfig: the ITM and VQA heads read the pooled output; set pooler=True "
-                "or itm_head=False, num_answers=0"
-            )
+        checks = [
+            (self.dim % self.num_heads == 0,
+             f"dim {self.dim} is not divisible by num_heads {self.num_heads}"),
+            (self.image_size >= self.patch_size,
+             f"image_size {self.image_size} is smaller than patch_size {self.patch_size}"),
+            (self.modality_type_vocab_size >= 2, "modality_type_vocab_size must be >= 2 "
+             f"(text 0, image 1), got {self.modality_type_vocab_size}"),
+            (self.vqa_loss in ("bce", "ce"),
+             f"vqa_loss must be 'bce' or 'ce', got {self.vqa_loss!r}"),
+            (self.num_answers >= 0, f"num_answers must be >= 0, got {self.num_answers}"),
+            (self.pooler or not (self.itm_head or self.num_answers), "the ITM and VQA heads read "
+             "the pooled output; set pooler=True or itm_head=False, num_answers=0"),
+        ]  # fmt: skip
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"ViLTConfig: {msg}")
         get_activation(self.act)  # raises a clear error for an unknown name
 
     @property
@@ -150,19 +130,13 @@ class ViLTConfig:
 
 @dataclass
 class ViLTOutput:
-    """What :meth:`ViLT.forward` returns.
-
-    loss: sum of the losses whose targets were given (``loss_itm + loss_mlm + loss_vqa +
-        wpa_weight * loss_wpa``); None without targets.
-    last_hidden_state: (B, T + 1 + N, D) after the final LayerNorm: the T text tokens first,
-        then the image CLS token, then the N patches in raster order.
-    pooler_output: (B, D) ``tanh(dense(last_hidden_state[:, 0]))``.
-    itm_logits (B, 2), mlm_logits (B, T, vocab), vqa_logits (B, num_answers): head outputs
-        (None where the model has no such head).
-    attentions: one (B, H, L, L) map per layer when ``need_weights`` (L = T + 1 + N).
-    text_len: T, so ``last_hidden_state[:, :text_len]`` are the text tokens.
-    joint_mask: (B, L) 1/0 mask of real tokens (text ``attention_mask`` then image mask).
-    """
+    """What :meth:`ViLT.forward` returns: ``loss`` = ``loss_itm + loss_mlm + loss_vqa +
+    wpa_weight * loss_wpa`` over the targets given (None without); ``last_hidden_state``
+    (B, L = T+1+N, D) after the final LayerNorm: T text tokens, the image CLS, N patches in
+    raster order (``text_len`` = T); ``pooler_output`` (B, D) ``tanh(dense(h[:, 0]))``; head
+    outputs ``itm_logits`` (B, 2), ``mlm_logits`` (B, T, vocab), ``vqa_logits`` (B, A) (None
+    without the head); ``attentions``, one (B, H, L, L) map per layer with ``need_weights``;
+    ``joint_mask`` (B, L) 1/0 for real tokens (text ``attention_mask``, then the image's)."""
 
     loss: Tensor | None = None
     loss_itm: Tensor | None = None
@@ -210,26 +184,20 @@ def build_single_stream_input(
             f"(B, 1+N, D), got {tuple(text_embeds.shape)} and {tuple(image_embeds.shape)}"
         )
     B, T, D = text_embeds.shape
-    if image_embeds.shape[0] != B or image_embeds.shape[2] != D:
-        raise ValueError(
-            f"build_single_stream_input: image_embeds must have shape ({B}, 1+N, {D}) to match "
-            f"text_embeds {tuple(text_embeds.shape)}, got {tuple(image_embeds.shape)}"
-        )
-    if tuple(text_mask.shape) != (B, T):
-        raise ValueError(
-            f"build_single_stream_input: expected text_mask of shape ({B}, {T}), "
-            f"got {tuple(text_mask.shape)}"
-        )
-    if tuple(image_mask.shape) != tuple(image_embeds.shape[:2]):
-        raise ValueError(
-            f"build_single_stream_input: expected image_mask of shape "
-            f"{tuple(image_embeds.shape[:2])}, got {tuple(image_mask.shape)}"
-        )
-    if type_embedding.embedding_dim != D:
-        raise ValueError(
-            f"build_single_stream_input: type_embedding has width {type_embedding.embedding_dim}"
-            f", expected {D}"
-        )
+    checks = [
+        (image_embeds.shape[0] == B and image_embeds.shape[2] == D,
+         f"image_embeds must have shape ({B}, 1+N, {D}) to match text_embeds "
+         f"{tuple(text_embeds.shape)}, got {tuple(image_embeds.shape)}"),
+        (tuple(text_mask.shape) == (B, T),
+         f"expected text_mask of shape ({B}, {T}), got {tuple(text_mask.shape)}"),
+        (tuple(image_mask.shape) == tuple(image_embeds.shape[:2]), "expected image_mask of shape "
+         f"{tuple(image_embeds.shape[:2])}, got {tuple(image_mask.shape)}"),
+        (type_embedding.embedding_dim == D,
+         f"type_embedding has width {type_embedding.embedding_dim}, expected {D}"),
+    ]  # fmt: skip
+    for ok, msg in checks:
+        if not ok:
+            raise ValueError(f"build_single_stream_input: {msg}")
     device = text_embeds.device
     text_type = torch.full((B, T), TEXT_TYPE, dtype=torch.long, device=device)
     img_type = torch.full(image_embeds.shape[:2], image_type, dtype=torch.long, device=device)
@@ -259,9 +227,8 @@ class ViLT(nn.Module):
     ``model(input_ids, pixel_values, attention_mask)`` gives the same ``last_hidden_state``
     as Hugging Face's ``ViltModel`` (see :meth:`from_hf`). Images may have another size than
     ``config.image_size`` (divisible by the patch size); ``pixel_mask`` (B, H, W) marks the
-    real pixels of images padded at the right and bottom, as ``ViltImageProcessor`` pads.
-    Unlike HF (and the paper's code, which can sample at most ``max_image_len`` patches),
-    every patch is kept, in raster order; padded patches are masked out instead.
+    real pixels of images padded at the right and bottom (as ``ViltImageProcessor``). Every
+    patch is kept, in raster order (HF and the paper's code sample them); padding is masked.
     """
 
     def __init__(self, config: ViLTConfig | None = None, **overrides) -> None:
@@ -311,114 +278,27 @@ class ViLT(nn.Module):
             self.mlm_head.tie_weights(self.text_embeddings.word_embeddings)
 
     def reset_parameters(self) -> None:
-        """ViLT's init: normal(0, 0.02) for linears and embeddings, truncated normal
-        positions and CLS, unit LayerNorms, zero biases (the patch Conv2d keeps PyTorch's)."""
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(m.weight, std=0.02)
-                if isinstance(m, nn.Linear) and m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        """ViLT's init: BERT's (:func:`~minivlm.nn.bert.init_weights`: normal(0, 0.02) linears
+        and embeddings, zero biases and padding row, unit LayerNorms), truncated normal
+        positions and CLS (the patch Conv2d keeps PyTorch's)."""
+        init_weights(self)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-        pad = self.text_embeddings.word_embeddings.padding_idx
-        if pad is not None:
-            with torch.no_grad():
-                self.text_embeddings.word_embeddings.weight[pad].zero_()
 
     # -- embeddings ---------------------------------------------------------
-
-    def _check_images(self, pixel_values: Tensor, pixel_mask: Tensor | None) -> None:
-        cfg = self.config
-        if not isinstance(pixel_values, Tensor) or pixel_values.dim() != 4:
-            shape = (
-                tuple(pixel_values.shape)
-                if isinstance(pixel_values, Tensor)
-                else type(pixel_values).__name__
-            )
-            raise ValueError(
-                f"ViLT: expected pixel_values of shape (B, {cfg.in_chans}, H, W), got {shape}"
-            )
-        B, C, H, W = pixel_values.shape
-        if C != cfg.in_chans:
-            raise ValueError(
-                f"ViLT: expected {cfg.in_chans} channels in pixel_values (B, C, H, W), got shape "
-                f"{tuple(pixel_values.shape)}"
-            )
-        if not pixel_values.is_floating_point():
-            raise TypeError(f"ViLT: expected floating-point pixel_values, got {pixel_values.dtype}")
-        if H % cfg.patch_size or W % cfg.patch_size:
-            raise ValueError(
-                f"ViLT: image size {H}x{W} is not divisible by patch_size {cfg.patch_size}; "
-                "pad images at the right/bottom (and pass pixel_mask) as ViltImageProcessor does"
-            )
-        if pixel_mask is not None and tuple(pixel_mask.shape) != (B, H, W):
-            raise ValueError(
-                f"ViLT: expected pixel_mask of shape ({B}, {H}, {W}) (1 = real pixel), got "
-                f"{tuple(pixel_mask.shape)}"
-            )
-
-    def patch_positions(
-        self, h: int, w: int, valid_hw: tuple[Tensor, Tensor] | None = None, batch: int = 1
-    ) -> Tensor:
-        """Learned patch positions for an (h, w) patch grid, (B or 1, h*w, D).
-
-        The (g, g) table learned at ``image_size`` is resized with bilinear interpolation
-        (``align_corners=True``, as ViLT's code and HF do). With ``valid_hw`` = per-image
-        numbers of real patch rows and columns (B,), (B,), each image gets the table resized
-        to its own real region, and zeros at its padding patches.
-        """
-        g, D = self.config.grid_size, self.config.dim
-        table = self.pos_embed[:, 1:].transpose(1, 2).reshape(1, D, g, g)  # (1, D, g, g)
-
-        def resize(size: tuple[int, int]) -> Tensor:
-            if size == (g, g):
-                return table
-            return F.interpolate(table, size=size, mode="bilinear", align_corners=True)
-
-        if valid_hw is None:  # every patch is real: one table for the whole batch
-            return resize((h, w)).flatten(2).transpose(1, 2)  # (1, h*w, D)
-        vh, vw = valid_hw
-        out = table.new_zeros(batch, D, h, w)  # (B, D, h, w), zero at padding patches
-        for hv, wv in torch.stack([vh, vw], dim=1).unique(dim=0).tolist():
-            rows = ((vh == hv) & (vw == wv)).nonzero().flatten()
-            out[rows, :, :hv, :wv] = resize((hv, wv))
-        return out.flatten(2).transpose(1, 2)  # (B, h*w, D)
 
     def embed_image(
         self, pixel_values: Tensor, pixel_mask: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        """(B, C, H, W) images -> image tokens (B, 1+N, D) and their 1/0 mask (B, 1+N).
-
-        Tokens: [image CLS + pos[0]; patch_i + pos_i] (ViT's embedding, §3.1), patches in
-        raster order. ``pixel_mask`` (B, H, W) is resized to the patch grid (nearest), so a
-        patch is padding where the mask is 0 at its sampled pixel (HF's rule).
-        """
-        self._check_images(pixel_values, pixel_mask)
-        x = self.patch_embed(pixel_values.to(self.patch_embed.weight.dtype))  # (B, D, h, w)
-        B, D, h, w = x.shape
-        if pixel_mask is None:
-            patch_mask = torch.ones(B, h * w, dtype=torch.long, device=x.device)  # (B, N)
-            pos = self.patch_positions(h, w)  # (1, N, D)
-        else:
-            grid_mask = F.interpolate(pixel_mask[:, None].float(), size=(h, w))[:, 0].long()
-            vh = grid_mask[:, :, 0].sum(dim=1)  # (B,) real patch rows (first column)
-            vw = grid_mask[:, 0, :].sum(dim=1)  # (B,) real patch columns (first row)
-            if bool((vh == 0).any() | (vw == 0).any()):
-                bad = ((vh == 0) | (vw == 0)).nonzero().flatten().tolist()
-                raise ValueError(
-                    f"ViLT: pixel_mask of images {bad} has no real patch at the top left; real "
-                    "pixels must start at the top-left corner (padding right/bottom)"
-                )
-            patch_mask = grid_mask.flatten(1)  # (B, N)
-            pos = self.patch_positions(h, w, (vh, vw), batch=B)  # (B, N, D)
-        patches = x.flatten(2).transpose(1, 2) + pos  # (B, N, D)
-        cls = (self.cls_token + self.pos_embed[:, :1]).expand(B, -1, -1)  # (B, 1, D)
-        image = self.image_drop(torch.cat([cls, patches], dim=1))  # (B, 1+N, D)
-        mask = torch.cat([patch_mask.new_ones(B, 1), patch_mask], dim=1)  # (B, 1+N)
-        return image, mask
+        """(B, C, H, W) images -> image tokens (B, 1+N, D) and their 1/0 mask (B, 1+N):
+        [image CLS + pos[0]; patch_i + pos_i] (ViT's embedding, §3.1), patches in raster
+        order, positions resized to each image's real patch grid
+        (:func:`~minivlm.nn.vit.embed_padded_images`)."""
+        check_padded_images(pixel_values, pixel_mask, self.config.in_chans,
+                            self.config.patch_size, "ViLT")  # fmt: skip
+        image, mask = embed_padded_images(pixel_values, pixel_mask, self.patch_embed,
+                                          self.cls_token, self.pos_embed, "ViLT")  # fmt: skip
+        return self.image_drop(image), mask  # (B, 1+N, D), (B, 1+N)
 
     def embed(
         self,
@@ -447,21 +327,20 @@ class ViLT(nn.Module):
         if not (isinstance(input_ids, Tensor) and input_ids.dim() == 2):
             return  # BertEncoder.embed names the expected shape
         B, T = input_ids.shape
-        if T > self.config.max_text_len:
-            raise ValueError(
-                f"ViLT: captions of {T} tokens exceed max_text_len "
-                f"{self.config.max_text_len} (the learned text positions); truncate them"
-            )
-        if attention_mask is not None and tuple(attention_mask.shape) != (B, T):
-            raise ValueError(
-                f"ViLT: expected attention_mask of shape ({B}, {T}) like input_ids, got "
-                f"{tuple(attention_mask.shape)}"
-            )
-        if isinstance(pixel_values, Tensor) and pixel_values.dim() == 4 and len(pixel_values) != B:
-            raise ValueError(
-                f"ViLT: input_ids hold {B} captions but pixel_values {len(pixel_values)} images; "
-                "pass one image per caption"
-            )
+        images = isinstance(pixel_values, Tensor) and pixel_values.dim() == 4
+        n_img = len(pixel_values) if images else B  # other inputs: checked in embed_image
+        checks = [
+            (T <= self.config.max_text_len, f"captions of {T} tokens exceed max_text_len "
+             f"{self.config.max_text_len} (the learned text positions); truncate them"),
+            (attention_mask is None or tuple(attention_mask.shape) == (B, T),
+             f"expected attention_mask of shape ({B}, {T}) like input_ids, got "
+             f"{tuple(getattr(attention_mask, 'shape', ()))}"),
+            (n_img == B, f"input_ids hold {B} captions but pixel_values {n_img} images; pass one "
+             "image per caption"),
+        ]  # fmt: skip
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"ViLT: {msg}")
 
     # -- forward ------------------------------------------------------------
 
@@ -530,21 +409,15 @@ class ViLT(nn.Module):
     ) -> None:
         """Each given target has its head and the shape that head's logits need."""
         B, T = out.last_hidden_state.shape[0], out.text_len
-        if itm is not None:
-            if out.itm_logits is None:
-                raise ValueError("ViLT: itm_labels given but the model has no ITM head (itm_head)")
-            if tuple(itm.shape) != (B,):
-                raise ValueError(
-                    f"ViLT: expected itm_labels of shape ({B},), got {tuple(itm.shape)}"
-                )
-        if mlm is not None:
-            if out.mlm_logits is None:
-                raise ValueError("ViLT: mlm_labels given but the model has no MLM head (mlm_head)")
-            if tuple(mlm.shape) != (B, T):
-                raise ValueError(
-                    f"ViLT: expected mlm_labels of shape {(B, T)} like input_ids, "
-                    f"got {tuple(mlm.shape)}"
-                )
+        for name, labels, logits, shape in (("itm", itm, out.itm_logits, (B,)),
+                                            ("mlm", mlm, out.mlm_logits, (B, T))):  # fmt: skip
+            if labels is not None and logits is None:
+                raise ValueError(f"ViLT: {name}_labels given but the model has no "
+                                 f"{name.upper()} head ({name}_head)")  # fmt: skip
+            if labels is not None and tuple(labels.shape) != shape:
+                raise ValueError(f"ViLT: expected {name}_labels of shape {shape}"
+                                 f"{' like input_ids' if name == 'mlm' else ''}, got "
+                                 f"{tuple(labels.shape)}")  # fmt: skip
         if vqa is None:
             return
         if out.vqa_logits is None:
@@ -557,10 +430,8 @@ class ViLT(nn.Module):
             if bool(((vqa[keep] < 0) | (vqa[keep] >= A)).any()):
                 raise ValueError(f"ViLT: vqa_labels must be answer ids in 0..{A - 1} (or -100)")
         elif tuple(vqa.shape) != (B, A) or not vqa.is_floating_point():
-            raise ValueError(
-                f"ViLT: expected vqa_labels as answer ids (B,) or float soft scores ({B}, {A}), "
-                f"got {vqa.dtype} {tuple(vqa.shape)}"
-            )
+            raise ValueError(f"ViLT: expected vqa_labels as answer ids (B,) or float soft scores "
+                             f"({B}, {A}), got {vqa.dtype} {tuple(vqa.shape)}")  # fmt: skip
 
     # -- losses -------------------------------------------------------------
 
@@ -573,12 +444,9 @@ class ViLT(nn.Module):
         return _mean_ce(logits.flatten(0, 1), labels.flatten().long())
 
     def _vqa_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """VQA as answer classification (§4, VQAv2).
-
-        Soft scores (B, A) with ``vqa_loss="bce"``: the paper's binary cross-entropy per
-        answer, multiplied by A (as its code, after Kim et al.'s BAN). Answer ids (B,) are
-        one-hot for BCE or used directly by cross-entropy (``vqa_loss="ce"``); -100 skips a row.
-        """
+        """VQA as answer classification (§4, VQAv2). Soft scores (B, A) with ``vqa_loss="bce"``:
+        the paper's binary cross-entropy per answer, times A (as its code, after BAN). Answer
+        ids (B,) are one-hot for BCE or used directly by ``vqa_loss="ce"``; -100 skips a row."""
         A = logits.shape[1]
         if labels.dim() == 1 and not labels.is_floating_point():  # answer ids (B,)
             keep = labels != -100
@@ -593,11 +461,9 @@ class ViLT(nn.Module):
         return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype)) * A
 
     def _wpa_loss(self, x: Tensor, joint: Tensor, T: int, itm_labels: Tensor) -> Tensor:
-        """Word-patch alignment on the ITM rows (see :func:`wpa_loss`).
-
-        As in the paper's code, the text [CLS] (first token), the last real text token
-        ([SEP] in BERT tokenisation) and the image CLS do not take part.
-        """
+        """Word-patch alignment on the ITM rows (:func:`~minivlm.objectives.wpa_loss`); as in
+        the paper's code, the text [CLS], the last real text token ([SEP]) and the image CLS
+        do not take part."""
         rows = itm_labels != -100
         text_mask = joint[:, :T].bool().clone()  # (B, T)
         last = text_mask.long().sum(dim=1) - 1  # (B,) index of the last real text token
@@ -615,19 +481,9 @@ class ViLT(nn.Module):
 
     @classmethod
     def from_hf(cls, model: nn.Module) -> ViLT:
-        """Build a ViLT with the config and weights of a Hugging Face ``ViltModel``.
-
-        Also accepts the task models, taking ``.vilt`` and copying their head:
-        ``ViltForMaskedLM`` -> ``mlm_head`` (tied to the word embeddings, as in HF),
-        ``ViltForQuestionAnswering`` -> ``vqa_head``, ``ViltForImageAndTextRetrieval`` ->
-        ``itm_head`` with row 1 = HF's ``rank_output`` and row 0 = 0, so
-        ``itm_logits[:, 1]`` equals HF's retrieval logit. Other models copy the backbone only.
-
-        ``model(ids, pixels, mask).last_hidden_state`` then equals HF's with its patch
-        sampling (``torch.multinomial``) made the identity: HF visits the patches in a random
-        order even when it keeps them all, and at most ``max_image_length`` of them when
-        that is positive; minivlm keeps all, in raster order.
-        """
+        """Build a ViLT with the config and weights of a Hugging Face ``ViltModel`` (or a
+        ``Vilt...For...`` task model, its head copied too; details in
+        :func:`minivlm.interop.vilt.vilt_from_hf`)."""
         from minivlm.interop.vilt import vilt_from_hf
 
         return vilt_from_hf(cls, ViLTConfig, model)
@@ -638,136 +494,3 @@ def _mean_ce(logits: Tensor, labels: Tensor) -> Tensor:
     if not bool((labels != -100).any()):
         return logits.sum() * 0.0
     return F.cross_entropy(logits, labels, ignore_index=-100)
-
-
-def itm_loss_with_negatives(
-    model: ViLT,
-    batch: dict[str, Tensor],
-    generator: torch.Generator | None = None,
-    image_prob: float = 0.5,
-) -> ViLTOutput:
-    """Run ``model`` on the positives and sampled negatives of ``batch`` (ITM, §3.2).
-
-    Returns the :class:`ViLTOutput` of the 2B pairs of :func:`sample_itm_negatives`;
-    its ``loss`` is ``loss_itm`` (plus ``wpa_weight * loss_wpa`` when WPA is on).
-    """
-    pairs = sample_itm_negatives(batch, generator, image_prob)
-    inputs = {k: v for k, v in pairs.items() if k not in ("partner", "swapped_image")}
-    return model(**inputs)
-
-
-def make_pretraining_batch(
-    batch: dict[str, Tensor],
-    mask_id: int,
-    vocab_size: int,
-    special_ids: list[int] | tuple[int, ...] | Tensor,
-    mlm_prob: float = 0.15,
-    image_prob: float = 0.5,
-    generator: torch.Generator | None = None,
-) -> dict[str, Tensor]:
-    """ViLT's pre-training step (§3.2) as one batch of 3B rows for ``model(**batch)``.
-
-    The paper runs two passes: MLM on masked captions with their own images, and ITM (with
-    WPA) on unmasked captions, half of them with a wrong partner. Here they are stacked:
-    rows 0..B-1 are the MLM pass (``itm_labels`` = -100), rows B..3B-1 the ITM pass of
-    :func:`sample_itm_negatives` (``mlm_labels`` all -100), so ``loss = loss_itm + loss_mlm``.
-    """
-    ids = batch["input_ids"]
-    masked, mlm = mask_tokens(ids, mask_id, vocab_size, special_ids, mlm_prob, generator)
-    itm = sample_itm_negatives(batch, generator, image_prob)
-    B = ids.shape[0]
-    out: dict[str, Tensor] = {}
-    for key, value in itm.items():
-        if key in ("partner", "swapped_image", "itm_labels"):
-            continue
-        first = masked if key == "input_ids" else batch[key]
-        out[key] = torch.cat([first, value], dim=0)
-    out["itm_labels"] = torch.cat([torch.full_like(itm["itm_labels"][:B], -100),
-                                   itm["itm_labels"]])  # fmt: skip
-    out["mlm_labels"] = torch.cat([mlm, torch.full_like(itm["input_ids"], -100)], dim=0)
-    return out
-
-
-# ---------------------------------------------------------------------------
-# Word-patch alignment (§3.2): optimal transport between words and patches
-# ---------------------------------------------------------------------------
-
-
-def cost_matrix_cosine(x: Tensor, y: Tensor, eps: float = 1e-5) -> Tensor:
-    """Cosine distance 1 - cos(x_i, y_j) between every pair: (B, M, D), (B, N, D) -> (B, M, N)."""
-    x = F.normalize(x, dim=-1, eps=eps)
-    y = F.normalize(y, dim=-1, eps=eps)
-    return 1.0 - x @ y.transpose(1, 2)
-
-
-@torch.no_grad()
-def ipot(
-    cost: Tensor, x_mask: Tensor, y_mask: Tensor, beta: float = 0.5, iters: int = 50, k: int = 1
-) -> Tensor:
-    """Inexact proximal point method for optimal transport (Xie et al. 2019, Alg. 1).
-
-    Finds a transport plan P (B, M, N) between uniform distributions over the real tokens of
-    x (``x_mask`` (B, M) bool) and of y (``y_mask`` (B, N)) that (approximately) minimises
-    <C, P>. Each outer step solves a proximal problem min <C, P> + beta * KL(P || P_t) with
-    ``k`` Sinkhorn-style scaling steps:
-
-        G = exp(-C / beta);   Q = G * P_t
-        b = nu / (Q^T a);     a = mu / (Q b);    P_{t+1} = diag(a) Q diag(b)
-
-    A small ``k`` (1 in ViLT/UNITER) makes it "inexact"; unlike entropic Sinkhorn, the plan
-    still converges to the exact optimum as t grows. Padding gets no mass.
-    """
-    xm, ym = x_mask.to(cost.dtype), y_mask.to(cost.dtype)  # (B, M), (B, N)
-    joint = xm[:, :, None] * ym[:, None, :]  # (B, M, N) 1 where both tokens are real
-    mu = xm / xm.sum(1, keepdim=True).clamp_min(1)  # (B, M) uniform over real x tokens
-    nu = ym / ym.sum(1, keepdim=True).clamp_min(1)  # (B, N)
-    G = torch.exp(-cost / beta) * joint  # (B, M, N)
-    P = joint.clone()
-    a = mu.clone()
-    for _ in range(iters):
-        Q = G * P
-        for _ in range(k):
-            b = nu / (Q.transpose(1, 2) @ a[..., None])[..., 0].clamp_min(1e-30)  # (B, N)
-            a = mu / (Q @ b[..., None])[..., 0].clamp_min(1e-30)  # (B, M)
-        P = a[:, :, None] * Q * b[:, None, :]
-    return P * joint
-
-
-def wasserstein_distance(
-    text_feats: Tensor,
-    image_feats: Tensor,
-    text_mask: Tensor,
-    image_mask: Tensor,
-    beta: float = 0.5,
-    iters: int = 50,
-) -> Tensor:
-    """Optimal-transport distance between each caption's words and its image's patches, (B,).
-
-    D = <C, P*> with C the cosine-distance matrix (B, M, N) and P* the IPOT plan; P* is
-    treated as a constant, so the gradient is that of <C, P*> (the plan says which word is
-    pulled towards which patches). Masked (False) tokens take no part.
-    """
-    with torch.autocast(text_feats.device.type, enabled=False):  # float32, as ViLT's code
-        cost = cost_matrix_cosine(text_feats.float(), image_feats.float())  # (B, M, N)
-        joint = text_mask.bool()[:, :, None] & image_mask.bool()[:, None, :]
-        cost = cost.masked_fill(~joint, 0.0)
-        plan = ipot(cost.detach(), text_mask.bool(), image_mask.bool(), beta, iters)  # (B, M, N)
-        return (cost * plan).sum(dim=(1, 2))  # (B,)
-
-
-def wpa_loss(distance: Tensor, itm_labels: Tensor) -> Tensor:
-    """Word-patch alignment loss (§3.2): pull matching pairs' words and patches together.
-
-    ``(sum of distances of positive pairs - sum over negative pairs) / number of pairs``:
-    matching pairs (label 1) minimise their transport distance, mismatched pairs (label 0)
-    maximise it. ViLT adds it to ITM with weight 0.1 (``ViLTConfig.wpa_weight``).
-    """
-    if distance.shape != itm_labels.shape:
-        raise ValueError(
-            f"wpa_loss: distance {tuple(distance.shape)} and itm_labels "
-            f"{tuple(itm_labels.shape)} must have the same shape (B,)"
-        )
-    if distance.numel() == 0:
-        return distance.sum()
-    sign = torch.where(itm_labels == 1, 1.0, -1.0).to(distance.dtype)
-    return (sign * distance).sum() / distance.numel()
