@@ -107,3 +107,11 @@ def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> i
         seen.add(id(p))
         total += p.numel()
     return total
+
+
+def raise_first(prefix: str, checks: list[tuple[bool, str]]) -> None:
+    """Raise ``ValueError(prefix + message)`` for the first ``(ok, message)`` whose ``ok`` is
+    false: the models' input and config checks are written as such tables, after the math."""
+    for ok, msg in checks:
+        if not ok:
+            raise ValueError(f"{prefix}{msg}")

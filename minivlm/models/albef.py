@@ -50,23 +50,17 @@ from minivlm.objectives import (
     sample_hard_negatives,
     soft_cross_entropy,
 )
+from minivlm.utils import raise_first
 
 Tensor = torch.Tensor
 
-__all__ = [
-    "ALBEF",
-    "ALBEFConfig",
-    "ALBEFOutput",
-    "MOMENTUM_MODULES",
-]
+__all__ = ["ALBEF", "ALBEFConfig", "ALBEFOutput", "MOMENTUM_MODULES"]
 
 # BERT-base-uncased ids: [PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103
 _BERT_SPECIAL_IDS = (0, 100, 101, 102, 103)
 
 
-# ---------------------------------------------------------------------------
-# Configuration
-# ---------------------------------------------------------------------------
+# --- Configuration -----------------------------------------------------------------------------
 
 
 def albef_vision_config(**overrides: Any) -> ViTConfig:
@@ -149,7 +143,7 @@ class ALBEFConfig:
              f": fusion_from must be in 1..{self.text.depth - 1} (text depth {self.text.depth}) "
              f"so that both text and fusion layers exist, got {self.fusion_from}"),
         ]  # fmt: skip
-        _raise_first(checks)
+        raise_first("ALBEFConfig", checks)
 
     def _check_values(self) -> None:
         checks = [
@@ -168,24 +162,16 @@ class ALBEFConfig:
              f"mask_token_id {self.mask_token_id} is outside the vocabulary "
              f"0..{self.text.vocab_size - 1}"),
         ]  # fmt: skip
-        _raise_first([(ok, ": " + msg) for ok, msg in checks])
-
-
-def _raise_first(checks: list[tuple[bool, str]]) -> None:
-    for ok, msg in checks:
-        if not ok:
-            raise ValueError(f"ALBEFConfig{msg}")
+        raise_first("ALBEFConfig: ", checks)
 
 
 @dataclass
 class ALBEFOutput:
-    """What :meth:`ALBEF.forward` returns: ``loss`` (the weighted sum of the three), ``alpha``
-    used in this step (0 without ``distill``), ``temperature`` τ after the clamp; ``sim_i2t``,
-    ``sim_t2i`` (B, B+K) online-vs-[momentum batch; queue] similarities / τ and their ITC
-    targets ``itc_targets_*`` (rows sum to 1); ``itm_logits`` (3B, 2) for [positives; (image i,
-    hard-negative text); (hard-negative image, text i)] with ``itm_labels`` [1]*B + [0]*2B and
-    the negatives ``neg_text_idx``, ``neg_image_idx`` (B,); ``mlm_logits`` (B, T, V) and
-    ``mlm_labels`` (B, T) (original ids at masked positions, else -100)."""
+    """:meth:`ALBEF.forward`'s result: ``loss`` (weighted sum), ``alpha`` (0 without distill), τ;
+    ``sim_i2t``/``sim_t2i`` (B, B+K) vs [momentum batch; queue] / τ with ITC targets (rows sum
+    to 1); ``itm_logits`` (3B, 2) for [positives; (image i, negative text); (negative image,
+    text i)], ``itm_labels`` [1]*B + [0]*2B, negatives ``neg_*_idx`` (B,); ``mlm_logits``
+    (B, T, V), ``mlm_labels`` (B, T) (original ids where masked, else -100)."""
 
     loss: Tensor
     loss_itc: Tensor
@@ -205,9 +191,7 @@ class ALBEFOutput:
     mlm_labels: Tensor | None = None
 
 
-# ---------------------------------------------------------------------------
-# The model
-# ---------------------------------------------------------------------------
+# --- The model ---------------------------------------------------------------------------------
 
 # The modules that the momentum (EMA) model copies, §3.3
 MOMENTUM_MODULES = ("image_encoder", "vision_proj", "text_encoder", "text_proj", "mlm_head")

@@ -41,6 +41,7 @@ from minivlm.nn.lm import IGNORE_INDEX, DecoderLM, LMConfig
 from minivlm.nn.qformer import QFormer, QFormerConfig, QFormerOutput, qformer_masks
 from minivlm.nn.vit import ViT, ViTConfig
 from minivlm.objectives import same_pair_mask, sample_hard_negatives
+from minivlm.utils import raise_first
 
 Tensor = torch.Tensor
 
@@ -131,9 +132,7 @@ class Blip2Config:
             (0.0 < self.temp_min <= self.temp <= self.temp_max, "need 0 < temp_min <= temp <= "
              f"temp_max, got {self.temp_min}, {self.temp}, {self.temp_max}"),
         ]  # fmt: skip
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(f"Blip2Config: {msg}")
+        raise_first("Blip2Config: ", checks)
 
 
 @dataclass

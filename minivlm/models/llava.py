@@ -45,6 +45,7 @@ from minivlm.data.chat import (
 from minivlm.nn.blocks import MLP, get_activation
 from minivlm.nn.lm import DecoderLM, LMConfig
 from minivlm.nn.vit import ViT, ViTConfig, clip_vision_config
+from minivlm.utils import raise_first
 
 Tensor = torch.Tensor
 
@@ -130,9 +131,7 @@ class LlavaConfig:
              f"{self.image_token_id} is outside the language model's vocabulary "
              f"[0, {self.text.vocab_size})"),
         ]  # fmt: skip
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(f"LlavaConfig{msg}")
+        raise_first("LlavaConfig", checks)
 
     @property
     def feature_layers_raw(self) -> list[int]:

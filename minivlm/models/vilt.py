@@ -31,6 +31,7 @@ from minivlm.nn.bert import BertEncoder, BertMLMHead, TextConfig, init_weights
 from minivlm.nn.blocks import TransformerBlock, get_activation
 from minivlm.nn.vit import check_padded_images, embed_padded_images
 from minivlm.objectives import mask_tokens, sample_itm_negatives, wasserstein_distance, wpa_loss
+from minivlm.utils import raise_first
 
 Tensor = torch.Tensor
 
@@ -109,9 +110,7 @@ class ViLTConfig:
             (self.pooler or not (self.itm_head or self.num_answers), "the ITM and VQA heads read "
              "the pooled output; set pooler=True or itm_head=False, num_answers=0"),
         ]  # fmt: skip
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(f"ViLTConfig: {msg}")
+        raise_first("ViLTConfig: ", checks)
         get_activation(self.act)  # raises a clear error for an unknown name
 
     @property
@@ -195,9 +194,7 @@ def build_single_stream_input(
         (type_embedding.embedding_dim == D,
          f"type_embedding has width {type_embedding.embedding_dim}, expected {D}"),
     ]  # fmt: skip
-    for ok, msg in checks:
-        if not ok:
-            raise ValueError(f"build_single_stream_input: {msg}")
+    raise_first("build_single_stream_input: ", checks)
     device = text_embeds.device
     text_type = torch.full((B, T), TEXT_TYPE, dtype=torch.long, device=device)
     img_type = torch.full(image_embeds.shape[:2], image_type, dtype=torch.long, device=device)
@@ -338,9 +335,7 @@ class ViLT(nn.Module):
             (n_img == B, f"input_ids hold {B} captions but pixel_values {n_img} images; pass one "
              "image per caption"),
         ]  # fmt: skip
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(f"ViLT: {msg}")
+        raise_first("ViLT: ", checks)
 
     # -- forward ------------------------------------------------------------
 
