@@ -3,7 +3,7 @@
 import importlib
 
 # Each entry is a model file; importing it registers its presets.
-_MODEL_FILES = ["clip", "vilt", "albef", "blip2", "llava"]
+_MODEL_FILES = ["clip", "vilt", "albef", "blip2", "llava", "flamingo"]
 
 for _name in _MODEL_FILES:
     try:
