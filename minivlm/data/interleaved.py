@@ -61,7 +61,8 @@ def _pick_image(rng: np.random.Generator, by_color: list[np.ndarray], color: int
                 avoid: int = -1) -> int:
     pool = by_color[color]
     if len(pool) == 0 or (len(pool) == 1 and pool[0] == avoid):
-        raise ValueError(f"bank: too few images of colour {COLORS[color] if color < 6 else color}")
+        raise ValueError(f"bank: too few images of colour {list(COLORS)[color]!r}; "
+                         "draw a larger bank")
     while True:
         i = int(pool[rng.integers(len(pool))])
         if i != avoid:
