@@ -52,7 +52,7 @@ class Parts:
     name_ids: list[int]
 
 
-def setup(bank: int = 400, heldout: int = 300, seed: int = 0) -> Parts:
+def setup(bank: int = 300, heldout: int = 200, seed: int = 0) -> Parts:
     """Load the zoo parts, draw and encode the image banks (held-out images never trained on)."""
     vit, lm, tok = zoo.load_image_encoder(), zoo.load("shapes_lm"), shapes_tokenizer()
     px, col = single_object_bank(bank, seed=1000 + seed)
@@ -111,7 +111,7 @@ def train(model: Flamingo, parts: Parts, kind: str, steps: int = 200, lr: float 
 
 @torch.no_grad()
 def few_shot_accuracy(model: Flamingo, parts: Parts, shots: tuple[int, ...] = SHOTS,
-                      n: int = 300, seed: int = 0) -> dict[int, float]:
+                      n: int = 200, seed: int = 0) -> dict[int, float]:
     """Held-out accuracy on the query's name, argmax among the NUM_NAMES name tokens."""
     acc = {}
     lo = parts.name_ids[0]
@@ -126,7 +126,7 @@ def few_shot_accuracy(model: Flamingo, parts: Parts, shots: tuple[int, ...] = SH
 
 @torch.no_grad()
 def position_accuracy(model: Flamingo, parts: Parts, mode: str = "previous", images: int = 3,
-                      n: int = 300, seed: int = 0) -> list[float]:
+                      n: int = 200, seed: int = 0) -> list[float]:
     """Colour-word accuracy for image 1..``images`` of held-out caption sequences."""
     b = caption_sequences(parts.test_colors, n, images, parts.tokenizer, seed=20_000 + seed)
     logits = run(model, b, parts.test_tokens, mode, labels=False).logits
