@@ -171,7 +171,7 @@ class PerceiverResampler(nn.Module):
     def __init__(self, dim: int, num_latents: int, depth: int, num_heads: int, head_dim: int,
                  mlp_hidden: int | None = None, eps: float = 1e-5) -> None:
         super().__init__()
-        self.latents = nn.Parameter(torch.randn(num_latents, dim))  # (L, D)
+        self.latents = nn.Parameter(torch.randn(num_latents, dim))  # (L, D), as IDEFICS
         self.layers = nn.ModuleList()
         for _ in range(depth):
             layer = nn.Module()
