@@ -1,5 +1,5 @@
-"""Converters from ``transformers`` / ``timm`` / ``open_clip`` checkpoints, one module per model.
+"""Converters from ``transformers`` / ``timm`` checkpoints to minivlm models, one per model.
 
-A model class keeps a short ``from_hf`` that calls its converter here, so the model file stays
-about the model.
+The model classes call them from their short ``from_hf`` / ``from_timm`` classmethods; shared
+name maps and the activation table are in :mod:`minivlm.interop.common`.
 """

@@ -22,10 +22,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from minivlm.models.clip import vision_state_from_hf
-from minivlm.models.flamingo import Flamingo, FlamingoConfig
+from minivlm.interop.clip import clip_vision_state_from_hf
+from minivlm.interop.common import ACTIVATIONS
 from minivlm.nn.lm import LMConfig
-from minivlm.nn.text import _HF_ACTS
 from minivlm.nn.vit import ViTConfig
 
 Tensor = torch.Tensor
@@ -47,7 +46,7 @@ _PERCEIVER = {"0.context_layer_norm": "norm_x", "0.latents_layer_norm": "norm_la
               "1.c_proj": "mlp.fc2"}  # fmt: skip
 
 
-def _config_from_hf(hc: Any) -> FlamingoConfig:
+def _config_from_hf(hc: Any, config_cls: type) -> Any:
     """IdeficsConfig -> FlamingoConfig, refusing what Flamingo here does not implement."""
     pc, vc = hc.perceiver_config, hc.vision_config
     if hc.qk_layer_norms or (hc.use_resampler and pc.qk_layer_norms_perceiver):
@@ -59,7 +58,7 @@ def _config_from_hf(hc: Any) -> FlamingoConfig:
     rope = getattr(hc, "rope_parameters", None) or {}
     if rope.get("rope_type", "default") != "default":
         raise ValueError(f"flamingo_from_hf: only default RoPE is supported, got {rope}")
-    act = _HF_ACTS.get(vc.hidden_act)
+    act = ACTIVATIONS.get(vc.hidden_act)
     if act is None:
         raise ValueError(f"flamingo_from_hf: unsupported vision hidden_act {vc.hidden_act!r}")
     vision = ViTConfig(image_size=vc.image_size, patch_size=vc.patch_size, dim=vc.embed_dim,
@@ -72,7 +71,7 @@ def _config_from_hf(hc: Any) -> FlamingoConfig:
                     mlp_hidden=hc.intermediate_size, max_len=hc.max_position_embeddings,
                     rope_base=float(rope.get("rope_theta", 10000.0)), eps=hc.rms_norm_eps,
                     pad_id=hc.pad_token_id, bos_id=hc.bos_token_id, eos_id=eos)
-    return FlamingoConfig(
+    return config_cls(
         vision=vision, text=text, cross_layer_interval=hc.cross_layer_interval,
         use_resampler=bool(hc.use_resampler), resampler_latents=pc.resampler_n_latents,
         resampler_depth=pc.resampler_depth, resampler_heads=pc.resampler_n_heads,
@@ -81,18 +80,20 @@ def _config_from_hf(hc: Any) -> FlamingoConfig:
         image_token_id=0)  # IDEFICS passes image_attention_mask explicitly
 
 
-def flamingo_from_hf(hf_model: nn.Module) -> Flamingo:
-    """Copy the weights of an ``IdeficsForVisionText2Text``; ``model(input_ids, pixel_values,
-    image_attention_mask).logits`` then equals HF's (tests/test_flamingo.py)."""
+def flamingo_from_hf(cls: type[nn.Module], config_cls: type, hf_model: nn.Module) -> Any:
+    """Copy the weights of an ``IdeficsForVisionText2Text`` into ``cls`` (Flamingo, built from
+    a ``config_cls``); ``model(input_ids, pixel_values, image_attention_mask).logits`` then
+    equals HF's (tests/test_flamingo.py). The classes are passed in, so that this module does
+    not import the model file that imports it."""
     hc = hf_model.config
-    cfg = _config_from_hf(hc)
+    cfg = _config_from_hf(hc, config_cls)
     sd = {k: t.detach() for k, t in hf_model.state_dict().items()}
     pre = "model."
     out: dict[str, Tensor] = {}
     vis = {k[len(pre + "vision_model."):]: sd.pop(k) for k in list(sd)
            if k.startswith(pre + "vision_model.")}
     out.update({f"vision_tower.{k}": t
-                for k, t in vision_state_from_hf(vis, cfg.vision.depth).items()})
+                for k, t in clip_vision_state_from_hf(vis, cfg.vision.depth).items()})
     if cfg.use_resampler:
         p = pre + "perceiver_resampler."
         out["resampler.latents"] = sd.pop(p + "latents")
@@ -124,7 +125,7 @@ def flamingo_from_hf(hf_model: nn.Module) -> Flamingo:
     if sd:
         raise ValueError(f"flamingo_from_hf: unexpected IDEFICS weights {sorted(sd)[:5]}")
     with torch.device("meta"):
-        model = Flamingo(cfg)
+        model = cls(cfg)
     model.load_state_dict({k: t.clone() for k, t in out.items()}, strict=True, assign=True)
     model.lm.rotary.inv_freq = 1.0 / (cfg.text.rope_base ** (
         torch.arange(0, cfg.text.resolved_head_dim, 2, dtype=torch.float32)

@@ -35,9 +35,8 @@ import torch.nn as nn
 
 from minivlm.nn.attention import MultiHeadAttention
 from minivlm.nn.blocks import MLP, RMSNorm, SwiGLU
-from minivlm.nn.lm import TINY, DecoderLM, LMConfig, lm_loss
+from minivlm.nn.lm import DecoderLM, LMConfig, lm_loss
 from minivlm.nn.vit import ViT, ViTConfig
-from minivlm.registry import register_model
 
 Tensor = torch.Tensor
 
@@ -57,8 +56,8 @@ def _tiny_vision() -> ViTConfig:
 class FlamingoConfig:
     """Sizes and switches (defaults: ``flamingo_tiny``, on the zoo's shapes-world parts).
 
-    vision / text: the frozen encoder (:class:`ViTConfig`) and LM (:class:`LMConfig`; a dict
-        is merged into the ``lm_tiny`` defaults).
+    vision / text: the frozen encoder (:class:`ViTConfig`; a dict is merged into shapes_clip's)
+        and LM (:class:`LMConfig`; a dict overrides its defaults, lm_tiny's sizes).
     cross_layer_interval: a gated block before LM blocks 0, k, 2k, ... (Flamingo-80B: every
         7th; §2.2 and Appendix B.1.1: Flamingo-3B every block, 9B every 4th).
     use_resampler: the Perceiver Resampler (§2.1); without it the text reads all ViT tokens.
@@ -70,7 +69,7 @@ class FlamingoConfig:
     """
 
     vision: ViTConfig = field(default_factory=_tiny_vision)
-    text: LMConfig = field(default_factory=LMConfig)
+    text: LMConfig = field(default_factory=LMConfig)  # lm_tiny's sizes
     cross_layer_interval: int = 1
     use_resampler: bool = True
     resampler_latents: int = 8
@@ -89,7 +88,7 @@ class FlamingoConfig:
         if isinstance(self.vision, dict):
             self.vision = ViTConfig(**{**asdict(_tiny_vision()), **self.vision})
         if isinstance(self.text, dict):
-            self.text = LMConfig(**{**TINY, **self.text})
+            self.text = LMConfig(**self.text)
         if not isinstance(self.vision, ViTConfig) or not isinstance(self.text, LMConfig):
             raise TypeError("FlamingoConfig: vision must be a ViTConfig (or dict) and text an "
                             f"LMConfig (or dict), got {type(self.vision).__name__}, "
@@ -391,21 +390,9 @@ class Flamingo(nn.Module):
         """Copy a ``transformers.IdeficsForVisionText2Text`` (:mod:`minivlm.interop.flamingo`)."""
         from minivlm.interop.flamingo import flamingo_from_hf
 
-        return flamingo_from_hf(model)
+        return flamingo_from_hf(cls, FlamingoConfig, model)
 
 
 def image_attention_mask_for(model: Flamingo, input_ids: Tensor, num_images: int) -> Tensor:
     """The default mask of ``model``: each token sees the latest ``<image>`` before it."""
     return image_attention_mask(input_ids, model.config.image_token_id, num_images)
-
-
-# ---------------------------------------------------------------------------- presets
-
-
-@register_model("flamingo_tiny")
-def flamingo_tiny(**overrides: Any) -> Flamingo:
-    """Shapes-world Flamingo: shapes_clip's ViT sizes, lm_tiny, 8 latents, a gated block before
-    every LM block (about 1.3 M new parameters). On the zoo's trained parts use
-    ``Flamingo(vision_encoder=zoo.load_image_encoder(), language_model=zoo.load("shapes_lm"))``.
-    """
-    return Flamingo(FlamingoConfig(**overrides))
