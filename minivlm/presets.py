@@ -112,6 +112,11 @@ FAMILIES: dict[str, Family] = {
         parts={"vision": "minivlm.nn.vit:clip_vision_config", "text": "minivlm.nn.lm:LMConfig"},
         shortcuts={"vocab_size": ("text",), "image_size": _VISION},
     ),
+    "flamingo": Family(
+        "minivlm.models.flamingo:Flamingo", "minivlm.models.flamingo:FlamingoConfig",
+        parts={"vision": "minivlm.nn.vit:clip_vision_config", "text": "minivlm.nn.lm:LMConfig"},
+        shortcuts={"vocab_size": ("text",), "image_size": _VISION},
+    ),
     "mae": Family("minivlm.models.mae:MAE", "minivlm.models.mae:MAEConfig"),
     "beit": Family("minivlm.models.beit:Beit", "minivlm.models.beit:BeitConfig"),
 }
@@ -229,6 +234,12 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
                     mlp_hidden=4096),
         text=dict(_LLAMA2_7B, vocab_size=32064, pad_id=32001),
         image_token_id=32000,
+    )),  # fmt: skip
+    # ---- Flamingo (Alayrac et al. 2022)
+    # shapes world: shapes_clip's ViT (64 px, 16-px patches), lm_tiny's LM, 8 latents, a gated
+    # block before every LM block. No published size: Chinchilla and NFNet-F6 are unreleased.
+    "flamingo_tiny": ("flamingo", dict(
+        vision=dict(image_size=64, patch_size=16, dim=128, depth=3, num_heads=4, mlp_hidden=256),
     )),  # fmt: skip
     # ---- MAE (He et al. 2022)
     # 64-px shapes world, 8x8 grid of 8-px patches; a 2-block encoder of width 64 and a
