@@ -45,6 +45,7 @@ Choices made for a 2-core CPU, each one stated in the lecture:
 
 from __future__ import annotations
 
+import copy
 import sys
 import time
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 import minivlm
 from minivlm.data import CaptionDataset, ShapesData, ShapesWorld, shapes_tokenizer
@@ -268,3 +270,162 @@ def print_table(results: dict[str, Any], file: Any = sys.stdout) -> None:
             g = (f"{np.mean(gains):+.3f} ± {np.std(gains, ddof=1) if len(gains) > 1 else 0:.3f}"
                  if gains else "-")  # fmt: skip
             print(f"{sec:16s} {p:5.1f} {cells[0]:>14s} {cells[1]:>14s} {g:>14s}", file=file)
+
+
+# ----------------------------------------------------------------------------- exercise 03's
+# "implement, train, explain" part: ITC with queues and momentum distillation on two small
+# towers over fixed input features, so that a run trains in a second or two of CPU. The image
+# tower reads the mean colour of each of the 4x4 patches, the text tower a bag of words; each
+# is a two-layer MLP into a shared 32-d space. The momentum copies, the queues, the targets and
+# the loss are ALBEF's (§3.2-3.3).
+
+
+@dataclass
+class SmallRun:
+    """The budget of exercise 03's training part."""
+
+    n_train: int = 600
+    n_eval: int = 48
+    steps: int = 150
+    batch_size: int = 32
+    lr: float = 3e-3
+    embed_dim: int = 32
+    queue_size: int = 64
+    momentum: float = 0.9
+    temp: float = 0.07
+
+
+def patch_colours(px: torch.Tensor, patch: int = 16) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, 3 * (H/patch) * (W/patch)): the mean colour of every patch."""
+    return F.avg_pool2d(px, patch).flatten(1)
+
+
+def bag_of_words(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """(B, T) ids -> (B, V) word counts (special tokens included; they are the same for all)."""
+    return F.one_hot(ids, vocab_size).sum(1).float()
+
+
+def small_data(noise: float, seed: int, run: SmallRun | None = None) -> dict[str, torch.Tensor]:
+    """Input features of one-object scenes whose captions are corrupted with probability
+    ``noise`` (:func:`corrupt_captions`, drawn from ``seed``): ``image`` (n, 48) patch colours,
+    ``text`` (n, V) bags of words of the (possibly wrong) training captions; ``eval_image`` /
+    ``eval_text`` for held-out clean pairs with pairwise distinct captions. The scenes are fixed
+    (world seeds 0 and 1)."""
+    run = run or SmallRun()
+    tok = shapes_tokenizer()
+    world = ShapesWorld(max_objects=1)
+    data = world.generate(run.n_train, seed=0)
+    src = corrupt_captions(run.n_train, noise, seed)
+    held = world.generate(4 * run.n_eval, seed=1)
+    first: dict[str, int] = {}
+    for i in range(len(held)):
+        first.setdefault(held.caption(i), i)
+    keep = sorted(first.values())[: run.n_eval]  # one scene per distinct caption
+    text = tok([data.caption(int(j)) for j in src], **TEXT_KW)["input_ids"]
+    eval_text = tok([held.caption(i) for i in keep], **TEXT_KW)["input_ids"]
+    return {"image": patch_colours(data.pixel_values()),
+            "text": bag_of_words(text, tok.vocab_size),
+            "eval_image": patch_colours(held.pixel_values(keep)),
+            "eval_text": bag_of_words(eval_text, tok.vocab_size)}  # fmt: skip
+
+
+class SmallTowers(torch.nn.Module):
+    """Two MLP towers into a shared normalised space, their momentum copies and two queues."""
+
+    def __init__(self, image_dim: int, text_dim: int, run: SmallRun | None = None) -> None:
+        super().__init__()
+        run = run or SmallRun()
+        E, H = run.embed_dim, 64
+
+        def mlp(d: int) -> torch.nn.Module:
+            return torch.nn.Sequential(torch.nn.Linear(d, H), torch.nn.GELU(),
+                                       torch.nn.Linear(H, E))  # fmt: skip
+
+        self.image_tower, self.text_tower = mlp(image_dim), mlp(text_dim)
+        self.image_tower_m = copy.deepcopy(self.image_tower).requires_grad_(False)
+        self.text_tower_m = copy.deepcopy(self.text_tower).requires_grad_(False)
+        self.register_buffer("image_queue", F.normalize(torch.randn(E, run.queue_size), dim=0))
+        self.register_buffer("text_queue", F.normalize(torch.randn(E, run.queue_size), dim=0))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    def features(self, image: torch.Tensor, text: torch.Tensor, momentum: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """(B, E) normalised image and text features (of the momentum copies if asked)."""
+        it, tt = ((self.image_tower_m, self.text_tower_m) if momentum
+                  else (self.image_tower, self.text_tower))  # fmt: skip
+        return F.normalize(it(image), dim=-1), F.normalize(tt(text), dim=-1)
+
+    def momentum_pairs(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(online, momentum) parameter pairs for the EMA update."""
+        online = [*self.image_tower.parameters(), *self.text_tower.parameters()]
+        moment = [*self.image_tower_m.parameters(), *self.text_tower_m.parameters()]
+        return list(zip(online, moment, strict=True))
+
+
+def small_model(seed: int, data: dict[str, torch.Tensor], run: SmallRun | None = None
+                ) -> SmallTowers:  # fmt: skip
+    """The exercise's towers, seeded."""
+    minivlm.seed_everything(seed)
+    return SmallTowers(data["image"].shape[1], data["text"].shape[1], run)
+
+
+@torch.no_grad()
+def small_r1(model: SmallTowers, data: dict[str, torch.Tensor]) -> float:
+    """Mean of image->text and text->image R@1 on the held-out pairs."""
+    img, txt = model.features(data["eval_image"], data["eval_text"])
+    sim = img @ txt.T  # (n, n)
+    gt = torch.arange(len(sim))
+    return float(((sim.argmax(1) == gt).float().mean() + (sim.argmax(0) == gt).float().mean()) / 2)
+
+
+def reference_mod_itc_loss(image_feat: torch.Tensor, text_feat: torch.Tensor,
+                           image_feat_m: torch.Tensor, text_feat_m: torch.Tensor,
+                           image_queue: torch.Tensor, text_queue: torch.Tensor, temp: float,
+                           alpha: float) -> torch.Tensor:  # fmt: skip
+    """ALBEF's ITC loss with queues and momentum distillation (§3.2 Eq. 1-3, §3.3 Eq. 6).
+
+    Features (B, E) normalised; queues (E, K). The positive of row i is column i of
+    ``[batch; queue]``; the targets mix the momentum model's softmax (weight ``alpha``) with
+    the one-hot labels. Returns the mean of the image->text and text->image soft
+    cross-entropies, a scalar.
+    """
+    from minivlm.models.albef import distill_targets, soft_cross_entropy
+
+    text_all = torch.cat([text_feat_m.t(), text_queue], dim=1)  # (E, B+K)
+    image_all = torch.cat([image_feat_m.t(), image_queue], dim=1)  # (E, B+K)
+    with torch.no_grad():
+        t_i2t = distill_targets(image_feat_m @ text_all / temp, alpha)  # (B, B+K)
+        t_t2i = distill_targets(text_feat_m @ image_all / temp, alpha)
+    return (soft_cross_entropy(image_feat @ text_all / temp, t_i2t)
+            + soft_cross_entropy(text_feat @ image_all / temp, t_t2i)) / 2  # fmt: skip
+
+
+def reference_train_noisy_itc(noise: float, alpha: float, seed: int,
+                              loss_fn: Any = None) -> torch.Tensor:  # fmt: skip
+    """Exercise 03's training run, the reference: :class:`SmallTowers` trained with ITC (+ MoD
+    when ``alpha`` > 0) on captions with a fraction ``noise`` corrupted. Each step: online
+    features, EMA update, momentum features, loss, optimizer step, enqueue (the paper's order).
+    Returns ``tensor([held-out R@1])``."""
+    from minivlm.models.albef import ema_update_, enqueue_
+
+    loss_fn = loss_fn or reference_mod_itc_loss
+    run = SmallRun()
+    data = small_data(noise, seed, run)
+    model = small_model(seed, data, run)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=run.lr)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(run.steps):
+        idx = torch.randint(run.n_train, (run.batch_size,), generator=gen)
+        img, txt = model.features(data["image"][idx], data["text"][idx])  # (B, E)
+        with torch.no_grad():
+            ema_update_(model.momentum_pairs(), run.momentum)
+            img_m, txt_m = model.features(data["image"][idx], data["text"][idx], momentum=True)
+        loss = loss_fn(img, txt, img_m, txt_m, model.image_queue, model.text_queue, run.temp,
+                       alpha)  # fmt: skip
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ptr = model.queue_ptr.clone()
+        enqueue_(model.image_queue, ptr, img_m)
+        enqueue_(model.text_queue, model.queue_ptr, txt_m)
+    return torch.tensor([small_r1(model, data)])
