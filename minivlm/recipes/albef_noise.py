@@ -216,6 +216,18 @@ def run(cfg: RunConfig, data: ShapesData | None = None, evalset: tuple | None = 
     return record, model
 
 
+@torch.no_grad()
+def momentum_features(model: ALBEF, px: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(B, E) normalised image and text [CLS] features of ALBEF's momentum (EMA) model (§3.3):
+    the momentum ViT and projection, and the momentum BERT's text-only layers."""
+    img = model.vision_proj_m(model.image_encoder_m(px)[:, 0])  # (B, E)
+    text = model.text_encoder_m
+    h = text.forward_layers(text.embed(ids), mask, end=model.config.fusion_from).last_hidden_state
+    txt = model.text_proj_m(h[:, 0])  # (B, E)
+    return F.normalize(img.float(), dim=-1), F.normalize(txt.float(), dim=-1)
+
+
 def sweep_configs(steps: int, seeds: tuple[int, ...]) -> list[tuple[str, RunConfig]]:
     """(section, config) of every run: the main grid, then the ablations."""
     out = [
@@ -389,15 +401,16 @@ def reference_mod_itc_loss(image_feat: torch.Tensor, text_feat: torch.Tensor,
     the one-hot labels. Returns the mean of the image->text and text->image soft
     cross-entropies, a scalar.
     """
-    from minivlm.models.albef import distill_targets, soft_cross_entropy
-
     text_all = torch.cat([text_feat_m.t(), text_queue], dim=1)  # (E, B+K)
     image_all = torch.cat([image_feat_m.t(), image_queue], dim=1)  # (E, B+K)
-    with torch.no_grad():
-        t_i2t = distill_targets(image_feat_m @ text_all / temp, alpha)  # (B, B+K)
-        t_t2i = distill_targets(text_feat_m @ image_all / temp, alpha)
-    return (soft_cross_entropy(image_feat @ text_all / temp, t_i2t)
-            + soft_cross_entropy(text_feat @ image_all / temp, t_t2i)) / 2  # fmt: skip
+    B, n = image_feat.shape[0], text_all.shape[1]
+    with torch.no_grad():  # the targets, in the features' dtype
+        onehot = torch.eye(B, n, dtype=image_feat.dtype)  # the positive of row i: column i
+        t_i2t = alpha * (image_feat_m @ text_all / temp).softmax(1) + (1 - alpha) * onehot
+        t_t2i = alpha * (text_feat_m @ image_all / temp).softmax(1) + (1 - alpha) * onehot
+    l_i2t = -(t_i2t * (image_feat @ text_all / temp).log_softmax(1)).sum(1).mean()
+    l_t2i = -(t_t2i * (text_feat @ image_all / temp).log_softmax(1)).sum(1).mean()
+    return (l_i2t + l_t2i) / 2
 
 
 def reference_train_noisy_itc(noise: float, alpha: float, seed: int,
