@@ -219,13 +219,9 @@ def run(cfg: RunConfig, data: ShapesData | None = None, evalset: tuple | None = 
 @torch.no_grad()
 def momentum_features(model: ALBEF, px: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """(B, E) normalised image and text [CLS] features of ALBEF's momentum (EMA) model (§3.3):
-    the momentum ViT and projection, and the momentum BERT's text-only layers."""
-    img = model.vision_proj_m(model.image_encoder_m(px)[:, 0])  # (B, E)
-    text = model.text_encoder_m
-    h = text.forward_layers(text.embed(ids), mask, end=model.config.fusion_from).last_hidden_state
-    txt = model.text_proj_m(h[:, 0])  # (B, E)
-    return F.normalize(img.float(), dim=-1), F.normalize(txt.float(), dim=-1)
+    """(B, E) normalised image and text [CLS] features of ALBEF's momentum (EMA) model (§3.3)."""
+    _, image_feat_m, text_feat_m = model.momentum_features(px, ids, mask)
+    return image_feat_m, text_feat_m
 
 
 def sweep_configs(steps: int, seeds: tuple[int, ...]) -> list[tuple[str, RunConfig]]:
@@ -419,7 +415,7 @@ def reference_train_noisy_itc(noise: float, alpha: float, seed: int,
     when ``alpha`` > 0) on captions with a fraction ``noise`` corrupted. Each step: online
     features, EMA update, momentum features, loss, optimizer step, enqueue (the paper's order).
     Returns ``tensor([held-out R@1])``."""
-    from minivlm.models.albef import ema_update_, enqueue_
+    from minivlm.objectives import ema_update_, enqueue_
 
     loss_fn = loss_fn or reference_mod_itc_loss
     run = SmallRun()
