@@ -1,46 +1,13 @@
 """Does momentum distillation make ALBEF robust to noisy captions? (ALBEF §3.3, Li et al. 2021)
 
-The experiment that lecture 3 (``notebooks/03_albef_momentum_distillation.ipynb``) loads.
-A fraction ``p`` of the training captions is corrupted -- the caption of image i is replaced by
-the caption of another, random image, as in badly aligned web alt-text -- and the same ALBEF
-is trained with one-hot ITC targets (``distill=False``) and with momentum distillation
-(``distill=True``: targets ``α · softmax(s_m / τ) + (1 − α) · one-hot`` from the EMA model).
-Held-out retrieval R@1 on clean pairs is measured every 100 steps.
-
-Regenerate the committed results (the main grid: 3 noise levels x 2 x 3 seeds = 18 runs of
-400 steps, about 6 minutes of CPU time in one process and one thread; 10-30 minutes of wall
-time on a busy 2-core machine), then add the ablations (15 more runs, about 8 minutes of CPU)::
+The command line over :mod:`minivlm.recipes.albef_noise` (the code lecture 3 runs live), over
+noise levels, distillation on/off and seeds; see that module for the design and the choices.
 
   python experiments/albef_noise.py --out experiments/results/albef_noise.json
   python experiments/albef_noise.py --out experiments/results/albef_noise.json --resume --ablations
 
 It refuses to overwrite an existing results file unless ``--force`` is given (``--resume``
-keeps the runs already there and runs only the missing ones). The file is rewritten
-atomically after every run, with ``"complete": false`` until the last one, and a table of
-mean ± std over seeds is printed at the end. Every run is deterministic given its seed (one
-CPU thread): the seed draws which captions are corrupted and what replaces them, the initial
-weights and the data order; the runs with and without distillation at one seed share all
-three, so their difference is a paired comparison.
-
-Choices made for a 2-core CPU, each one stated in the lecture:
-
-* **ITC only** (``itm_weight = mlm_weight = 0``). Retrieval is what ITC trains, and the
-  distilled ITC targets are where §3.3's argument about noisy pairs lives; ITM and MLM triple
-  the cost of a step. (The paper distils MLM too.)
-* **A small model from scratch** (ViT and BERT of width 64, 16x16-pixel patches, 2 text + 1
-  fusion layers) with a fan-in initialisation (:func:`init_from_scratch_`). The paper starts
-  from pre-trained DeiT and BERT; from BERT's std-0.02 init the text [CLS] hardly depends on
-  the words and ITC with a queue collapses to one direction (R@1 stays at chance).
-* **Short-horizon momentum and queue**: ``momentum = 0.9`` and a queue of one batch (64)
-  instead of 0.995 and 65,536. At 0.995 the EMA model is still ~20% its random initial
-  weights after 300 steps, and a queue that outnumbers the batch starts as random vectors;
-  both slowed learning a lot at a few hundred steps on clean captions. The ablations measure,
-  at 50 % noise, the paper's momentum 0.995 (with and without MoD) and a larger α = 0.7, and
-  at 30 % noise training 2.5x longer (1,000 steps). (Under 50 % noise 0.995 turned out the
-  better choice: see the lecture's section 5.)
-* **Fixed τ = 0.07** (the paper's initial value; ``temp_min = temp_max``). A learnable τ with
-  lr 1e-3 drops to ~0.01 within 200 steps, where the soft targets are nearly one-hot and the
-  comparison would mostly measure τ.
+keeps the runs already there and runs only the missing ones).
 """
 
 from __future__ import annotations
@@ -50,228 +17,24 @@ import json
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from typing import Any
 
-import numpy as np
 import torch
 
-import minivlm
-from minivlm.data import CaptionDataset, ShapesData, ShapesWorld, shapes_tokenizer
-from minivlm.eval import retrieval_metrics
-from minivlm.models.albef import ALBEF
-from minivlm.train import TrainConfig, train
+from minivlm.data import ShapesWorld
+from minivlm.recipes.albef_noise import (
+    MODEL,
+    NOISE_LEVELS,
+    SEEDS,
+    RunConfig,
+    eval_pairs,
+    print_table,
+    run,
+    summarize,
+    sweep_configs,
+)
 from minivlm.utils import add_results_args, refuse_overwrite, write_json
-
-NOISE_LEVELS = (0.0, 0.3, 0.5)
-SEEDS = (0, 1, 2)
-# BERT-style text: [CLS] ... [SEP], as ALBEF's text encoder reads it
-TEXT_KW = dict(add_cls=True, add_sep=True, add_bos=False, add_eos=False)
-
-# The model of the sweep: albef_tiny made ~4x smaller (see the module docstring).
-MODEL = dict(
-    vision_dim=64, vision_depth=2, vision_mlp_hidden=128, patch_size=16,
-    text_dim=64, text_depth=3, text_mlp_hidden=128, fusion_from=2,
-    embed_dim=64, queue_size=64, momentum=0.9, alpha=0.4,
-    temp=0.07, temp_min=0.07, temp_max=0.07, itm_weight=0.0, mlm_weight=0.0,
-)  # fmt: skip
-
-
-@dataclass
-class RunConfig:
-    """One training run: noise level, distillation on/off, seed, and the training budget."""
-
-    noise: float = 0.5
-    distill: bool = True
-    seed: int = 0
-    steps: int = 400
-    batch_size: int = 64
-    lr: float = 1e-3
-    n_train: int = 2000
-    eval_every: int = 100
-    model: dict[str, Any] = field(default_factory=dict)  # overrides of MODEL
-
-
-def corrupt_captions(n: int, noise: float, seed: int) -> np.ndarray:
-    """Which caption each of ``n`` training images gets: ``src[i] = i`` for a clean pair, else
-    the index of another image (never i itself). Exactly ``round(noise · n)`` images, drawn at
-    random from ``seed``, are corrupted."""
-    if not 0.0 <= noise <= 1.0:
-        raise ValueError(f"corrupt_captions: noise must be a fraction in [0, 1], got {noise}")
-    rng = np.random.default_rng([seed, 1234])
-    src = np.arange(n)
-    bad = rng.permutation(n)[: round(noise * n)]
-    src[bad] = (bad + rng.integers(1, n, len(bad))) % n  # a shift of 1..n-1: never itself
-    return src
-
-
-class NoisyCaptionDataset(CaptionDataset):
-    """:class:`CaptionDataset` (canonical captions) where image i is paired with the caption
-    of image ``src[i]`` (:func:`corrupt_captions`)."""
-
-    def __init__(self, data: ShapesData, tokenizer: Any, src: np.ndarray, **text: Any) -> None:
-        super().__init__(data, tokenizer, mode="fixed", **text)
-        if len(src) != len(data):
-            raise ValueError(
-                f"NoisyCaptionDataset: src must have one entry per image ({len(data)}), "
-                f"got {len(src)}"
-            )
-        self.src = np.asarray(src)
-
-    def text(self, k: int) -> str:
-        return self.data.caption(int(self.src[k]))
-
-
-def eval_pairs(n: int = 256, seed: int = 1) -> tuple[torch.Tensor, list[str]]:
-    """``n`` held-out (image, canonical caption) pairs with pairwise distinct captions, so that
-    R@1 has exactly one right answer in both directions: (n, 3, 64, 64) images, n captions."""
-    data = ShapesWorld().generate(2 * n, seed=seed)
-    seen: set[str] = set()
-    keep = []
-    for i in range(len(data)):
-        c = data.caption(i)
-        if c not in seen:
-            seen.add(c)
-            keep.append(i)
-    if len(keep) < n:
-        raise ValueError(f"eval_pairs: only {len(keep)} distinct captions among {2 * n} scenes")
-    keep = keep[:n]
-    return data.pixel_values(keep), [data.caption(i) for i in keep]
-
-
-@torch.no_grad()
-def init_from_scratch_(model: ALBEF) -> ALBEF:
-    """Fan-in initialisation for training from scratch (replaces BERT/ViT's std-0.02 init).
-
-    Width D, depth L: q/k/v ~ N(0, 1/fan_in), residual outputs (attention ``out_proj``,
-    ``mlp.fc2``) ~ N(0, 1/(fan_in · 2L)), ``mlp.fc1`` ~ N(0, 1/D), image CLS token, positions
-    and both projections ~ N(0, 1/D) -- CLIP's released init. Then the momentum model is
-    reset to a copy of the online one.
-    """
-    for enc in (model.image_encoder, model.text_encoder):
-        D, L = enc.config.dim, enc.config.depth
-        for blk in enc.blocks:
-            attns = [blk.attn] + ([blk.cross_attn] if getattr(blk, "cross_attn", None) else [])
-            for att in attns:
-                for lin in (att.q_proj, att.k_proj, att.v_proj):
-                    torch.nn.init.normal_(lin.weight, std=lin.in_features**-0.5)
-                torch.nn.init.normal_(att.out_proj.weight, std=(D * 2 * L) ** -0.5)
-            torch.nn.init.normal_(blk.mlp.fc1.weight, std=D**-0.5)
-            torch.nn.init.normal_(blk.mlp.fc2.weight, std=(blk.mlp.fc2.in_features * 2 * L) ** -0.5)
-    vit = model.image_encoder
-    torch.nn.init.normal_(vit.cls_token, std=vit.config.dim**-0.5)
-    torch.nn.init.normal_(vit.pos_embed, std=vit.config.dim**-0.5)
-    torch.nn.init.normal_(model.vision_proj.weight, std=vit.config.dim**-0.5)
-    torch.nn.init.normal_(model.text_proj.weight, std=model.config.text.dim**-0.5)
-    model.copy_params_to_momentum()
-    return model
-
-
-def make_model(vocab_size: int, seed: int, **overrides: Any) -> ALBEF:
-    """The sweep's ALBEF (:data:`MODEL` + overrides), seeded and initialised."""
-    minivlm.seed_everything(seed)
-    model = minivlm.create_model("albef_tiny", vocab_size=vocab_size, **{**MODEL, **overrides})
-    return init_from_scratch_(model)
-
-
-@torch.no_grad()
-def retrieval_r1(model: ALBEF, tok: Any, images: torch.Tensor, captions: list[str]) -> dict:
-    """ITC retrieval on held-out pairs: cosine(image, caption) ranks; R@1 and R@5 both ways."""
-    was_training = model.training
-    model.eval()
-    t = tok(captions, **TEXT_KW)
-    sim = model.encode_image(images) @ model.encode_text(t["input_ids"], t["attention_mask"]).T
-    model.train(was_training)
-    r = retrieval_metrics(sim, ks=(1, 5))  # (N, N) diagonal ground truth
-    return {k: r[k] for k in ("mean_R@1", "i2t_R@1", "t2i_R@1", "mean_R@5", "chance_R@1")}
-
-
-def run(cfg: RunConfig, data: ShapesData | None = None, evalset: tuple | None = None,
-        progress: bool = False) -> tuple[dict[str, Any], ALBEF]:  # fmt: skip
-    """Train one model and return (record, model); the record holds the R@1 curve."""
-    tok = shapes_tokenizer()
-    data = data if data is not None else ShapesWorld().generate(cfg.n_train, seed=0)
-    images, captions = evalset if evalset is not None else eval_pairs()
-    src = corrupt_captions(len(data), cfg.noise, cfg.seed)
-    ds = NoisyCaptionDataset(data, tok, src, **TEXT_KW)
-    warm = len(data) // cfg.batch_size  # α ramps from 0 over the first epoch, as in the paper
-    model = make_model(tok.vocab_size, cfg.seed, distill=cfg.distill, alpha_warmup_steps=warm,
-                       **cfg.model)  # fmt: skip
-    tc = TrainConfig(steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size, warmup_steps=20,
-                     eval_every=cfg.eval_every, seed=cfg.seed, progress=progress,
-                     log_every=cfg.eval_every)  # fmt: skip
-    t0, c0 = time.perf_counter(), time.process_time()
-    res = train(model, ds, tc, device="cpu",
-                eval_fn=lambda m: retrieval_r1(m, tok, images, captions))  # fmt: skip
-    h = res.history
-    record = {
-        "noise": cfg.noise, "distill": cfg.distill, "seed": cfg.seed, "steps": cfg.steps,
-        "model": cfg.model, "corrupted": int((src != np.arange(len(src))).sum()),
-        "eval_step": [int(s) for s in h["eval_step"]],
-        "r1": [round(v, 5) for v in h["eval_mean_R@1"]],
-        "i2t_r1": [round(v, 5) for v in h["eval_i2t_R@1"]],
-        "t2i_r1": [round(v, 5) for v in h["eval_t2i_R@1"]],
-        "r5": [round(v, 5) for v in h["eval_mean_R@5"]],
-        "final_loss": round(float(np.mean(h["loss"][-20:])), 4),
-        "wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(time.process_time() - c0, 1),
-    }  # fmt: skip
-    return record, model
-
-
-def sweep_configs(steps: int, seeds: tuple[int, ...]) -> list[tuple[str, RunConfig]]:
-    """(section, config) of every run: the main grid, then the ablations."""
-    out = [
-        ("main", RunConfig(noise=p, distill=d, seed=s, steps=steps))
-        for s in seeds
-        for p in NOISE_LEVELS
-        for d in (False, True)
-    ]  # seed outermost: a sweep cut short still holds whole seeds
-    # name: (model overrides, distill arms, noise, steps)
-    ablations = {
-        "alpha=0.7": (dict(alpha=0.7), (True,), 0.5, steps),
-        "momentum=0.995": (dict(momentum=0.995), (False, True), 0.5, steps),
-        "steps=1000": ({}, (False, True), 0.3, 1000),
-    }
-    for name, (over, arms, noise, n_steps) in ablations.items():
-        out += [
-            (name, RunConfig(noise=noise, distill=d, seed=s, steps=n_steps, model=over))
-            for s in seeds
-            for d in arms
-        ]
-    return out
-
-
-def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """``{"<section> noise=<p> distill=<d>": {mean, std, n, ...}}`` of the final mean R@1."""
-    groups: dict[str, list[float]] = {}
-    for r in runs:
-        key = f"{r['section']} noise={r['noise']} distill={r['distill']}"
-        groups.setdefault(key, []).append(r["r1"][-1])
-    return {k: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1
-                else 0.0, "n": len(v), "values": v} for k, v in groups.items()}  # fmt: skip
-
-
-def print_table(results: dict[str, Any], file: Any = sys.stdout) -> None:
-    """Final held-out mean R@1 (mean ± std over seeds), and the paired MoD − one-hot gain."""
-    runs = results["runs"]
-    print(
-        f"{'section':16s} {'noise':>5s} {'one-hot R@1':>14s} {'MoD R@1':>14s} {'paired gain':>14s}",
-        file=file,
-    )
-    sections = list(dict.fromkeys(r["section"] for r in runs))
-    for sec in sections:
-        for p in dict.fromkeys(r["noise"] for r in runs if r["section"] == sec):
-            by = {(r["distill"], r["seed"]): r["r1"][-1] for r in runs
-                  if r["section"] == sec and r["noise"] == p}  # fmt: skip
-            cells = []
-            for d in (False, True):
-                v = [x for (dd, _), x in by.items() if dd == d]
-                cells.append(f"{np.mean(v):.3f} ± {np.std(v, ddof=1) if len(v) > 1 else 0:.3f}"
-                             if v else "-")  # fmt: skip
-            gains = [by[True, s] - by[False, s] for (d, s) in by if d and (False, s) in by]
-            g = (f"{np.mean(gains):+.3f} ± {np.std(gains, ddof=1) if len(gains) > 1 else 0:.3f}"
-                 if gains else "-")  # fmt: skip
-            print(f"{sec:16s} {p:5.1f} {cells[0]:>14s} {cells[1]:>14s} {g:>14s}", file=file)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,9 +24,11 @@ def defined_functions(nb: nbformat.NotebookNode) -> dict:
     return ns
 
 
-def assert_source_passes_student_fails(source: Path, exercise: str, n_checks: int) -> str:
+def assert_source_passes_student_fails(source: Path, exercise: str, n_checks: int,
+                                       timeout: float = 5.0) -> str:
     """Check the source notebook's functions pass and the student's are "not attempted";
-    returns the student notebook's code for file-specific assertions."""
+    returns the student notebook's code for file-specific assertions. ``timeout``: per check
+    (the checks that train a model need more than the default 5 s on a busy machine)."""
     src = read_source(source)
     student, _ = make_student(src, source_name=source.name, exercise=exercise)
     src_ns, stu_ns = defined_functions(src), defined_functions(student)
@@ -34,10 +36,10 @@ def assert_source_passes_student_fails(source: Path, exercise: str, n_checks: in
     assert len(checks) == n_checks
     sources = "\n".join(c.source for c in src.cells if c.cell_type == "code")
     for chk in checks:
-        assert f'check("{chk.name}", {chk.function})' in sources  # the notebook checks it
-        good = check(chk.name, src_ns[chk.function])
+        assert f'check("{chk.name}", {chk.function}' in sources  # the notebook checks it
+        good = check(chk.name, src_ns[chk.function], timeout=timeout)
         assert good.passed, str(good)
-        todo = check(chk.name, stu_ns[chk.function])
+        todo = check(chk.name, stu_ns[chk.function], timeout=timeout)
         assert todo.status == "not attempted" and todo.points == 0, str(todo)
     stu_code = "\n".join(c.source for c in student.cells if c.cell_type == "code")
     assert "BEGIN SOLUTION" not in stu_code

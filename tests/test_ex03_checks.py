@@ -283,21 +283,110 @@ def test_check_arguments_survive_pickling_for_the_grader():
 
 def test_exercise_03_registers_its_checks():
     names = [c.name for c in list_checks(EXERCISE)]
-    assert names == ["ema_update_", "enqueue_", "sample_hard_negatives"]
-    assert sum(c.points for c in list_checks(EXERCISE)) == 7
+    assert names == ["ema_update_", "enqueue_", "sample_hard_negatives", "mod_itc_loss",
+                     "train_noisy_itc"]
+    assert sum(c.points for c in list_checks(EXERCISE)) == 12
 
 
 # ----------------------------------------------------------------------------- the notebooks
 def test_source_passes_all_checks_and_student_fails_them_cleanly():
-    stu_code = assert_source_passes_student_fails(SOURCE, EXERCISE, 3)
+    stu_code = assert_source_passes_student_fails(SOURCE, EXERCISE, 5, timeout=120)
     assert "BEGIN SOLUTION" not in stu_code
     for solution in ("p_m.mul_(momentum)", "queue[:, cols]", "masked_fill(positive"):
         assert solution not in stu_code
     assert "def ema_update_(pairs" in stu_code and "def enqueue_(queue" in stu_code
     assert "def sample_hard_negatives(sim_i2t" in stu_code
     assert stu_code.count("@inputs_after") == 2
+    assert "def mod_itc_loss(image_feat" in stu_code and "def train_noisy_itc(noise" in stu_code
+    assert "log_softmax(1)).sum(1)" not in stu_code and "enqueue_(model.text_queue" not in stu_code
 
 
 def test_committed_student_notebook_is_up_to_date():
     assert generate_student(SOURCE, check=True).status == "unchanged", (
         "run `python -m minivlm student exercises/03_albef_momentum.ipynb`")
+
+
+# ----------------------------------------------------------------------------- part 4: MoD loss
+from minivlm.grading.checks.ex03_albef import _mod_loss_variant  # noqa: E402
+from minivlm.recipes import albef_noise as small  # noqa: E402
+
+
+def mod_loss_soft_ce(image_feat, text_feat, image_feat_m, text_feat_m, image_queue, text_queue,
+                     temp, alpha):
+    """Right, written differently: F.cross_entropy with probability targets, one direction at
+    a time, the one-hot part added to the scaled softmax."""
+    out = []
+    for q, q_m, k_m, queue in ((image_feat, image_feat_m, text_feat_m, text_queue),
+                               (text_feat, text_feat_m, image_feat_m, image_queue)):
+        keys = torch.cat([k_m, queue.t()])  # (B+K, E)
+        with torch.no_grad():
+            target = alpha * (q_m @ keys.t() / temp).softmax(-1)
+            target[torch.arange(len(q)), torch.arange(len(q))] += 1 - alpha
+        out.append(torch.nn.functional.cross_entropy(q @ keys.t() / temp, target))
+    return (out[0] + out[1]) / 2
+
+
+def test_mod_itc_loss_right_ways_pass():
+    assert check("mod_itc_loss", small.reference_mod_itc_loss, seed=SEED).passed
+    r = check("mod_itc_loss", mod_loss_soft_ce, seed=SEED)
+    assert r.passed, str(r)
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("swapped", ["α weighs the wrong term"]),
+    ("softmax_dim0", ["dim=1"]),
+    ("online_targets", ["momentum model's"]),
+    ("targets_no_temp", ["divided by τ"]),
+    ("no_queue", ["queue is missing"]),
+    ("i2t_only", ["only image->text"]),
+    ("sum", ["are added"]),
+])
+def test_mod_itc_loss_broken_fails_pointedly(kind, words):
+    assert_broken_fails_pointedly("mod_itc_loss", _mod_loss_variant(kind), words, SEED)
+
+
+# ----------------------------------------------------------------------------- part 4: training
+def make_train(kind="right"):
+    """The exercise's training loop with one deliberate mistake."""
+    from minivlm.objectives import ema_update_, enqueue_
+
+    def train_noisy_itc(noise, alpha, seed):
+        run = small.SmallRun()
+        data = small.small_data(noise, seed, run)
+        model = small.small_model(seed, data, run)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=run.lr)
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(run.steps):
+            idx = torch.randint(run.n_train, (run.batch_size,), generator=gen)
+            image, text = data["image"][idx], data["text"][idx]
+            img, txt = model.features(image, text)
+            with torch.no_grad():
+                if kind != "no_ema":
+                    ema_update_(model.momentum_pairs(), run.momentum)
+                img_m, txt_m = model.features(image, text, momentum=True)
+            loss = small.reference_mod_itc_loss(img, txt, img_m, txt_m, model.image_queue,
+                                                model.text_queue, run.temp, alpha)
+            if kind == "ascent":
+                loss = -loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if kind != "no_enqueue":
+                ptr = model.queue_ptr.clone()
+                enqueue_(model.image_queue, ptr, img_m)
+                enqueue_(model.text_queue, model.queue_ptr, txt_m)
+        return torch.tensor([small.small_r1(model, data)])
+
+    return train_noisy_itc
+
+
+def test_train_check_passes_right_and_fails_broken_loops():
+    torch.set_num_threads(1)
+    r = check("train_noisy_itc", make_train(), seed=SEED, timeout=120)
+    assert r.passed, str(r)
+    for kind in ("ascent", "no_ema", "no_enqueue"):
+        r = check("train_noisy_itc", make_train(kind), seed=SEED, timeout=120)
+        assert not r.passed and r.points == 0, (kind, str(r))
+        assert r.status == "failed" and "values differ" in r.summary, (kind, str(r))
+        if kind == "ascent":
+            assert "stayed at chance" in r.message, str(r)

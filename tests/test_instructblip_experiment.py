@@ -12,6 +12,7 @@ import torch
 from script_helpers import load_script
 
 import minivlm
+from minivlm.recipes import instructblip as recipe
 
 
 def _load():
@@ -23,22 +24,22 @@ def test_instructblip_experiment_one_seed(monkeypatch, tmp_path, capsys):
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        monkeypatch.setitem(exp.STAGE1, "steps", 2)
-        monkeypatch.setitem(exp.STAGE2, "steps", 2)
+        monkeypatch.setitem(recipe.STAGE1, "steps", 2)
+        monkeypatch.setitem(recipe.STAGE2, "steps", 2)
         minivlm.seed_everything(0)
-        vocab = exp.TOK.vocab_size
+        vocab = recipe.TOK.vocab_size
         vit = minivlm.create_model("clip_tiny", vocab_size=vocab, patch_size=16).image_encoder
         lm = minivlm.create_model("lm_tiny", vocab_size=vocab)
         for m in (vit, lm):
             m.requires_grad_(False).eval()
-        record = exp.run_seed(0, vit, lm)
+        record = recipe.run_seed(0, vit, lm)
         for name in ("BLIP-2", "InstructBLIP"):
             acc = record[name]["accuracy"]
-            assert set(exp.INSTRUCTIONS) <= set(acc)
-            assert all(0.0 <= acc[k] <= 1.0 for k in exp.INSTRUCTIONS)
+            assert set(recipe.INSTRUCTIONS) <= set(acc)
+            assert all(0.0 <= acc[k] <= 1.0 for k in recipe.INSTRUCTIONS)
         # plain BLIP-2 never sees the instruction: one attention map for all of them
         assert max(record["BLIP-2"]["mean_tv_between_instructions"].values()) == 0.0
-        summary = exp.summarize([record])
+        summary = recipe.summarize([record])
         assert "min_margin" in summary
         out = tmp_path / "r.json"
         out.write_text("{}")

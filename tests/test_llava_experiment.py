@@ -77,3 +77,43 @@ def test_same_seed_same_numbers(stages, tmp_path):
         assert stages.main([*TINY, "--seeds", "3", "--out", str(out)]) == 0
     ra, rb = (json.loads(p.read_text())["runs"][0] for p in (a, b))
     assert ra["acc"] == rb["acc"] and ra["final_loss"] == rb["final_loss"]
+
+
+# ---------------------------------------------------------------- lecture 5's chat panel (issue 25)
+@pytest.fixture(scope="module")
+def tiny_setup():
+    from minivlm.recipes import llava_stages as recipe
+
+    vit, lm = recipe.random_parts()
+    setup = recipe.Setup(vit, lm, 0, recipe.Recipe(n_train=6, n_test=3))
+    return recipe, setup, setup.build("mlp2x_gelu").eval()
+
+
+def test_chat_panel_refuses_unknown_words_and_shows_one_reply(tiny_setup):
+    recipe, setup, model = tiny_setup
+    panel = recipe.ChatPanel(setup, model)
+    assert panel.reply.value.startswith("assistant: ")  # the default question is answered
+    # Enter in the box (continuous_update=False syncs the value on Enter) asks like the button
+    panel.question.value = "what is the meaning of life?"
+    refusal = panel.reply.value
+    assert refusal.startswith("cannot ask that") and "assistant" not in refusal
+    unknown = setup.tok.unknown_words("what is the meaning of life?")
+    assert unknown and all(repr(w) in refusal for w in unknown)  # every unknown word named
+    assert "meaning" in unknown and "life" in unknown and "what" not in unknown
+    assert panel.ask() == refusal  # the handler the button calls gives the same refusal
+    panel.question.value = "what color is the object?"
+    assert panel.reply.value.startswith("assistant: ")
+    labels = [w for w in (panel.widget.children[1],) if type(w).__name__ == "Label"]
+    assert len(panel.widget.children) == 2 and len(labels) == 1  # one reply line, no print
+
+
+def test_chat_helpers_refuse_unknown_words(tiny_setup):
+    recipe, setup, model = tiny_setup
+    with pytest.raises(ValueError, match="'zebra', 'striped'"):
+        setup.chat("is the zebra striped?")
+    with pytest.raises(ValueError, match="'zebra'"):
+        recipe.answer(setup, model, [(0, "where is the zebra?", None, None)])
+    with pytest.raises(ValueError, match="'unicorn'"):
+        recipe.converse(setup, model, 0, ["describe the image.", "where is the unicorn?"])
+    talk = recipe.converse(setup, model, 0, ["describe the image."], max_new_tokens=3)
+    assert [t["from"] for t in talk] == ["human", "gpt"]

@@ -215,3 +215,12 @@ def test_hf_adapter(tmp_path):
         ad.encode("a", add_bos=True)
     with pytest.raises(TypeError):
         HFTokenizerAdapter(object())
+
+
+def test_strict_tokenizer_lists_every_unknown_word_once():
+    tok = shapes_tokenizer(strict=True)
+    with pytest.raises(ValueError, match=r"unknown words 'zebra', 'striped': not in"):
+        tok.encode("is the zebra striped? the zebra")
+    assert tok.unknown_words("is the Zebra striped? the zebra") == ["zebra", "striped"]
+    assert tok.unknown_words("is there a red circle?") == []
+    assert shapes_tokenizer().encode("a zebra")[-1] == tok.unk_id  # not strict: [UNK]

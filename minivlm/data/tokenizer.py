@@ -301,15 +301,19 @@ class Tokenizer(_TokenizerMixin):
 
     def convert_tokens_to_ids(self, tokens: Sequence[str], strict: bool | None = None) -> list[int]:
         strict = self.strict if strict is None else strict
-        ids = []
-        for t in tokens:
-            i = self.token_to_id.get(t)
-            if i is None:
-                if strict:
-                    raise ValueError(f"unknown word {t!r}: not in the tokenizer's vocabulary")
-                i = self.unk_id
-            ids.append(i)
-        return ids
+        if strict:
+            unknown = [t for t in dict.fromkeys(tokens) if t not in self.token_to_id]
+            if unknown:
+                raise ValueError(
+                    f"unknown word{'s' if len(unknown) > 1 else ''} "
+                    f"{', '.join(map(repr, unknown))}: not in the tokenizer's vocabulary "
+                    f"({self.vocab_size} tokens)"
+                )
+        return [self.token_to_id.get(t, self.unk_id) for t in tokens]
+
+    def unknown_words(self, text: str) -> list[str]:
+        """The words of ``text`` outside the vocabulary, each once, in order of appearance."""
+        return [w for w in dict.fromkeys(split_words(text)) if w not in self.token_to_id]
 
     def convert_ids_to_tokens(self, ids: Any) -> list[str]:
         out = []
@@ -333,7 +337,8 @@ class Tokenizer(_TokenizerMixin):
         add_sep: bool = False,
         strict: bool | None = None,
     ) -> list[int]:
-        """Text -> ids: ``[CLS]? [BOS]? words... [EOS]? [SEP]?``. Unknown words -> [UNK]."""
+        """Text -> ids: ``[CLS]? [BOS]? words... [EOS]? [SEP]?``. Unknown words -> [UNK], or with
+        ``strict`` a ValueError listing every unknown word."""
         prefix, suffix = self._special_ids(add_bos, add_eos, add_cls, add_sep)
         return prefix + self.convert_tokens_to_ids(split_words(text), strict=strict) + suffix
 

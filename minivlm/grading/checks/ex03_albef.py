@@ -451,3 +451,119 @@ def sampler_cases(gen: torch.Generator):
     yield Case("a larger batch: B = 40, K = 24", i2t, t2i, seed())
     i2t, t2i = sims(6, 10, dtype=torch.float64)
     yield Case("float64 similarities", i2t, t2i, seed())
+
+
+# ----------------------------------------------------------------------------- implement, train
+# Part 4 of the exercise: the ITC loss with queues and momentum distillation (§3.2-3.3), then a
+# training run at 30 % caption noise graded on the held-out R@1 it reaches.
+def _mod_loss_variant(kind: str):
+    """A wrong ITC + MoD loss (same signature as the reference)."""
+    def soft_cross_entropy(logits, targets):  # in the inputs' dtype, like the reference
+        return -(targets * logits.log_softmax(-1)).sum(-1).mean()
+
+    def loss(image_feat, text_feat, image_feat_m, text_feat_m, image_queue, text_queue, temp,
+             alpha):  # fmt: skip
+        text_all = torch.cat([text_feat_m.t(), text_queue], dim=1)  # (E, B+K)
+        image_all = torch.cat([image_feat_m.t(), image_queue], dim=1)
+        if kind == "no_queue":
+            text_all, image_all = text_feat_m.t(), image_feat_m.t()
+        B, n = image_feat.shape[0], text_all.shape[1]
+        onehot = torch.eye(B, n, dtype=image_feat.dtype)
+        t_temp = 1.0 if kind == "targets_no_temp" else temp
+        with torch.no_grad():
+            if kind == "online_targets":  # the online model's own similarities as targets
+                s_i2t, s_t2i = image_feat @ text_all / t_temp, text_feat @ image_all / t_temp
+            else:
+                s_i2t, s_t2i = image_feat_m @ text_all / t_temp, text_feat_m @ image_all / t_temp
+            dim = 0 if kind == "softmax_dim0" else 1
+            p_i2t, p_t2i = s_i2t.softmax(dim), s_t2i.softmax(dim)
+            a = 1 - alpha if kind == "swapped" else alpha
+            t_i2t = a * p_i2t + (1 - a) * onehot
+            t_t2i = a * p_t2i + (1 - a) * onehot
+        l_i2t = soft_cross_entropy(image_feat @ text_all / temp, t_i2t)
+        l_t2i = soft_cross_entropy(text_feat @ image_all / temp, t_t2i)
+        if kind == "i2t_only":
+            return l_i2t
+        if kind == "sum":
+            return l_i2t + l_t2i
+        return (l_i2t + l_t2i) / 2
+
+    return loss
+
+
+def _unit(gen: torch.Generator, *shape: int, dtype=torch.float32) -> Tensor:
+    return F.normalize(torch.randn(*shape, generator=gen, dtype=dtype), dim=-1)
+
+
+@register_check(
+    "mod_itc_loss",
+    signature="mod_itc_loss(image_feat, text_feat, image_feat_m, text_feat_m, image_queue, "
+              "text_queue, temp, alpha)",
+    reference="minivlm.recipes.albef_noise:reference_mod_itc_loss",
+    points=2,
+    exercise=EXERCISE,
+    outputs=None,
+    shapes=("() a scalar",),
+    mistakes=[
+        ("α weighs the wrong term: the target is α·softmax(s_m/τ) + (1 − α)·one-hot (Eq. 6), "
+         "so α = 0 gives the plain one-hot labels", _mod_loss_variant("swapped")),
+        ("the momentum model's softmax runs over the batch axis (dim 0): each row i is a "
+         "distribution over the B + K captions (softmax over dim=1)",
+         _mod_loss_variant("softmax_dim0")),
+        ("the targets come from the online features: MoD's targets are the momentum model's "
+         "similarities, image_feat_m @ [text_feat_m; queue]", _mod_loss_variant("online_targets")),
+        ("the momentum similarities are not divided by τ before the softmax",
+         _mod_loss_variant("targets_no_temp")),
+        ("the queue is missing: compare with [batch; queue], (E, B+K) = cat([feat_m.T, queue], 1)",
+         _mod_loss_variant("no_queue")),
+        ("only image->text: ITC averages the image->text and text->image losses (Eq. 3)",
+         _mod_loss_variant("i2t_only")),
+        ("the two directions are added: ITC is their mean, ½ (L_i2t + L_t2i)",
+         _mod_loss_variant("sum")),
+    ],
+)
+def mod_itc_loss_cases(gen: torch.Generator):
+    def case(label, B, K, E, temp, alpha, dtype=torch.float32, hint=None):
+        feats = [_unit(gen, B, E, dtype=dtype) for _ in range(4)]
+        queues = [_unit(gen, K, E, dtype=dtype).t().contiguous() for _ in range(2)]  # (E, K)
+        return Case(label, *feats, *queues, temp, alpha, hint=hint)
+
+    yield case("B = 8, K = 16, E = 32, τ = 0.07, α = 0.4 (ALBEF's)", 8, 16, 32, 0.07, 0.4)
+    yield case("α = 0: plain one-hot ITC", 6, 12, 16, 0.07, 0.0,
+               hint="with α = 0 the targets are one-hot at column i")
+    yield case("α = 1: the momentum model's softmax alone", 5, 10, 16, 0.1, 1.0)
+    yield case("B = 2, K = 4, τ = 0.5", 2, 4, 8, 0.5, 0.4)
+    yield case("a queue 8x the batch: K = 64, B = 8", 8, 64, 32, 0.07, 0.4,
+               hint="positives are the first B columns; the queue's K columns are negatives")
+    yield case("float64 features", 4, 8, 16, 0.07, 0.4, dtype=torch.float64)
+
+
+def _train_hint(case: Case, got: list, expected: list) -> str | None:
+    if not got or not isinstance(got[0], Tensor) or got[0].numel() != 1:
+        return None
+    r1 = float(got[0].reshape(-1)[0])
+    if r1 < 0.03:
+        return ("your model stayed at chance (1/48 = 0.02): check the sign of the loss, that "
+                "the optimizer steps, and that the features come from the online towers")
+    return ("your run learned, but not like the reference: same order as the reference? "
+            "online features, ema_update_, momentum features, loss, step, then enqueue_ both "
+            "queues; data, batches and init come from the given helpers")
+
+
+@register_check(
+    "train_noisy_itc",
+    signature="train_noisy_itc(noise, alpha, seed)",
+    reference="minivlm.recipes.albef_noise:reference_train_noisy_itc",
+    points=3,
+    exercise=EXERCISE,
+    shapes=("(1,) held-out R@1",),
+    explain=_train_hint,
+)
+def train_noisy_itc_cases(gen: torch.Generator):
+    seed = int(torch.randint(0, 1000, (1,), generator=gen))
+    hint = ("the held-out R@1 of your trained towers differs from the reference's by more "
+            "than 1.5 of 48 pairs")
+    yield Case(f"30 % noisy captions, MoD (α = 0.4), seed {seed}", 0.3, 0.4, seed,
+               hint=hint, atol=0.03, rtol=0.0)
+    yield Case(f"30 % noisy captions, one-hot (α = 0), seed {seed}", 0.3, 0.0, seed,
+               hint=hint, atol=0.03, rtol=0.0)
