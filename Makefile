@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: lab test lint unit notebooks student slides browser bench clean-venv
+.PHONY: lab test lint unit notebooks student slides browser sandbox bench clean-venv
 
 $(VENV)/bin/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
@@ -22,7 +22,7 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
 
 ## make test: install, lint, unit tests, then every notebook through nbval
-test: $(STAMP) browser
+test: $(STAMP) browser sandbox
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest tests -q
 	$(PY) -m minivlm zoo build
@@ -55,6 +55,15 @@ browser:
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-cjk >/dev/null) \
 	      || echo "warning: could not install chromium; browser tests will skip"; \
 	  else echo "note: chromium (or a CJK font) not found and cannot be installed here; browser tests will skip (apt-get install chromium fonts-noto-cjk)"; fi; fi
+
+## bubblewrap for `minivlm grade` (each submission in a sandbox): installed when missing and the
+## machine allows; without it grading still works and says the submissions were not isolated
+sandbox:
+	@if ! command -v bwrap >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null) \
+	      || echo "warning: could not install bubblewrap; minivlm grade will run submissions without a sandbox"; \
+	  else echo "note: bubblewrap (bwrap) not found and cannot be installed here; minivlm grade will run submissions without a sandbox (apt-get install bubblewrap)"; fi; fi
 
 bench: $(STAMP)
 	$(PY) benchmarks/attention.py

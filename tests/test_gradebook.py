@@ -17,18 +17,28 @@ import pytest
 from minivlm.cli import main as cli_main
 from minivlm.grading.execute import execute_notebook
 from minivlm.grading.gradebook import grade
+from minivlm.grading.isolation import bwrap_problem
 
 pytestmark = pytest.mark.slow
 
 NORMAL = ["correct", "empty", "fake_check", "import_error", "not_json", "wrong_signature"]
 RUNAWAY = ["loop_in_function", "loop_top_level"]
-COLUMNS = ["submission", "patchify", "attention", "causal_mask", "total", "max_total", "notes"]
+ATTACKS = ["attack_forge_result", "attack_kill_parent", "attack_kill_all", "attack_detached",
+           "attack_in_place", "attack_library", "magics"]
+COLUMNS = ["submission", "patchify", "attention", "causal_mask", "total", "max_total", "notes",
+           "isolated", "sha256"]
+#: the main run uses the sandbox where this machine has one (the attacks that only a
+#: sandbox stops - writing files, killing the grader - are left out without one);
+#: `graded_unsandboxed` below always runs without it
+BWRAP = bwrap_problem() is None
+needs_bwrap = pytest.mark.skipif(not BWRAP, reason=f"no sandbox here: {bwrap_problem()}")
 
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory) -> dict:
-    """Grade all submissions once: the well-behaved ones with a generous time limit, the
-    runaway ones (through the command line) with a short one."""
+    """Grade all submissions once: the well-behaved ones and the attacks with a generous
+    time limit, in the sandbox when there is one; the runaway ones (through the command
+    line) with a short one."""
     root = tmp_path_factory.mktemp("grading")
     subs, loops = root / "submissions", root / "runaway"
     made = gf.write_submissions(root / "all")
@@ -37,10 +47,17 @@ def graded(tmp_path_factory) -> dict:
     for name, path in made.items():
         stem = name.removesuffix(".ipynb")
         path.rename((subs if stem in NORMAL else loops) / name)
-    before = {"subs": gf.tree_hashes(subs), "loops": gf.tree_hashes(loops)}
+    beside = subs / "notes.txt"  # a file next to the submissions
+    beside.write_text("the instructor's notes")
+    targets = [str(beside), str(subs / "correct.ipynb"), str(root / "gradebook.csv")]
+    for name, content in gf.attacks(targets if BWRAP else []).items():
+        if BWRAP or "kill_all" not in name:
+            (subs / name).write_text(content, encoding="utf-8")
+    before = {"subs": gf.tree_hashes(subs), "loops": gf.tree_hashes(loops),
+              "root": gf.tree_hashes(root)}
     t0 = time.monotonic()
     rows = grade([subs], root / "gradebook.csv", timeout=60, check_timeout=5, jobs=3,
-                 log=None)
+                 log=None, sandbox="bwrap" if BWRAP else "none")
     t1 = time.monotonic()
     code = cli_main(["grade", str(loops), "--out", str(root / "runaway.csv"), "--timeout", "10",
                      "--cell-timeout", "4", "--check-timeout", "3", "--jobs", "2",
@@ -52,6 +69,7 @@ def graded(tmp_path_factory) -> dict:
         table = list(csv.DictReader(f))
     with open(root / "runaway.csv", newline="") as f:
         table += list(csv.DictReader(f))
+    time.sleep(1.0)  # a process that outlived grading would write now
     return {"root": root, "subs": subs, "loops": loops, "before": before, "rows": rows,
             "table": {r["submission"].removesuffix(".ipynb"): r for r in table},
             "code": code, "seconds": t2 - t0}
@@ -64,11 +82,16 @@ def _points(row: dict) -> tuple[float, float, float, float]:
 
 def test_gradebook_has_one_row_per_submission(graded):
     assert graded["code"] == 0
-    assert sorted(graded["table"]) == sorted(NORMAL + RUNAWAY)
+    attacks = ATTACKS if BWRAP else [a for a in ATTACKS if a != "attack_kill_all"]
+    assert sorted(graded["table"]) == sorted(NORMAL + RUNAWAY + attacks)
     with open(graded["root"] / "gradebook.csv", newline="") as f:
         assert next(csv.reader(f)) == COLUMNS
     assert all(r["max_total"] == "6" for r in graded["table"].values())
-    assert graded["seconds"] < 150, graded["seconds"]
+    isolated = {r["isolated"] for r in graded["table"].values()}
+    if BWRAP:
+        assert isolated == {"yes (bubblewrap)"}
+    else:
+        assert all(v.startswith("NO (") for v in isolated)
 
 
 def test_correct_submission_gets_full_marks(graded):
@@ -123,6 +146,10 @@ def test_runaway_function_and_top_level_loop(graded):
 def test_submissions_are_never_modified(graded):
     assert gf.tree_hashes(graded["subs"]) == graded["before"]["subs"]
     assert gf.tree_hashes(graded["loops"]) == graded["before"]["loops"]
+    after = gf.tree_hashes(graded["root"])
+    changed = {k for k in set(after) | set(graded["before"]["root"])
+               if after.get(k) != graded["before"]["root"].get(k)}
+    assert changed == {"gradebook.csv", "runaway.csv"}, changed  # nothing outside --out
     assert {r["_sha256"] for r in graded["rows"] if r["_sha256"]} <= {
         hashlib.sha256(p.read_bytes()).hexdigest() for p in graded["subs"].iterdir()}
 
@@ -183,7 +210,117 @@ def _grading_processes() -> list[int]:
 
 @pytest.mark.skipif(not Path("/proc/self/cwd").exists(), reason="needs /proc")
 def test_no_process_outlives_grading(graded):
-    deadline = time.monotonic() + 10
-    while _grading_processes() and time.monotonic() < deadline:
-        time.sleep(0.2)
+    assert _grading_processes() == []  # gone when their rows were written, not later
+
+
+# ----------------------------------------------------------------------------- attacks
+def test_forged_result_earns_nothing(graded):
+    row = graded["table"]["attack_forge_result"]
+    assert _points(row) == (0, 0, 0, 0), row
+    assert "patchify: not attempted" in row["notes"]
+
+
+@pytest.mark.parametrize("name", ["attack_kill_parent", "attack_kill_all"])
+def test_a_notebook_that_kills_its_processes_gets_zero_and_the_run_goes_on(graded, name):
+    if name == "attack_kill_all" and not BWRAP:
+        pytest.skip("killing the grader is only stopped by the sandbox")
+    row = graded["table"][name]
+    assert _points(row) == (0, 0, 0, 0), row
+    assert "the notebook ended the process that executed it" in row["notes"]
+    assert "0 points" in row["notes"]
+    assert _points(graded["table"]["correct"]) == (2, 3, 1, 6)  # the classmates are graded
+
+
+def test_detached_and_forked_processes_are_stopped(graded):
+    row = graded["table"]["attack_detached"]
+    assert _points(row) == (2, 3, 1, 6), row  # its functions are right
+    # their writes (in the sandbox: to the submissions and --out) changed nothing: see
+    # test_submissions_are_never_modified; and no process is left: see
+    # test_no_process_outlives_grading
+
+
+def test_in_place_change_of_an_input_fails(graded):
+    row = graded["table"]["attack_in_place"]
+    assert _points(row) == (0, 3, 1, 4), row
+    assert "patchify: changed its input images in place" in row["notes"]
+
+
+def test_library_and_reference_calls_earn_nothing(graded):
+    row = graded["table"]["attack_library"]
+    assert _points(row) == (0, 0, 1, 1), row
+    assert "patchify: 0 points: your patchify calls the library's patchify" in row["notes"]
+    assert "attention: 0 points: your attention calls the grader's reference _ref_attention" \
+        in row["notes"]
+
+
+def test_cell_magics_run_their_body_and_line_magics_are_noted(graded):
+    row = graded["table"]["magics"]
+    assert _points(row) == (2, 3, 1, 6), row
+    assert ("not run when grading (line magics and shell commands are skipped): "
+            "%matplotlib inline (cell 2), !echo this shell line is skipped (cell 2)") \
+        in row["notes"]
+
+
+@pytest.fixture(scope="module")
+def graded_unsandboxed(tmp_path_factory) -> dict:
+    """Without a sandbox (even where bwrap exists): the result channel, killed processes,
+    detached processes and the warning in the CSV."""
+    root = tmp_path_factory.mktemp("unsandboxed")
+    subs = root / "submissions"
+    subs.mkdir()
+    attacks = gf.attacks([])
+    (subs / "correct.ipynb").write_text(gf.submissions()["correct.ipynb"], encoding="utf-8")
+    for name in ("attack_forge_result.ipynb", "attack_kill_parent.ipynb",
+                 "attack_detached.ipynb"):
+        (subs / name).write_text(attacks[name], encoding="utf-8")
+    lines: list[str] = []
+    rows = grade([subs], root / "gradebook.csv", timeout=60, check_timeout=5, jobs=1,
+                 log=lines.append, sandbox="none")
+    time.sleep(1.0)
+    return {"rows": {r["submission"].removesuffix(".ipynb"): r for r in rows}, "log": lines,
+            "csv": (root / "gradebook.csv").read_text()}
+
+
+def test_without_a_sandbox_the_gradebook_says_so(graded_unsandboxed):
+    rows = graded_unsandboxed["rows"]
+    assert _points(rows["correct"]) == (2, 3, 1, 6)
+    assert _points(rows["attack_forge_result"]) == (0, 0, 0, 0)
+    assert _points(rows["attack_kill_parent"]) == (0, 0, 0, 0)
+    assert "0 points" in rows["attack_kill_parent"]["notes"]
+    assert _points(rows["attack_detached"]) == (2, 3, 1, 6)
+    assert all(r["isolated"] == "NO (--sandbox none was asked for)" for r in rows.values())
+    assert ",NO (--sandbox none was asked for)," in graded_unsandboxed["csv"]
+    assert any("submissions were NOT ISOLATED" in line for line in graded_unsandboxed["log"])
+    assert graded_unsandboxed["log"][-1].endswith("(WARNING: submissions were NOT isolated: "
+                                                  "--sandbox none was asked for)")
+
+
+@pytest.mark.skipif(not Path("/proc/self/cwd").exists(), reason="needs /proc")
+def test_no_process_outlives_grading_without_a_sandbox(graded_unsandboxed):
     assert _grading_processes() == []
+
+
+def test_rows_are_written_as_each_submission_finishes_and_resume_keeps_them(tmp_path):
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    for k in range(3):
+        (subs / f"broken{k}.ipynb").write_bytes(b"not a notebook %d" % k)
+    out = tmp_path / "grades.csv"
+    seen = []
+
+    def log(line: str) -> None:
+        if line.startswith("  broken"):
+            seen.append(len(out.read_text().splitlines()) - 1)  # rows on disk already
+
+    grade([subs], out, exercise="00_patchify_attention", log=log, sandbox="none")
+    assert seen == [1, 2, 3]
+    # a run stopped after two rows: the CSV holds them; --resume grades only the rest
+    lines = out.read_text().splitlines()
+    out.write_text("\n".join(lines[:3]) + "\n")
+    (subs / "broken1.ipynb").write_bytes(b"changed since")  # a changed file is graded again
+    with pytest.raises(FileExistsError, match="--resume"):
+        grade([subs], out, exercise="00_patchify_attention", log=None)
+    rows = grade([subs], out, exercise="00_patchify_attention", resume=True, log=None,
+                 sandbox="none")
+    assert [r.get("_resumed", False) for r in rows] == [True, False, False]
+    assert len(out.read_text().splitlines()) == 4
