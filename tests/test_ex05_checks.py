@@ -16,7 +16,7 @@ from exercise_helpers import (
 )
 
 from minivlm.grading import check, get_check, list_checks
-from minivlm.grading.checks.ex05_llava import collate_dialogues
+from minivlm.grading.checks.ex05_llava import _merge_variant, collate_dialogues
 from minivlm.grading.student import generate_student
 from minivlm.models.llava import LlavaCollator, build_projector
 from minivlm.models.llava import merge_image_features as lib_merge
@@ -269,6 +269,8 @@ BROKEN = [
     ("merge_image_features", make_merge(shift=1), ["values differ", "off by one",
                                                    "token after its <image> slot"]),
     ("merge_image_features", make_merge(add=True), ["values differ", "added the features"]),
+    ("merge_image_features", _merge_variant("image_order"),
+     ["values differ", "images are in the wrong order", "image_features[b]"]),
     ("merge_image_features", make_merge(detach=True),
      ["values match", "does not depend on image_features", ".detach()"]),
     ("merge_image_features", make_merge(in_place=True),

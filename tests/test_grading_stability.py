@@ -82,11 +82,20 @@ SOLUTIONS = {
 }
 
 
-def failures(seeds: range) -> list[str]:
+#: the most different variants of each function, for the 300-seed run
+DIFFERENT = {
+    "zero_shot_predict": [predict(n_rsqrt, "einsum"), predict(n_normalize, "matmul"),
+                          predict_via_log_softmax],
+    "clip_loss": [loss(n_rsqrt, "einsum"), loss_logsumexp],
+    "zero_shot_classifier": [classifier(n_rsqrt), classifier_sum],
+}
+
+
+def failures(seeds: range, solutions: dict | None = None) -> list[str]:
     """Grade every solution on every seed (the reference runs once per seed and check);
     the descriptions of the ones that lost points."""
     bad = []
-    for name, fns in SOLUTIONS.items():
+    for name, fns in (solutions or SOLUTIONS).items():
         chk = core.get_check(name)
         ref = chk.resolve_reference()
         for seed in seeds:
@@ -105,8 +114,8 @@ def test_correct_variants_pass_on_every_seed_quick():
 
 
 @pytest.mark.slow
-def test_correct_variants_pass_on_300_seeds():
-    assert failures(range(300)) == []
+def test_correct_variants_pass_on_300_seeds():  # about 30 s of CPU
+    assert failures(range(300), DIFFERENT) == []
 
 
 def test_grading_seed_is_fixed_per_check():

@@ -555,7 +555,8 @@ def _judge(chk: Check, prepared: list[_Prepared], outcomes: list[dict], status: 
             msg = f"{detail}\n{where}" + (f"\nhint: {hint}" if hint else "")
             short = summary + (f" (hint: {hint})" if hint else "")
             return failed(chk, "failed", short, msg, seconds=status.seconds, seed=seed)
-    what = "shapes, dtypes, values" + (", gradients" if chk.grad else "")
+    what = "shapes, dtypes, values" + (", gradients" if chk.grad else "") + (
+        ", the errors raised" if any(p.case.raises for p in prepared) else "")
     return CheckResult(
         name=chk.name, passed=True, points=chk.points, max_points=chk.points,
         message=f"all {n} cases match the reference ({what})", status="passed",

@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         _no_dump()
     summary, _ = execute_notebook(a.notebook, timeout=a.timeout, kernel=a.kernel,
                                   workdir=Path.cwd())
+    summary["cpu_seconds"] = round(_cpu_seconds(), 2)
     data = json.dumps(summary).encode()
     if a.result_fd is not None:
         with os.fdopen(a.result_fd, "wb") as f:
@@ -129,6 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         Path(a.summary).write_bytes(data)
     return 0
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the kernel)."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+        resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _no_dump() -> None:

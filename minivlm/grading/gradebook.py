@@ -361,6 +361,7 @@ class Submission:
     nb: Any = None
     problem: str | None = None  # why it cannot be run at all
     warnings: list[str] = field(default_factory=list)
+    cpu_seconds: float | None = None  # execution + grading processes, when they said
 
 
 def find_submissions(paths: Iterable[str | Path]) -> list[Submission]:
@@ -601,6 +602,9 @@ def grade_submission(sub: Submission, checks: Sequence[Any], limits: Limits,
             more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
             notes.append("not run when grading (line magics and shell commands are skipped): "
                          + ", ".join(skipped[:3]) + more)
+        cpu = [x.get("cpu_seconds") for x in (summary or {}, report)]
+        if all(isinstance(x, (int, float)) for x in cpu):
+            sub.cpu_seconds = float(sum(cpu))  # type: ignore[arg-type]
         results = {}
         for c in checks:
             d = report["checks"].get(c.name)
@@ -670,6 +674,7 @@ def _row(sub: Submission, checks: Sequence[Any], results: dict, notes: list[str]
     row["isolated"] = "yes (bubblewrap)" if iso.isolated else f"NO ({iso.why})"
     row["sha256"] = hashlib.sha256(sub.data).hexdigest() if sub.data else ""
     row["_seconds"] = round(seconds, 1)
+    row["_cpu_seconds"] = sub.cpu_seconds
     row["_sha256"] = row["sha256"]
     return row
 
@@ -782,8 +787,10 @@ def grade(submissions: Sequence[str | Path], out: str | Path, *, exercise: str |
             done[sub.name] = row
             write()
         if log:
+            cpu = row.get("_cpu_seconds")
+            took = f"{row['_seconds']:.1f} s" + (f", CPU {cpu:.1f} s" if cpu else "")
             log(f"  {sub.name}: {row['total']:g}/{row['max_total']:g} "
-                f"({row['_seconds']:.1f} s){'  - ' + row['notes'] if row['notes'] else ''}")
+                f"({took}){'  - ' + row['notes'] if row['notes'] else ''}")
         return row
 
     todo = [s for s in subs if s.name not in done]
@@ -814,6 +821,7 @@ def _main(argv: list[str] | None = None) -> int:
     report = run_worker(a.notebook, [n for n in a.checks.split(",") if n],
                         cell_timeout=a.cell_timeout, check_timeout=a.check_timeout,
                         allow_library=a.allow_library, close_fds=(a.result_fd,))
+    report["cpu_seconds"] = round(_execute._cpu_seconds(), 2)
     with os.fdopen(a.result_fd, "wb") as f:
         f.write(json.dumps(report).encode())
     return 0

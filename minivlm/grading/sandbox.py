@@ -152,7 +152,9 @@ class Forbidden:
         """Words naming the forbidden function ``code`` belongs to, or None."""
         fname = code.co_filename
         if (fname, code.co_firstlineno) in self.codes:
-            return f"{code.co_name} ({_short_path(fname)})"
+            whose = ("the grader's reference" if fname.startswith(self.allowed_dir)
+                     else "the library's")
+            return f"{whose} {code.co_name} ({_short_path(fname)})"
         if fname.startswith(self.allowed_dir):
             if code.co_name.startswith("_ref") and "checks" in fname[len(self.allowed_dir):]:
                 return f"the grader's reference {code.co_name} ({_short_path(fname)})"

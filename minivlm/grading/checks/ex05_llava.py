@@ -176,6 +176,8 @@ def _merge_variant(how: str):
             out[:, slots[0]] = image_features
         elif how == "reversed":
             out[slots] = image_features.flip(1).reshape(-1, D)
+        elif how == "image_order":  # the batch of images in reverse: row b gets image B-1-b
+            out[slots] = image_features.flip(0).reshape(-1, D)
         elif how == "insert":  # the features next to the placeholders: (B, T + N, D)
             return torch.cat([image_features, inputs_embeds], dim=1)
         return out
@@ -233,6 +235,8 @@ def _merge_case(gen: torch.Generator, label: str, B: int, T: int, N: int, D: int
          "(input_ids[b] == image_token_id)", _merge_variant("row0_positions")),
         ("the features of each image are in reverse order; feature j of an image goes into "
          "its j-th slot, left to right", _merge_variant("reversed")),
+        ("the images are in the wrong order: row b takes image_features[b] (the first image "
+         "into the first row), not the images in reverse", _merge_variant("image_order")),
         ("the output must keep the shape of inputs_embeds (B, T, D): input_ids already hold "
          "one <image> token per feature, so replace those tokens, don't insert the features",
          _merge_variant("insert")),
