@@ -41,6 +41,10 @@ def test_sandbox_command_hides_submissions_and_keeps_python(tmp_path):
                  "--setenv A 1"):
         assert flag in text
     assert cmd[-3:] == ["--", "python", "x.py"]
+    book = Path(sys.prefix) / "pyvenv.cfg"  # a file whose folder cannot be hidden
+    if book.is_file():
+        cmd = Isolation("bwrap").with_hidden([book]).command(["python"], tmp_path, {})
+        assert f"--ro-bind /dev/null {book.resolve()}" in " ".join(cmd)
     assert Isolation("none").command(["python", "x.py"], tmp_path, {}) == [
         sys.executable, REAPER_SCRIPT, "python", "x.py"]
 

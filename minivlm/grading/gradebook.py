@@ -1,23 +1,33 @@
 """Grade a folder of submitted notebooks into a CSV gradebook.
 
-For each submission, on private copies in a temporary folder (a submission is
-only ever read):
+For each submission, on private copies (a submission is only ever read), two
+processes run at once, each in its own work folder and, where the machine has
+bubblewrap, in its own sandbox (:mod:`minivlm.grading.isolation`); they share
+nothing writable:
 
-1. **execute** it top to bottom with nbclient in its own process and kernel,
-   under a per-notebook time limit (``allow_errors=True``): this says whether
-   the notebook runs, and the first error or the cell that ran out of time goes
-   into the notes. Its printed output is never read for grading.
+1. **execute** it top to bottom with nbclient in its own kernel, under a
+   per-notebook time limit (``allow_errors=True``): this says whether the notebook
+   runs, and the first error or the cell that ran out of time goes into the notes.
+   Its printed output is never read for grading.
 2. **grade** it in a fresh worker process: the worker keeps the references and
    the comparison code to itself and runs the notebook's code cells in a forked
    child (each cell under a time limit; a cell that raises or runs out of time is
-   skipped and recorded), so nothing a notebook defines - a fake ``check`` that
-   prints "all checks passed", say - can reach the grader. Each check sends its
-   inputs to the child, which runs the learner's function in yet another child
-   that is killed on timeout; the worker compares and writes JSON.
+   skipped and recorded; ``%%time``-like cell magics run their body, other magics
+   and shell lines are skipped with a note), so nothing a notebook defines - a fake
+   ``check`` that prints "all checks passed", say - can reach the grader. Each
+   check (with its fixed seed) sends its inputs to the child, which runs the
+   learner's function in yet another child that is killed on timeout.
 
-Both run at once. The gradebook has one row per submission: ``submission``, one
-column of points per check, ``total``, ``max_total`` and ``notes``, which gives
-a reason for every check that did not earn its points.
+Each process sends its result to the grader through a pipe only it holds (never
+a file); a result counts only when the process ended normally. A notebook that
+kills its kernel or a grading process gets 0 with that reason. When both
+processes have ended - and with them, through the sandbox's PID namespace or the
+reaper, every process the submission started - the submission's row is written:
+the CSV is rewritten atomically after every row, so a stopped run keeps its rows
+(``resume=True`` continues it). The gradebook has one row per submission:
+``submission``, one column of points per check, ``total``, ``max_total``,
+``notes`` (a reason for every check that did not earn its points), ``isolated``
+and ``sha256``.
 
 The two processes are ``python minivlm/grading/execute.py`` (run as a file, so
 that it starts without importing torch) and ``python -m minivlm.grading.gradebook``
@@ -752,7 +762,7 @@ def grade(submissions: Sequence[str | Path], out: str | Path, *, exercise: str |
                     check_timeout=check_timeout, kernel=kernel, allow_library=allow_library)
     hidden = [p for p in map(Path, submissions) if p.is_dir()]
     hidden += [p.parent for p in map(Path, submissions) if p.is_file()]
-    iso = choose(sandbox).with_hidden([*hidden, out.resolve().parent])
+    iso = choose(sandbox).with_hidden([*hidden, out.resolve().parent, out.resolve()])
     columns = ["submission", *[c.name for c in checks], "total", "max_total", "notes",
                "isolated", "sha256"]
     done: dict[str, dict] = _resumable(out, columns, subs) if resume and not force else {}
