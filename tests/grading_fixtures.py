@@ -229,32 +229,44 @@ REFERENCE_ATTENTION = ["from minivlm.grading.checks.ex00_patchify_attention impo
                        "_ref_attention", "return _ref_attention(q, k, v, mask)"]
 
 
-def with_magics() -> nbformat.NotebookNode:
-    """The solved notebook with cell magics around two functions, and skipped lines."""
-    nb = copy.deepcopy(solved())
-    _cell(nb, "patchify").source = "%%time\n" + _cell(nb, "patchify").source
-    _cell(nb, "attention").source = "%%capture captured\n" + _cell(nb, "attention").source
-    nb = insert_cell(nb, "imports", "%matplotlib inline\n!echo this shell line is skipped",
-                     "line-magics")
+TINY_CELLS = ("imports", "patchify", "check-patchify", "attention", "check-attention", "causal",
+              "check-causal")
+
+
+def tiny(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Only the graded functions and their checks, and imports without matplotlib and
+    scikit-image: a cheap notebook to execute (the attacks are added to it)."""
+    nb = copy.deepcopy(nb)
+    nb.cells = [c for c in nb.cells if c.get("id") in TINY_CELLS]
+    _cell(nb, "imports").source = "import math\n\nimport torch\n\nfrom minivlm.grading import check"
     return nb
+
+
+def sneaky() -> nbformat.NotebookNode:
+    """patchify changes its input in place, attention calls the grader's reference,
+    causal_mask is right but defined under %%time; a cell of line magics and shell."""
+    nb = with_body(with_body(tiny(solved()), "patchify", IN_PLACE), "attention",
+                   REFERENCE_ATTENTION)
+    _cell(nb, "causal").source = "%%time\n" + _cell(nb, "causal").source
+    _cell(nb, "attention").source = "%%capture captured\n" + _cell(nb, "attention").source
+    return insert_cell(nb, "imports", "%env MINIVLM_DEMO=1\n!echo this shell line is skipped",
+                       "line-magics")
 
 
 def attacks(targets: list[str]) -> dict[str, str]:
     """file name -> notebook text of each attack; ``targets``: files the detached process
     tries to overwrite (and .txt files beside the first one it tries to delete)."""
-    good = solved()
+    good = tiny(solved())
     detached = with_body(insert_cell(good, "imports", DETACHED.format(targets=targets),
                                      "detached"), "causal", FORK_IN_FUNCTION)
-    library = with_body(with_body(good, "patchify", LIBRARY_PATCHIFY), "attention",
-                        REFERENCE_ATTENTION)
     return {
-        "attack_forge_result.ipynb": text(insert_cell(untouched_student(), "imports", FORGE,
-                                                      "forge")),
-        "attack_kill_parent.ipynb": text(insert_cell(good, "check-causal", KILL_PARENT,
-                                                     "kill")),
-        "attack_kill_all.ipynb": text(insert_cell(good, "check-causal", KILL_ALL, "kill-all")),
+        "attack_forge_result.ipynb": text(insert_cell(tiny(untouched_student()), "imports",
+                                                      FORGE, "forge")),
+        # in the sandbox: kill every process in sight (the grader's are invisible); outside
+        # it: only the process that executes / grades the notebook
+        "attack_kill.ipynb": text(insert_cell(insert_cell(good, "check-causal", KILL_ALL,
+                                                          "kill-all"),
+                                              "kill-all", KILL_PARENT, "kill")),
         "attack_detached.ipynb": text(detached),
-        "attack_in_place.ipynb": text(with_body(good, "patchify", IN_PLACE)),
-        "attack_library.ipynb": text(library),
-        "magics.ipynb": text(with_magics()),
+        "attack_sneaky.ipynb": text(sneaky()),
     }

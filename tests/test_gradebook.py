@@ -7,6 +7,7 @@ import csv
 import hashlib
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,8 +24,7 @@ pytestmark = pytest.mark.slow
 
 NORMAL = ["correct", "empty", "fake_check", "import_error", "not_json", "wrong_signature"]
 RUNAWAY = ["loop_in_function", "loop_top_level"]
-ATTACKS = ["attack_forge_result", "attack_kill_parent", "attack_kill_all", "attack_detached",
-           "attack_in_place", "attack_library", "magics"]
+ATTACKS = ["attack_forge_result", "attack_kill", "attack_detached", "attack_sneaky"]
 COLUMNS = ["submission", "patchify", "attention", "causal_mask", "total", "max_total", "notes",
            "isolated", "sha256"]
 #: the main run uses the sandbox where this machine has one (the attacks that only a
@@ -51,10 +51,11 @@ def graded(tmp_path_factory) -> dict:
     beside.write_text("the instructor's notes")
     targets = [str(beside), str(subs / "correct.ipynb"), str(root / "gradebook.csv")]
     for name, content in gf.attacks(targets if BWRAP else []).items():
-        if BWRAP or "kill_all" not in name:
-            (subs / name).write_text(content, encoding="utf-8")
+        (subs / name).write_text(content, encoding="utf-8")
     before = {"subs": gf.tree_hashes(subs), "loops": gf.tree_hashes(loops),
               "root": gf.tree_hashes(root)}
+    work = tmp_path_factory.mktemp("grading-work")  # the grader's private folders
+    saved, tempfile.tempdir = tempfile.tempdir, str(work)
     t0 = time.monotonic()
     rows = grade([subs], root / "gradebook.csv", timeout=60, check_timeout=5, jobs=3,
                  log=None, sandbox="bwrap" if BWRAP else "none")
@@ -64,7 +65,8 @@ def graded(tmp_path_factory) -> dict:
                      "--cell-timeout", "20", "--check-timeout", "3", "--jobs", "2",
                      "--exercise", "00_patchify_attention"])
     t2 = time.monotonic()
-    print(f"\ngraded {len(NORMAL)} notebooks in {t1 - t0:.1f} s, "
+    tempfile.tempdir = saved
+    print(f"\ngraded {len(rows)} notebooks in {t1 - t0:.1f} s, "
           f"{len(RUNAWAY)} runaway ones in {t2 - t1:.1f} s")
     with open(root / "gradebook.csv", newline="") as f:
         table = list(csv.DictReader(f))
@@ -72,6 +74,7 @@ def graded(tmp_path_factory) -> dict:
         table += list(csv.DictReader(f))
     time.sleep(1.0)  # a process that outlived grading would write now
     return {"root": root, "subs": subs, "loops": loops, "before": before, "rows": rows,
+            "work": work,
             "table": {r["submission"].removesuffix(".ipynb"): r for r in table},
             "code": code, "seconds": t2 - t0}
 
@@ -83,8 +86,7 @@ def _points(row: dict) -> tuple[float, float, float, float]:
 
 def test_gradebook_has_one_row_per_submission(graded):
     assert graded["code"] == 0
-    attacks = ATTACKS if BWRAP else [a for a in ATTACKS if a != "attack_kill_all"]
-    assert sorted(graded["table"]) == sorted(NORMAL + RUNAWAY + attacks)
+    assert sorted(graded["table"]) == sorted(NORMAL + RUNAWAY + ATTACKS)
     with open(graded["root"] / "gradebook.csv", newline="") as f:
         assert next(csv.reader(f)) == COLUMNS
     assert all(r["max_total"] == "6" for r in graded["table"].values())
@@ -195,15 +197,18 @@ def test_kernel_is_this_interpreter_even_with_another_python3_kernelspec(tmp_pat
     assert Path(kernel_pkg).resolve().is_relative_to(Path(sys.prefix).resolve())
 
 
-def _grading_processes() -> list[int]:
-    """Processes still running in a (deleted) minivlm-grade-* folder: kernels, workers."""
+def _grading_processes(work: Path) -> list[str]:
+    """Processes still running in one of this test's (deleted) minivlm-grade-* folders
+    under ``work``: kernels, workers, whatever a notebook started."""
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            if "minivlm-grade-" in str((proc / "cwd").readlink()):
-                found.append(int(proc.name))
+            cwd = str((proc / "cwd").readlink())
+            if str(work) in cwd and "minivlm-grade-" in cwd:
+                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ")[:120]
+                found.append(f"{proc.name}: {cmd.decode(errors='replace')}")
         except OSError:
             continue
     return found
@@ -211,7 +216,7 @@ def _grading_processes() -> list[int]:
 
 @pytest.mark.skipif(not Path("/proc/self/cwd").exists(), reason="needs /proc")
 def test_no_process_outlives_grading(graded):
-    assert _grading_processes() == []  # gone when their rows were written, not later
+    assert _grading_processes(graded["work"]) == []  # gone when their rows were written, not later
 
 
 # ----------------------------------------------------------------------------- attacks
@@ -221,11 +226,8 @@ def test_forged_result_earns_nothing(graded):
     assert "patchify: not attempted" in row["notes"]
 
 
-@pytest.mark.parametrize("name", ["attack_kill_parent", "attack_kill_all"])
-def test_a_notebook_that_kills_its_processes_gets_zero_and_the_run_goes_on(graded, name):
-    if name == "attack_kill_all" and not BWRAP:
-        pytest.skip("killing the grader is only stopped by the sandbox")
-    row = graded["table"][name]
+def test_a_notebook_that_kills_its_processes_gets_zero_and_the_run_goes_on(graded):
+    row = graded["table"]["attack_kill"]  # in the sandbox it tried to kill everything
     assert _points(row) == (0, 0, 0, 0), row
     assert "the notebook ended the process that executed it" in row["notes"]
     assert "0 points" in row["notes"]
@@ -240,25 +242,14 @@ def test_detached_and_forked_processes_are_stopped(graded):
     # test_no_process_outlives_grading
 
 
-def test_in_place_change_of_an_input_fails(graded):
-    row = graded["table"]["attack_in_place"]
-    assert _points(row) == (0, 3, 1, 4), row
+def test_in_place_reference_calls_and_magics(graded):
+    row = graded["table"]["attack_sneaky"]
+    assert _points(row) == (0, 0, 1, 1), row  # causal_mask, under %%time, is right
     assert "patchify: changed its input images in place" in row["notes"]
-
-
-def test_library_and_reference_calls_earn_nothing(graded):
-    row = graded["table"]["attack_library"]
-    assert _points(row) == (0, 0, 1, 1), row
-    assert "patchify: 0 points: your patchify calls the library's patchify" in row["notes"]
-    assert "attention: 0 points: your attention calls the grader's reference _ref_attention" \
-        in row["notes"]
-
-
-def test_cell_magics_run_their_body_and_line_magics_are_noted(graded):
-    row = graded["table"]["magics"]
-    assert _points(row) == (2, 3, 1, 6), row
+    assert ("attention: 0 points: your attention calls the grader's reference "
+            "_ref_attention") in row["notes"]
     assert ("not run when grading (line magics and shell commands are skipped): "
-            "%matplotlib inline (cell 2), !echo this shell line is skipped (cell 2)") \
+            "%env MINIVLM_DEMO=1 (cell 1), !echo this shell line is skipped (cell 1)") \
         in row["notes"]
 
 
@@ -270,25 +261,28 @@ def graded_unsandboxed(tmp_path_factory) -> dict:
     subs = root / "submissions"
     subs.mkdir()
     attacks = gf.attacks([])
-    (subs / "correct.ipynb").write_text(gf.submissions()["correct.ipynb"], encoding="utf-8")
-    for name in ("attack_forge_result.ipynb", "attack_kill_parent.ipynb",
-                 "attack_detached.ipynb"):
+    for name in ("attack_forge_result.ipynb", "attack_kill.ipynb", "attack_detached.ipynb"):
         (subs / name).write_text(attacks[name], encoding="utf-8")
     lines: list[str] = []
-    rows = grade([subs], root / "gradebook.csv", timeout=60, check_timeout=5, jobs=1,
-                 log=lines.append, sandbox="none")
+    work = tmp_path_factory.mktemp("unsandboxed-work")
+    saved, tempfile.tempdir = tempfile.tempdir, str(work)
+    try:
+        rows = grade([subs], root / "gradebook.csv", timeout=60, check_timeout=5, jobs=1,
+                     log=lines.append, sandbox="none")
+    finally:
+        tempfile.tempdir = saved
     time.sleep(1.0)
     return {"rows": {r["submission"].removesuffix(".ipynb"): r for r in rows}, "log": lines,
+            "work": work,
             "csv": (root / "gradebook.csv").read_text()}
 
 
 def test_without_a_sandbox_the_gradebook_says_so(graded_unsandboxed):
     rows = graded_unsandboxed["rows"]
-    assert _points(rows["correct"]) == (2, 3, 1, 6)
     assert _points(rows["attack_forge_result"]) == (0, 0, 0, 0)
-    assert _points(rows["attack_kill_parent"]) == (0, 0, 0, 0)
-    assert "0 points" in rows["attack_kill_parent"]["notes"]
-    assert _points(rows["attack_detached"]) == (2, 3, 1, 6)
+    assert _points(rows["attack_kill"]) == (0, 0, 0, 0)
+    assert "the notebook ended the process that executed it" in rows["attack_kill"]["notes"]
+    assert _points(rows["attack_detached"]) == (2, 3, 1, 6)  # graded as usual, then stopped
     assert all(r["isolated"] == "NO (--sandbox none was asked for)" for r in rows.values())
     assert ",NO (--sandbox none was asked for)," in graded_unsandboxed["csv"]
     assert any("submissions were NOT ISOLATED" in line for line in graded_unsandboxed["log"])
@@ -298,7 +292,7 @@ def test_without_a_sandbox_the_gradebook_says_so(graded_unsandboxed):
 
 @pytest.mark.skipif(not Path("/proc/self/cwd").exists(), reason="needs /proc")
 def test_no_process_outlives_grading_without_a_sandbox(graded_unsandboxed):
-    assert _grading_processes() == []
+    assert _grading_processes(graded_unsandboxed["work"]) == []
 
 
 def test_rows_are_written_as_each_submission_finishes_and_resume_keeps_them(tmp_path):

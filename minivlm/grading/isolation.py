@@ -64,7 +64,7 @@ class Isolation:
                 cmd += ["--ro-bind", "/dev/null", str(p.resolve())]
         cmd += ["--bind", str(workdir), str(workdir), "--chdir", str(workdir),
                 "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
-        for k, v in env.items():
+        for k, v in {**env, "TMPDIR": "/tmp"}.items():
             cmd += ["--setenv", k, v]
         return [*cmd, "--", *argv]
 
@@ -136,11 +136,12 @@ def choose(sandbox: str = "auto") -> Isolation:
 
 def private_env(workdir: Path) -> dict[str, str]:
     """Environment of a submission's process: its caches and Jupyter files in ``workdir``."""
+    # (TMPDIR stays short: torch passes tensors between processes over AF_UNIX sockets
+    # made there, whose paths may not exceed 107 bytes; in the sandbox /tmp is private.)
     env = {"MPLBACKEND": "Agg", "PYDEVD_DISABLE_FILE_VALIDATION": "1",
            "JUPYTER_PLATFORM_DIRS": "1", "JUPYTER_RUNTIME_DIR": str(workdir / "runtime"),
-           "IPYTHONDIR": str(workdir / "ipython"), "MPLCONFIGDIR": str(workdir / "mpl"),
-           "TMPDIR": str(workdir / "tmp")}
-    for d in ("runtime", "ipython", "mpl", "tmp"):
+           "IPYTHONDIR": str(workdir / "ipython"), "MPLCONFIGDIR": str(workdir / "mpl")}
+    for d in ("runtime", "ipython", "mpl"):
         (workdir / d).mkdir(exist_ok=True)
     return env
 
