@@ -280,6 +280,8 @@ def graded_unsandboxed(tmp_path_factory) -> dict:
 def test_without_a_sandbox_the_gradebook_says_so(graded_unsandboxed):
     rows = graded_unsandboxed["rows"]
     assert _points(rows["attack_forge_result"]) == (0, 0, 0, 0)
+    # as root and unsandboxed it can reach the pipes, but what it writes spoils the result
+    assert "ended the process" not in rows["attack_forge_result"]["notes"]
     assert _points(rows["attack_kill"]) == (0, 0, 0, 0)
     assert "the notebook ended the process that executed it" in rows["attack_kill"]["notes"]
     assert _points(rows["attack_detached"]) == (2, 3, 1, 6)  # graded as usual, then stopped

@@ -637,6 +637,9 @@ def grade_submission(sub: Submission, checks: Sequence[Any], limits: Limits,
 def _killed_itself(summary: dict | None, finished: bool, execute: _Run) -> str | None:
     """A plain reason when the notebook killed its own kernel or the process executing it."""
     if summary is None and finished:
+        if execute.proc.returncode == 0 and execute.data:
+            return ("the execution process's result was not valid (did the notebook write "
+                    "into it?): 0 points")
         return f"the notebook ended the process that executed it ({execute.ended()}): 0 points"
     if summary is not None and summary.get("status") == "kernel died":
         return (f"the notebook killed its own kernel (cell {summary.get('timeout_cell')}): "
