@@ -149,7 +149,6 @@ def test_package_json_pins_exact_versions():
 def test_decks_build_offline(built):
     out: Path = built["out"]
     assert [p.name for p in built["paths"]] == [f"{d.stem}.html" for d in DECKS]
-    assert built["seconds"] < 60 * len(DECKS), f"building took {built['seconds']:.1f} s"
     for deck, html_path in zip(DECKS, built["paths"]):
         html = html_path.read_text(encoding="utf-8")
         srcs = re.findall(r"<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)\s*=\s*[\"']?([^\"'\s>]+)",

@@ -1,0 +1,80 @@
+"""``transformers.ViTMAEForPreTraining`` -> :class:`minivlm.models.mae.MAE`.
+
+The config is read field by field (features minivlm lacks raise a ValueError naming them) and
+parameters are renamed with regular expressions; the frozen sin-cos tables are copied as they are.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch.nn as nn
+
+from minivlm.interop.common import hf_activation, load_converted
+
+# one HF ViT-style layer (ViTMAELayer, BeitLayer) -> minivlm names
+LAYER_RULES = [
+    (r"\.attention\.o_proj\.", ".attn.out_proj."),
+    (r"\.attention\.([qkv])_proj\.", r".attn.\1_proj."),
+    (r"\.layernorm_before\.", ".norm1."),
+    (r"\.layernorm_after\.", ".norm2."),
+]
+
+MAE_RULES = [
+    (r"^vit\.embeddings\.cls_token$", "encoder.cls_token"),
+    (r"^vit\.embeddings\.position_embeddings$", "encoder.pos_embed"),
+    (r"^vit\.embeddings\.patch_embeddings\.projection\.", "encoder.patch_embed."),
+    (r"^vit\.layers\.", "encoder.blocks."),
+    (r"^vit\.layernorm\.", "encoder.norm."),
+    (r"^decoder\.decoder_layers\.", "decoder_blocks."),
+    (r"^decoder\.", ""),
+    *LAYER_RULES,
+]
+
+
+def square(value: object, what: str, where: str) -> int:
+    """An int from an int or a square (n, n) pair; a ValueError otherwise."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2 or value[0] != value[1]:
+            raise ValueError(f"{where}: only square {what} are supported, got {value}")
+        value = value[0]
+    return int(value)
+
+
+def rename(state: dict, rules: list[tuple[str, str]]) -> dict:
+    """Apply every (pattern, replacement) rule in turn to each key of ``state``."""
+    out = {}
+    for k, v in state.items():
+        for pat, rep in rules:
+            k = re.sub(pat, rep, k)
+        out[k] = v
+    return out
+
+
+def mae_config_from_hf(cfg) -> dict:
+    """``ViTMAEConfig`` -> keyword arguments of :class:`minivlm.models.mae.MAEConfig`."""
+    where = "MAE.from_hf"
+    if getattr(cfg, "head_dim", None) not in (None, cfg.hidden_size // cfg.num_attention_heads):
+        raise ValueError(f"{where}: a head_dim other than hidden_size / num_attention_heads")
+    return dict(
+        image_size=square(cfg.image_size, "images", where),
+        patch_size=square(cfg.patch_size, "patches", where),
+        in_chans=cfg.num_channels, dim=cfg.hidden_size, depth=cfg.num_hidden_layers,
+        num_heads=cfg.num_attention_heads, mlp_hidden=cfg.intermediate_size,
+        decoder_dim=cfg.decoder_hidden_size, decoder_depth=cfg.decoder_num_hidden_layers,
+        decoder_heads=cfg.decoder_num_attention_heads,
+        decoder_mlp_hidden=cfg.decoder_intermediate_size, qkv_bias=cfg.qkv_bias,
+        act=hf_activation(cfg.hidden_act, where), eps=cfg.layer_norm_eps,
+        mask_ratio=cfg.mask_ratio, norm_pix_loss=cfg.norm_pix_loss,
+    )
+
+
+def mae_from_hf(cls: type[nn.Module], config_cls: type, model: nn.Module) -> nn.Module:
+    """Build ``cls(config_cls(...))`` (an MAE) with the config and weights of a
+    ``ViTMAEForPreTraining``."""
+    if type(model).__name__ != "ViTMAEForPreTraining":
+        raise TypeError("MAE.from_hf: expected a transformers ViTMAEForPreTraining, got "
+                        f"{type(model).__name__}")
+    mae = cls(config_cls(**mae_config_from_hf(model.config)))
+    like = next(model.parameters())
+    return load_converted(mae, rename(model.state_dict(), MAE_RULES), like, model.training)
