@@ -9,7 +9,7 @@ PIP_PIN := -c constraints.txt
 # on one worker, in one kernel
 NB_PAR := -n 2 --dist loadscope
 
-.PHONY: install lab test lint unit notebooks student slides browser bench lock clean-venv
+.PHONY: install lab test lint unit notebooks student slides browser sandbox bench lock clean-venv
 
 $(VENV)/bin/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
@@ -27,7 +27,7 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
 
 ## make test: install, lint, unit tests, then every notebook through nbval (two at a time)
-test: $(STAMP) browser
+test: $(STAMP) browser sandbox
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest tests -q
 	$(PY) -m minivlm zoo build
@@ -60,6 +60,15 @@ browser:
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-cjk >/dev/null) \
 	      || echo "warning: could not install chromium; browser tests will skip"; \
 	  else echo "note: chromium (or a CJK font) not found and cannot be installed here; browser tests will skip (apt-get install chromium fonts-noto-cjk)"; fi; fi
+
+## bubblewrap for `minivlm grade` (each submission in a sandbox): installed when missing and the
+## machine allows; without it grading still works and says the submissions were not isolated
+sandbox:
+	@if ! command -v bwrap >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null) \
+	      || echo "warning: could not install bubblewrap; minivlm grade will run submissions without a sandbox"; \
+	  else echo "note: bubblewrap (bwrap) not found and cannot be installed here; minivlm grade will run submissions without a sandbox (apt-get install bubblewrap)"; fi; fi
 
 bench: $(STAMP)
 	$(PY) benchmarks/attention.py

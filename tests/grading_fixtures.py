@@ -139,3 +139,134 @@ def tree_hashes(folder: Path) -> dict[str, str]:
     """sha256 of every file under ``folder`` (relative path -> hash)."""
     return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ----------------------------------------------------------------------------- attacks
+# Each attack is the solved (or untouched) notebook with a cell added or a function changed.
+# They only ever touch the grading's own processes and the paths the test passes in: the
+# machine may be shared, so nothing here signals or writes anything else.
+
+FORGE = '''\
+import glob, json, os
+fake = {"status": "ok", "errors": [], "cells": [], "stopped": None, "checks": {
+    n: {"name": n, "passed": True, "points": 3.0, "max_points": 3.0, "message": "ok",
+        "status": "passed", "summary": "passed"} for n in ("patchify", "attention", "causal_mask")}}
+data = json.dumps(fake)
+for pid in os.listdir("/proc"):  # the grading processes' result pipes
+    try:
+        cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+        if b"minivlm.grading.gradebook" not in cmd and b"grading/execute.py" not in cmd:
+            continue
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("pipe:"):
+                with open(f"/proc/{pid}/fd/{fd}", "w") as f:
+                    f.write(data)
+    except OSError:
+        pass
+for d in glob.glob("/tmp/minivlm-grade-*/*/") + ["../grade/", "../execute/"]:
+    for name in ("report.json", "summary.json"):  # where the old grader kept results
+        try:
+            with open(os.path.join(d, name), "w") as f:
+                f.write(data)
+        except OSError:
+            pass
+'''
+
+KILL_PARENT = '''\
+import os, signal
+os.kill(os.getppid(), signal.SIGKILL)  # the process that executes / grades this notebook
+'''
+
+# Only inside the sandbox (PID 1 is bwrap there): kill every process in sight, i.e. try to
+# stop `minivlm grade` itself. Outside a sandbox this cell does nothing.
+KILL_ALL = '''\
+import os, signal
+if open("/proc/1/cmdline", "rb").read().split(b"\\0")[0].endswith(b"bwrap"):
+    for pid in os.listdir("/proc"):
+        if pid.isdigit() and int(pid) not in (1, os.getpid()):
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except OSError:
+                pass
+'''
+
+DETACHED = '''\
+import os, time
+TARGETS = {targets!r}
+if os.fork() == 0:  # a detached process (double fork, new session) that keeps writing
+    os.setsid()
+    if os.fork() == 0:
+        for _ in range(600):
+            for t in TARGETS:
+                try:
+                    with open(t, "w") as f:
+                        f.write("overwritten by a submission")
+                except OSError:
+                    pass
+            try:
+                for name in os.listdir(os.path.dirname(TARGETS[0])) if TARGETS else []:
+                    if name.endswith(".txt"):
+                        os.remove(os.path.join(os.path.dirname(TARGETS[0]), name))
+            except OSError:
+                pass
+            time.sleep(0.1)
+    os._exit(0)
+time.sleep(0.5)
+'''
+
+# causal_mask forks a child that sleeps (a process started inside a graded function)
+FORK_IN_FUNCTION = ["import os, time", "if os.fork() == 0:", "    time.sleep(600)",
+                    "    os._exit(0)", "return torch.ones(T, T, dtype=torch.bool).tril()"]
+
+IN_PLACE = ["B, C, H, W = images.shape", "p = patch_size",
+            "x = images.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5)",
+            "out = x.reshape(B, (H // p) * (W // p), C * p * p).clone()",
+            "images.zero_()  # the caller's tensor is changed", "return out"]
+
+LIBRARY_PATCHIFY = ["from minivlm.nn.vit import patchify as library_patchify",
+                    "return library_patchify(images, patch_size)"]
+REFERENCE_ATTENTION = ["from minivlm.grading.checks.ex00_patchify_attention import "
+                       "_ref_attention", "return _ref_attention(q, k, v, mask)"]
+
+
+TINY_CELLS = ("imports", "patchify", "check-patchify", "attention", "check-attention", "causal",
+              "check-causal")
+
+
+def tiny(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Only the graded functions and their checks, and imports without matplotlib and
+    scikit-image: a cheap notebook to execute (the attacks are added to it)."""
+    nb = copy.deepcopy(nb)
+    nb.cells = [c for c in nb.cells if c.get("id") in TINY_CELLS]
+    _cell(nb, "imports").source = "import math\n\nimport torch\n\nfrom minivlm.grading import check"
+    return nb
+
+
+def sneaky() -> nbformat.NotebookNode:
+    """patchify changes its input in place, attention calls the grader's reference,
+    causal_mask is right but defined under %%time; a cell of line magics and shell."""
+    nb = with_body(with_body(tiny(solved()), "patchify", IN_PLACE), "attention",
+                   REFERENCE_ATTENTION)
+    _cell(nb, "causal").source = "%%time\n" + _cell(nb, "causal").source
+    _cell(nb, "attention").source = "%%capture captured\n" + _cell(nb, "attention").source
+    return insert_cell(nb, "imports", "%env MINIVLM_DEMO=1\n!echo this shell line is skipped",
+                       "line-magics")
+
+
+def attacks(targets: list[str]) -> dict[str, str]:
+    """file name -> notebook text of each attack; ``targets``: files the detached process
+    tries to overwrite (and .txt files beside the first one it tries to delete)."""
+    good = tiny(solved())
+    detached = with_body(insert_cell(good, "imports", DETACHED.format(targets=targets),
+                                     "detached"), "causal", FORK_IN_FUNCTION)
+    return {
+        "attack_forge_result.ipynb": text(insert_cell(tiny(untouched_student()), "imports",
+                                                      FORGE, "forge")),
+        # in the sandbox: kill every process in sight (the grader's are invisible); outside
+        # it: only the process that executes / grades the notebook
+        "attack_kill.ipynb": text(insert_cell(insert_cell(good, "check-causal", KILL_ALL,
+                                                          "kill-all"),
+                                              "kill-all", KILL_PARENT, "kill")),
+        "attack_detached.ipynb": text(detached),
+        "attack_sneaky.ipynb": text(sneaky()),
+    }

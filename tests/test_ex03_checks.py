@@ -171,7 +171,8 @@ RIGHT = [
 
 @pytest.mark.parametrize("name,fn", RIGHT, ids=[f"{n}-{i}" for i, (n, _) in enumerate(RIGHT)])
 def test_right_solutions_pass(name, fn):
-    r = check(name, fn, seed=SEED)
+    # the library's own function is right too; graded, it would earn 0 (not self-written)
+    r = check(name, fn, seed=SEED, allow_library=True)
     assert r.passed, str(r)
     assert r.points == r.max_points == get_check(name).points
     assert r.status == "passed"

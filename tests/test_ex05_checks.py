@@ -16,7 +16,7 @@ from exercise_helpers import (
 )
 
 from minivlm.grading import check, get_check, list_checks
-from minivlm.grading.checks.ex05_llava import collate_dialogues, raises_value_error
+from minivlm.grading.checks.ex05_llava import _merge_variant, collate_dialogues
 from minivlm.grading.student import generate_student
 from minivlm.models.llava import LlavaCollator, build_projector
 from minivlm.models.llava import merge_image_features as lib_merge
@@ -196,8 +196,8 @@ RIGHT = [
     ("merge_image_features", make_merge()),
     ("merge_image_features", make_merge(where=True)),
     ("merge_image_features", make_merge(loop=True)),
-    ("merge_raises_value_error", raises_value_error(make_merge())),
-    ("merge_raises_value_error", raises_value_error(lib_merge)),
+    ("merge_raises_value_error", make_merge()),
+    ("merge_raises_value_error", make_merge(loop=True)),
     ("assistant_labels", make_labels()),
     ("assistant_labels", labels_vectorised),
 ]
@@ -269,20 +269,22 @@ BROKEN = [
     ("merge_image_features", make_merge(shift=1), ["values differ", "off by one",
                                                    "token after its <image> slot"]),
     ("merge_image_features", make_merge(add=True), ["values differ", "added the features"]),
+    ("merge_image_features", _merge_variant("image_order"),
+     ["values differ", "images are in the wrong order", "image_features[b]"]),
     ("merge_image_features", make_merge(detach=True),
      ["values match", "does not depend on image_features", ".detach()"]),
     ("merge_image_features", make_merge(in_place=True),
-     ["values match", "backward() through your function failed", "in-place"]),
+     ["changed its input inputs_embeds in place", "x.clone()"]),
     ("merge_image_features", make_merge(fixed_id=7), ["raised ValueError",
                                                       "image_token_id argument"]),
-    ("merge_raises_value_error", raises_value_error(make_merge(check_counts=False)),
-     ["got False, expected True", "returned a result although", "raise ValueError"]),
-    ("merge_raises_value_error", raises_value_error(merge_raising_runtime_error),
-     ["raised RuntimeError", "raise ValueError"]),
-    ("merge_raises_value_error", raises_value_error(merge_always_raises),
-     ["got True, expected False", "although every row holds exactly N"]),
-    ("merge_raises_value_error", raises_value_error(merge_counting_the_whole_batch),
-     ["got True, expected False", "compare each row's count with N"]),
+    ("merge_raises_value_error", make_merge(check_counts=False),
+     ["but should raise ValueError", "the counts do not match"]),
+    ("merge_raises_value_error", merge_raising_runtime_error,
+     ["raised RuntimeError (wrong number of image tokens)", "but should raise ValueError"]),
+    ("merge_raises_value_error", merge_always_raises,
+     ["raised ValueError", "no error", "raise ValueError only when a count is wrong"]),
+    ("merge_raises_value_error", merge_counting_the_whole_batch,
+     ["raised ValueError", "no error", "raise ValueError only when a count is wrong"]),
     ("assistant_labels", make_labels(keep_user=True), ["entries differ", "outside the "
                                                        "assistant's answers", "user turns"]),
     ("assistant_labels", lambda ids, am, h, e: ids.masked_fill(am == 0, -100),
@@ -330,10 +332,19 @@ def test_source_passes_all_checks_and_student_fails_them_cleanly():
     stu_code = assert_source_passes_student_fails(SOURCE, EXERCISE, 4)
     assert "BEGIN SOLUTION" not in stu_code and "F.gelu(" not in stu_code
     assert "def project(features" in stu_code and "def assistant_labels(input_ids" in stu_code
-    assert "def merge_raises_value_error(" in stu_code  # the check's helper stays
+    assert "merge_raises_value_error(" not in stu_code.replace(
+        'check("merge_raises_value_error", merge_image_features)', "")  # no graded helper
     assert "project_with_modules" not in stu_code  # the solution-tagged cell is dropped
 
 
 def test_committed_student_notebook_is_up_to_date():
     assert generate_student(SOURCE, check=True).status == "unchanged", (
         "run `python -m minivlm student exercises/05_llava_projector.ipynb`")
+
+
+def test_the_library_merge_earns_nothing():
+    r = check("merge_image_features", lib_merge, seed=SEED)
+    assert r.status == "library" and r.points == 0, str(r)
+    assert "calls the library's merge_image_features (minivlm/models/llava.py)" in r.summary
+    assert check("merge_raises_value_error", lib_merge, seed=SEED).status == "library"
+    assert check("merge_image_features", lib_merge, seed=SEED, allow_library=True).passed

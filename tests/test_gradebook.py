@@ -7,6 +7,7 @@ import csv
 import hashlib
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,18 +18,27 @@ import pytest
 from minivlm.cli import main as cli_main
 from minivlm.grading.execute import execute_notebook
 from minivlm.grading.gradebook import grade
+from minivlm.grading.isolation import bwrap_problem
 
 pytestmark = pytest.mark.slow
 
 NORMAL = ["correct", "empty", "fake_check", "import_error", "not_json", "wrong_signature"]
 RUNAWAY = ["loop_in_function", "loop_top_level"]
-COLUMNS = ["submission", "patchify", "attention", "causal_mask", "total", "max_total", "notes"]
+ATTACKS = ["attack_forge_result", "attack_kill", "attack_detached", "attack_sneaky"]
+COLUMNS = ["submission", "patchify", "attention", "causal_mask", "total", "max_total", "notes",
+           "isolated", "sha256"]
+#: the main run uses the sandbox where this machine has one (the attacks that only a
+#: sandbox stops - writing files, killing the grader - are left out without one);
+#: `graded_unsandboxed` below always runs without it
+BWRAP = bwrap_problem() is None
+needs_bwrap = pytest.mark.skipif(not BWRAP, reason=f"no sandbox here: {bwrap_problem()}")
 
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory) -> dict:
-    """Grade all submissions once: the well-behaved ones with a generous time limit, the
-    runaway ones (through the command line) with a short one."""
+    """Grade all submissions once: the well-behaved ones and the attacks with a generous
+    time limit, in the sandbox when there is one; the runaway ones (through the command
+    line) with a short one."""
     root = tmp_path_factory.mktemp("grading")
     subs, loops = root / "submissions", root / "runaway"
     made = gf.write_submissions(root / "all")
@@ -37,22 +47,34 @@ def graded(tmp_path_factory) -> dict:
     for name, path in made.items():
         stem = name.removesuffix(".ipynb")
         path.rename((subs if stem in NORMAL else loops) / name)
-    before = {"subs": gf.tree_hashes(subs), "loops": gf.tree_hashes(loops)}
+    beside = subs / "notes.txt"  # a file next to the submissions
+    beside.write_text("the instructor's notes")
+    targets = [str(beside), str(subs / "correct.ipynb"), str(root / "gradebook.csv")]
+    for name, content in gf.attacks(targets if BWRAP else []).items():
+        (subs / name).write_text(content, encoding="utf-8")
+    before = {"subs": gf.tree_hashes(subs), "loops": gf.tree_hashes(loops),
+              "root": gf.tree_hashes(root)}
+    work = tmp_path_factory.mktemp("grading-work")  # the grader's private folders
+    saved, tempfile.tempdir = tempfile.tempdir, str(work)
     t0 = time.monotonic()
     rows = grade([subs], root / "gradebook.csv", timeout=60, check_timeout=5, jobs=3,
-                 log=None)
+                 log=None, sandbox="bwrap" if BWRAP else "none")
     t1 = time.monotonic()
-    code = cli_main(["grade", str(loops), "--out", str(root / "runaway.csv"), "--timeout", "10",
-                     "--cell-timeout", "4", "--check-timeout", "3", "--jobs", "2",
+    # limits short enough to be hit, long enough for the imports on a busy machine
+    code = cli_main(["grade", str(loops), "--out", str(root / "runaway.csv"), "--timeout", "30",
+                     "--cell-timeout", "20", "--check-timeout", "3", "--jobs", "2",
                      "--exercise", "00_patchify_attention"])
     t2 = time.monotonic()
-    print(f"\ngraded {len(NORMAL)} notebooks in {t1 - t0:.1f} s, "
+    tempfile.tempdir = saved
+    print(f"\ngraded {len(rows)} notebooks in {t1 - t0:.1f} s, "
           f"{len(RUNAWAY)} runaway ones in {t2 - t1:.1f} s")
     with open(root / "gradebook.csv", newline="") as f:
         table = list(csv.DictReader(f))
     with open(root / "runaway.csv", newline="") as f:
         table += list(csv.DictReader(f))
+    time.sleep(1.0)  # a process that outlived grading would write now
     return {"root": root, "subs": subs, "loops": loops, "before": before, "rows": rows,
+            "work": work,
             "table": {r["submission"].removesuffix(".ipynb"): r for r in table},
             "code": code, "seconds": t2 - t0}
 
@@ -64,11 +86,15 @@ def _points(row: dict) -> tuple[float, float, float, float]:
 
 def test_gradebook_has_one_row_per_submission(graded):
     assert graded["code"] == 0
-    assert sorted(graded["table"]) == sorted(NORMAL + RUNAWAY)
+    assert sorted(graded["table"]) == sorted(NORMAL + RUNAWAY + ATTACKS)
     with open(graded["root"] / "gradebook.csv", newline="") as f:
         assert next(csv.reader(f)) == COLUMNS
     assert all(r["max_total"] == "6" for r in graded["table"].values())
-    assert graded["seconds"] < 150, graded["seconds"]
+    isolated = {r["isolated"] for r in graded["table"].values()}
+    if BWRAP:
+        assert isolated == {"yes (bubblewrap)"}
+    else:
+        assert all(v.startswith("NO (") for v in isolated)
 
 
 def test_correct_submission_gets_full_marks(graded):
@@ -114,15 +140,19 @@ def test_runaway_function_and_top_level_loop(graded):
     row = graded["table"]["loop_in_function"]
     assert _points(row) == (2, 0, 1, 3)
     assert "attention: timed out after 3 s" in row["notes"]
-    assert "execution timed out after 10 s" in row["notes"]  # the demo cell calls it
+    assert "execution timed out after 30 s" in row["notes"]  # the demo cell calls it
     row = graded["table"]["loop_top_level"]
     assert _points(row) == (2, 3, 1, 6)  # the functions are right; the loop is noted
-    assert "execution timed out after 10 s in cell " in row["notes"]
+    assert "execution timed out after 30 s in cell " in row["notes"]
 
 
 def test_submissions_are_never_modified(graded):
     assert gf.tree_hashes(graded["subs"]) == graded["before"]["subs"]
     assert gf.tree_hashes(graded["loops"]) == graded["before"]["loops"]
+    after = gf.tree_hashes(graded["root"])
+    changed = {k for k in set(after) | set(graded["before"]["root"])
+               if after.get(k) != graded["before"]["root"].get(k)}
+    assert changed == {"gradebook.csv", "runaway.csv"}, changed  # nothing outside --out
     assert {r["_sha256"] for r in graded["rows"] if r["_sha256"]} <= {
         hashlib.sha256(p.read_bytes()).hexdigest() for p in graded["subs"].iterdir()}
 
@@ -167,15 +197,18 @@ def test_kernel_is_this_interpreter_even_with_another_python3_kernelspec(tmp_pat
     assert Path(kernel_pkg).resolve().is_relative_to(Path(sys.prefix).resolve())
 
 
-def _grading_processes() -> list[int]:
-    """Processes still running in a (deleted) minivlm-grade-* folder: kernels, workers."""
+def _grading_processes(work: Path) -> list[str]:
+    """Processes still running in one of this test's (deleted) minivlm-grade-* folders
+    under ``work``: kernels, workers, whatever a notebook started."""
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            if "minivlm-grade-" in str((proc / "cwd").readlink()):
-                found.append(int(proc.name))
+            cwd = str((proc / "cwd").readlink())
+            if str(work) in cwd and "minivlm-grade-" in cwd:
+                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ")[:120]
+                found.append(f"{proc.name}: {cmd.decode(errors='replace')}")
         except OSError:
             continue
     return found
@@ -183,7 +216,108 @@ def _grading_processes() -> list[int]:
 
 @pytest.mark.skipif(not Path("/proc/self/cwd").exists(), reason="needs /proc")
 def test_no_process_outlives_grading(graded):
-    deadline = time.monotonic() + 10
-    while _grading_processes() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert _grading_processes() == []
+    assert _grading_processes(graded["work"]) == []  # gone when their rows were written, not later
+
+
+# ----------------------------------------------------------------------------- attacks
+def test_forged_result_earns_nothing(graded):
+    row = graded["table"]["attack_forge_result"]
+    assert _points(row) == (0, 0, 0, 0), row
+    assert "patchify: not attempted" in row["notes"]
+
+
+def test_a_notebook_that_kills_its_processes_gets_zero_and_the_run_goes_on(graded):
+    row = graded["table"]["attack_kill"]  # in the sandbox it tried to kill everything
+    assert _points(row) == (0, 0, 0, 0), row
+    assert "the notebook ended the process that executed it" in row["notes"]
+    assert "0 points" in row["notes"]
+    assert _points(graded["table"]["correct"]) == (2, 3, 1, 6)  # the classmates are graded
+
+
+def test_detached_and_forked_processes_are_stopped(graded):
+    row = graded["table"]["attack_detached"]
+    assert _points(row) == (2, 3, 1, 6), row  # its functions are right
+    # their writes (in the sandbox: to the submissions and --out) changed nothing: see
+    # test_submissions_are_never_modified; and no process is left: see
+    # test_no_process_outlives_grading
+
+
+def test_in_place_reference_calls_and_magics(graded):
+    row = graded["table"]["attack_sneaky"]
+    assert _points(row) == (0, 0, 1, 1), row  # causal_mask, under %%time, is right
+    assert "patchify: changed its input images in place" in row["notes"]
+    assert ("attention: 0 points: your attention calls the grader's reference "
+            "_ref_attention") in row["notes"]
+    assert ("not run when grading (line magics and shell commands are skipped): "
+            "%env MINIVLM_DEMO=1 (cell 1), !echo this shell line is skipped (cell 1)") \
+        in row["notes"]
+
+
+@pytest.fixture(scope="module")
+def graded_unsandboxed(tmp_path_factory) -> dict:
+    """Without a sandbox (even where bwrap exists): the result channel, killed processes,
+    detached processes and the warning in the CSV."""
+    root = tmp_path_factory.mktemp("unsandboxed")
+    subs = root / "submissions"
+    subs.mkdir()
+    attacks = gf.attacks([])
+    for name in ("attack_forge_result.ipynb", "attack_kill.ipynb", "attack_detached.ipynb"):
+        (subs / name).write_text(attacks[name], encoding="utf-8")
+    lines: list[str] = []
+    work = tmp_path_factory.mktemp("unsandboxed-work")
+    saved, tempfile.tempdir = tempfile.tempdir, str(work)
+    try:
+        rows = grade([subs], root / "gradebook.csv", timeout=60, check_timeout=5, jobs=1,
+                     log=lines.append, sandbox="none")
+    finally:
+        tempfile.tempdir = saved
+    time.sleep(1.0)
+    return {"rows": {r["submission"].removesuffix(".ipynb"): r for r in rows}, "log": lines,
+            "work": work,
+            "csv": (root / "gradebook.csv").read_text()}
+
+
+def test_without_a_sandbox_the_gradebook_says_so(graded_unsandboxed):
+    rows = graded_unsandboxed["rows"]
+    assert _points(rows["attack_forge_result"]) == (0, 0, 0, 0)
+    # as root and unsandboxed it can reach the pipes, but what it writes spoils the result
+    assert "ended the process" not in rows["attack_forge_result"]["notes"]
+    assert _points(rows["attack_kill"]) == (0, 0, 0, 0)
+    assert "the notebook ended the process that executed it" in rows["attack_kill"]["notes"]
+    assert _points(rows["attack_detached"]) == (2, 3, 1, 6)  # graded as usual, then stopped
+    assert all(r["isolated"] == "NO (--sandbox none was asked for)" for r in rows.values())
+    assert ",NO (--sandbox none was asked for)," in graded_unsandboxed["csv"]
+    assert any("submissions were NOT ISOLATED" in line for line in graded_unsandboxed["log"])
+    assert graded_unsandboxed["log"][-1].endswith("(WARNING: submissions were NOT isolated: "
+                                                  "--sandbox none was asked for)")
+
+
+@pytest.mark.skipif(not Path("/proc/self/cwd").exists(), reason="needs /proc")
+def test_no_process_outlives_grading_without_a_sandbox(graded_unsandboxed):
+    assert _grading_processes(graded_unsandboxed["work"]) == []
+
+
+def test_rows_are_written_as_each_submission_finishes_and_resume_keeps_them(tmp_path):
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    for k in range(3):
+        (subs / f"broken{k}.ipynb").write_bytes(b"not a notebook %d" % k)
+    out = tmp_path / "grades.csv"
+    seen = []
+
+    def log(line: str) -> None:
+        if line.startswith("  broken"):
+            seen.append(len(out.read_text().splitlines()) - 1)  # rows on disk already
+
+    grade([subs], out, exercise="00_patchify_attention", log=log, sandbox="none")
+    assert seen == [1, 2, 3]
+    # a run stopped after two rows: the CSV holds them; --resume grades only the rest
+    lines = out.read_text().splitlines()
+    out.write_text("\n".join(lines[:3]) + "\n")
+    (subs / "broken1.ipynb").write_bytes(b"changed since")  # a changed file is graded again
+    with pytest.raises(FileExistsError, match="--resume"):
+        grade([subs], out, exercise="00_patchify_attention", log=None)
+    rows = grade([subs], out, exercise="00_patchify_attention", resume=True, log=None,
+                 sandbox="none")
+    assert [r.get("_resumed", False) for r in rows] == [True, False, False]
+    assert len(out.read_text().splitlines()) == 4

@@ -135,7 +135,6 @@ def causal_arange(T):
 RIGHT = [
     ("patchify", patchify_right),
     ("patchify", patchify_unfold),
-    ("patchify", ref_patchify),
     ("attention", make_attention()),
     ("attention", attention_big_negative),
     ("attention", attention_sdpa_weights),
@@ -293,18 +292,101 @@ def test_wrong_signature_and_not_a_function():
 def test_learner_prints_do_not_leak_and_inputs_are_copies():
     seen = []
 
-    def mutating(images, patch_size):
+    def printing(images, patch_size):
         print("debug output from the learner")
-        out = patchify_right(images, patch_size).clone()
-        with torch.no_grad():
-            images.zero_()  # must not disturb the reference comparison
         seen.append(1)  # runs in a child: the parent's list stays empty
-        return out
+        return patchify_right(images, patch_size)
 
-    r = check("patchify", mutating)
+    r = check("patchify", printing)
     assert r.passed, str(r)
     if FORK_AVAILABLE:
         assert seen == []
+
+
+def test_an_in_place_change_of_an_input_fails_with_a_note():
+    def mutating(images, patch_size):
+        out = patchify_right(images, patch_size).clone()
+        with torch.no_grad():
+            images.zero_()  # right output, but the caller's tensor is gone
+        return out
+
+    r = check("patchify", mutating, seed=SEED)
+    assert r.status == "failed" and "changed its input images in place" in r.summary, str(r)
+    assert "x.clone()" in r.message
+
+    def masks_in_place(T):  # an integer input is not compared (T is a number): passes
+        return causal_right(T)
+
+    assert check("causal_mask", masks_in_place).passed
+
+
+# ----------------------------------------------------------------------------- raises, library
+def test_a_case_can_ask_for_an_exception(monkeypatch):
+    monkeypatch.setattr(grading_core, "_CHECKS", dict(grading_core._CHECKS))
+
+    def ref(x):
+        if x.shape[-1] == 0:
+            raise ValueError("empty")
+        return x * 2
+
+    @register_check("toy_double", signature="double(x)", reference=ref, exercise="99_toy")
+    def cases(gen):
+        yield Case("a (2, 3) matrix", torch.randn(2, 3, generator=gen))
+        yield Case("an empty last axis", torch.zeros(2, 0), raises=ValueError,
+                   hint="raise ValueError on an empty input")
+
+    def right(x):
+        if x.shape[-1] == 0:
+            raise ValueError("nothing to double")
+        return x * 2
+
+    class MyError(ValueError):
+        pass
+
+    def subclass(x):
+        if x.shape[-1] == 0:
+            raise MyError("a subclass counts")
+        return x + x
+
+    assert check("toy_double", right).passed
+    assert check("toy_double", subclass).passed
+    r = check("toy_double", lambda x: x * 2)
+    assert r.status == "failed" and "should raise ValueError" in r.summary, str(r)
+    assert "raise ValueError on an empty input" in r.message
+    r = check("toy_double", lambda x: x * 2 if x.shape[-1] else x.sum(-1).item())
+    assert "raised RuntimeError" in r.summary and "should raise ValueError" in r.summary, r
+
+    def stub(x):
+        raise NotImplementedError("replace this line with your solution")
+
+    assert check("toy_double", stub).status == "not attempted"
+    with pytest.raises(TypeError, match="exception class"):
+        Case("bad", torch.zeros(1), raises="ValueError")
+
+
+def test_the_library_or_the_reference_earns_nothing():
+    from minivlm.grading.checks import ex00_patchify_attention as ex00
+
+    r = check("patchify", ref_patchify, seed=SEED)
+    assert r.status == "library" and r.points == 0, str(r)
+    assert "calls the library's patchify (minivlm/nn/vit.py)" in r.summary
+
+    def via_reference(images, patch_size):
+        return ex00._ref_patchify(images, patch_size)
+
+    r = check("patchify", via_reference, seed=SEED)
+    assert r.status == "library" and "_ref_patchify" in r.summary, str(r)
+
+    def hides_it(images, patch_size):
+        import sys
+
+        hook = sys.getprofile()
+        sys.setprofile(None)
+        return ref_patchify(images, patch_size) if hook is None else ref_patchify(
+            images, patch_size)
+
+    assert check("patchify", hides_it, seed=SEED).status == "library"
+    assert check("patchify", ref_patchify, seed=SEED, allow_library=True).passed
 
 
 def _alive(pid: int) -> bool:

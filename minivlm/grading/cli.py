@@ -52,8 +52,9 @@ def _cmd_grade(args: argparse.Namespace) -> int:
     try:
         grade(args.submissions, args.out, exercise=args.exercise, timeout=args.timeout,
               cell_timeout=args.cell_timeout, check_timeout=args.check_timeout, jobs=args.jobs,
-              force=args.force, kernel=args.kernel)
-    except (FileExistsError, FileNotFoundError, ValueError) as e:
+              force=args.force, kernel=args.kernel, resume=args.resume, sandbox=args.sandbox,
+              allow_library=args.allow_library)
+    except (FileExistsError, FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
@@ -81,9 +82,10 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         "grade", help="execute and grade a folder of submitted notebooks into a CSV",
         description="Execute each submitted notebook in its own process and kernel (time "
         "limit --timeout), then grade it by running the exercise's checks in a separate "
-        "worker on the functions the notebook defines. Submissions are only read (work "
-        "happens on copies in a temporary folder). Writes one CSV row per notebook: points "
-        "per check, total, max_total and notes with a reason for every missed point.")
+        "worker on the functions the notebook defines; both run in a bubblewrap sandbox when "
+        "one is available. Submissions are only read (work happens on copies in a temporary "
+        "folder). Writes one CSV row per notebook as each finishes: points per check, total, "
+        "max_total, notes with a reason for every missed point, isolated, sha256.")
     g.add_argument("submissions", nargs="+", help="folders (searched recursively) or notebooks")
     g.add_argument("--out", required=True,
                    help="gradebook CSV to write (atomically); an existing file is only "
@@ -101,4 +103,14 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--kernel", default=None,
                    help="Jupyter kernel name (default: this Python interpreter's ipykernel)")
     g.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    g.add_argument("--resume", action="store_true",
+                   help="keep the rows of an existing --out whose notebook is unchanged (a "
+                   "stopped run) and grade only the rest")
+    g.add_argument("--sandbox", choices=["auto", "bwrap", "none"], default="auto",
+                   help="run each submission in a bubblewrap sandbox: auto (default: when "
+                   "bwrap works here; otherwise the CSV and the console say the submissions "
+                   "were not isolated), bwrap (required), none")
+    g.add_argument("--allow-library", action="store_true",
+                   help="let a graded function call the library's own implementation of the "
+                   "same thing (default: such a function gets 0 with a note)")
     g.set_defaults(func=_cmd_grade)

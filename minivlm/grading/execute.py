@@ -3,11 +3,15 @@
 ``minivlm grade`` runs this file as a script in its own process, one per
 submission::
 
-    python minivlm/grading/execute.py NOTEBOOK SUMMARY.json --timeout 60 [--kernel NAME]
+    python minivlm/grading/execute.py NOTEBOOK --result-fd 3 --timeout 60 [--kernel NAME]
 
 It imports nothing from ``minivlm`` (so no torch: it starts in a fraction of a
-second) and writes a JSON summary: did the notebook run, which cells raised,
-which cell ran out of time. Outputs are not kept: grading never trusts them.
+second) and writes a JSON summary to the pipe ``--result-fd`` (or to a file given
+after the notebook): did the notebook run, which cells raised, which cell ran out
+of time. Outputs are not kept: grading never trusts them. The pipe is not passed
+to the kernel, and the process makes itself non-dumpable, so that the notebook
+cannot reach the pipe through /proc either (in the sandbox, which has no
+CAP_SYS_PTRACE).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ if __name__ == "__main__":  # run as a file: don't let this folder's modules sha
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -106,14 +111,43 @@ def execute_notebook(path: str | Path, *, timeout: float, kernel: str | None = N
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="execute a notebook (used by `minivlm grade`)")
     p.add_argument("notebook")
-    p.add_argument("summary", help="JSON file to write")
+    p.add_argument("summary", nargs="?", default=None, help="JSON file to write")
+    p.add_argument("--result-fd", type=int, default=None,
+                   help="write the JSON summary to this inherited pipe instead")
     p.add_argument("--timeout", type=float, required=True)
     p.add_argument("--kernel", default=None)
     a = p.parse_args(argv)
+    if a.result_fd is not None:
+        os.set_inheritable(a.result_fd, False)  # the kernel must not get the pipe
+        _no_dump()
     summary, _ = execute_notebook(a.notebook, timeout=a.timeout, kernel=a.kernel,
                                   workdir=Path.cwd())
-    Path(a.summary).write_text(json.dumps(summary))
+    summary["cpu_seconds"] = round(_cpu_seconds(), 2)
+    data = json.dumps(summary).encode()
+    if a.result_fd is not None:
+        with os.fdopen(a.result_fd, "wb") as f:
+            f.write(data)
+    else:
+        Path(a.summary).write_bytes(data)
     return 0
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the kernel)."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+        resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _no_dump() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(4, 0)  # PR_SET_DUMPABLE, 0
+    except Exception:  # noqa: BLE001 - not Linux
+        pass
 
 
 if __name__ == "__main__":

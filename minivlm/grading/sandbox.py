@@ -129,6 +129,44 @@ class Call:
     kwargs: dict = field(default_factory=dict)
     grad_argnums: tuple[int, ...] = ()
     grad_outputs: list[torch.Tensor | None] | None = None
+    #: compare the tensor arguments after the call (an in-place change is reported)
+    compare_inputs: bool = False
+    #: calls that must not happen inside the learner's function (see :class:`Forbidden`)
+    forbidden: Forbidden | None = None
+
+
+@dataclass
+class Forbidden:
+    """What a graded function may not call: the library's own implementation of the same
+    thing (a function called ``name`` defined under ``package_dir`` but not under
+    ``allowed_dir``), the grader's references (functions whose name starts with ``_ref``
+    under ``allowed_dir``/checks) and the code objects listed in ``codes`` as
+    ``(filename, first line)``."""
+
+    name: str
+    package_dir: str
+    allowed_dir: str
+    codes: frozenset = frozenset()
+
+    def match(self, code: Any) -> str | None:
+        """Words naming the forbidden function ``code`` belongs to, or None."""
+        fname = code.co_filename
+        if (fname, code.co_firstlineno) in self.codes:
+            whose = ("the grader's reference" if fname.startswith(self.allowed_dir)
+                     else "the library's")
+            return f"{whose} {code.co_name} ({_short_path(fname)})"
+        if fname.startswith(self.allowed_dir):
+            if code.co_name.startswith("_ref") and "checks" in fname[len(self.allowed_dir):]:
+                return f"the grader's reference {code.co_name} ({_short_path(fname)})"
+            return None
+        if code.co_name == self.name and fname.startswith(self.package_dir):
+            return f"the library's {code.co_name} ({_short_path(fname)})"
+        return None
+
+
+def _short_path(fname: str) -> str:
+    i = fname.rfind("minivlm" + os.sep)
+    return fname[i:] if i >= 0 else Path(fname).name
 
 
 _INTERNAL_DIRS = (
@@ -171,10 +209,83 @@ def _clone_arg(a: Any, grad: bool) -> Any:
     return a
 
 
+def _tensors(obj: Any, depth: int = 0) -> list[torch.Tensor]:
+    """The tensors an argument holds: itself, or those in a list/tuple (two levels)."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (list, tuple)) and depth < 2:
+        return [t for o in obj for t in _tensors(o, depth + 1)]
+    return []
+
+
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    a, b = a.detach(), b.detach()
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if torch.equal(a, b):
+        return True
+    if a.is_floating_point() or a.is_complex():
+        nan = torch.isnan(a)
+        return torch.equal(nan, torch.isnan(b)) and torch.equal(a[~nan], b[~nan])
+    return False
+
+
+def _changed_inputs(originals: Call, args: tuple, kwargs: dict) -> list[str]:
+    """Positions ('argument 2') / names of the arguments whose tensors the call changed."""
+    changed = []
+    items = [(i, a, args[i]) for i, a in enumerate(originals.args)]
+    items += [(k, v, kwargs[k]) for k, v in originals.kwargs.items()]
+    for key, before, after in items:
+        old, new = _tensors(before), _tensors(after)
+        if len(old) != len(new) or not all(_same_tensor(o, n) for o, n in zip(old, new)):
+            changed.append(key)
+    return changed
+
+
+class _Monitor:
+    """A profile hook that notes the first forbidden function called (see :class:`Forbidden`).
+    Installed for the learner's call only; a call that removes it is reported too."""
+
+    def __init__(self, forbidden: Forbidden) -> None:
+        self.forbidden = forbidden
+        self.found: str | None = None
+
+    def __call__(self, frame: Any, event: str, arg: Any) -> None:
+        if event == "call" and self.found is None:
+            self.found = self.forbidden.match(frame.f_code)
+
+    def __enter__(self) -> _Monitor:
+        sys.setprofile(self)
+        threading.setprofile(self)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if sys.getprofile() is not self and self.found is None:
+            self.found = "sys.setprofile (the grader's call monitor was switched off)"
+        sys.setprofile(None)
+        threading.setprofile(None)  # type: ignore[arg-type]
+
+
+class _NoMonitor:
+    found = None
+
+    def __enter__(self) -> _NoMonitor:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def _exc_classes(e: BaseException) -> list[str]:
+    return [f"{c.__module__}.{c.__qualname__}" for c in type(e).__mro__]
+
+
 def call_one(fn: Callable, call: Call) -> dict:
     """Run ``fn`` on one call; describe the result (or the exception) with plain values."""
     args = tuple(_clone_arg(a, False) for a in call.args)
     kwargs = {k: _clone_arg(v, False) for k, v in call.kwargs.items()}
+    forbidden = getattr(call, "forbidden", None)
+    monitor: Any = _Monitor(forbidden) if forbidden is not None else _NoMonitor()
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
@@ -190,24 +301,31 @@ def call_one(fn: Callable, call: Call) -> dict:
                     "message": str(e), "signature": f"{name}({params})", "where": ""}
     t0 = time.perf_counter()
     try:
-        out = fn(*args, **kwargs)
+        with monitor:
+            out = fn(*args, **kwargs)
     except NotImplementedError as e:
         kind = "not_implemented" if _is_placeholder(e.__traceback__) else "exception"
         return {"ok": False, "kind": kind, "exc_type": type(e).__name__,
+                "exc_classes": _exc_classes(e), "library": monitor.found,
                 "message": str(e)[:500], "where": learner_frame(e.__traceback__)}
     except (Exception, SystemExit) as e:  # noqa: BLE001 - every learner error becomes a message
         return {"ok": False, "kind": "exception", "exc_type": type(e).__name__,
+                "exc_classes": _exc_classes(e), "library": monitor.found,
                 "message": str(e)[:500], "where": learner_frame(e.__traceback__)}
     seconds = time.perf_counter() - t0
     result: dict[str, Any] = {"ok": True, "value": encode(out), "seconds": seconds,
-                              "grads": None, "grad_error": None}
+                              "grads": None, "grad_error": None, "library": monitor.found,
+                              "changed": []}
+    if getattr(call, "compare_inputs", False):
+        result["changed"] = _changed_inputs(call, args, kwargs)
     if call.grad_outputs is not None and call.grad_argnums:
         # A second call on inputs that require grad (the first one ran on plain
         # tensors, so that e.g. .numpy() behaves as it would for the learner).
         gargs = tuple(_clone_arg(a, i in call.grad_argnums) for i, a in enumerate(call.args))
         gkwargs = {k: _clone_arg(v, False) for k, v in call.kwargs.items()}
         try:
-            gout = fn(*gargs, **gkwargs)
+            with monitor:
+                gout = fn(*gargs, **gkwargs)
         except Exception as e:  # noqa: BLE001
             where = learner_frame(e.__traceback__)
             result["grad_error"] = (f"calling it on inputs that require grad raised "
@@ -215,6 +333,9 @@ def call_one(fn: Callable, call: Call) -> dict:
                                     + (f" ({where})" if where else ""))
             return result
         result["grads"], result["grad_error"] = _input_grads(gout, gargs, call)
+        result["library"] = result["library"] or monitor.found
+        if getattr(call, "compare_inputs", False) and not result["changed"]:
+            result["changed"] = _changed_inputs(call, gargs, gkwargs)
     return result
 
 

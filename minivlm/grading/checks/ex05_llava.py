@@ -11,16 +11,15 @@ the ``<image>`` slots in reading order, a wrong count raises ``ValueError``); an
 that ``minivlm.models.llava.LlavaCollator`` builds with the ``SHAPES_CHAT`` template (token ids
 of the assistant's answers and their end token, -100 everywhere else, padding included).
 
-Two thin wrappers make the library fit a check:
+The check ``merge_raises_value_error`` calls the learner's ``merge_image_features`` on
+prompts whose ``<image>`` counts are wrong, with ``Case(..., raises=ValueError)``: the function
+must raise ``ValueError`` (the library's does), and on the two good prompts it must return the
+library's result.
 
-* A check only sees what a function returns, never an exception it was meant to raise. So
-  the notebook defines ``merge_raises_value_error(...)``, which calls the learner's
-  ``merge_image_features`` and returns ``torch.tensor(True)`` when it raised ``ValueError``
-  (any other exception propagates); the reference is the same wrapper around the library.
-* The labels come from dialogues: the cases are built from turns with the library's
-  collator, and the reference looks up the labels the collator made for the very
-  ``input_ids`` it is given (``_LABELS``, filled by the case generator; an unknown input is a
-  check error, never a silent guess).
+The labels come from dialogues: the cases are built from turns with the library's collator,
+and the reference looks up the labels the collator made for the very ``input_ids`` it is
+given (``_LABELS``, filled by the case generator; an unknown input is a check error, never a
+silent guess).
 """
 
 from __future__ import annotations
@@ -177,6 +176,8 @@ def _merge_variant(how: str):
             out[:, slots[0]] = image_features
         elif how == "reversed":
             out[slots] = image_features.flip(1).reshape(-1, D)
+        elif how == "image_order":  # the batch of images in reverse: row b gets image B-1-b
+            out[slots] = image_features.flip(0).reshape(-1, D)
         elif how == "insert":  # the features next to the placeholders: (B, T + N, D)
             return torch.cat([image_features, inputs_embeds], dim=1)
         return out
@@ -234,6 +235,8 @@ def _merge_case(gen: torch.Generator, label: str, B: int, T: int, N: int, D: int
          "(input_ids[b] == image_token_id)", _merge_variant("row0_positions")),
         ("the features of each image are in reverse order; feature j of an image goes into "
          "its j-th slot, left to right", _merge_variant("reversed")),
+        ("the images are in the wrong order: row b takes image_features[b] (the first image "
+         "into the first row), not the images in reverse", _merge_variant("image_order")),
         ("the output must keep the shape of inputs_embeds (B, T, D): input_ids already hold "
          "one <image> token per feature, so replace those tokens, don't insert the features",
          _merge_variant("insert")),
@@ -264,73 +267,45 @@ def merge_cases(gen: torch.Generator):
 
 
 # ----------------------------------------------------------------------------- wrong counts
-def raises_value_error(merge: Callable[..., Any]) -> Callable[..., Tensor]:
-    """``merge`` -> a function that returns ``torch.tensor(True)`` when ``merge`` raises
-    ValueError on the inputs, ``torch.tensor(False)`` when it returns; any other exception
-    propagates. (The notebook defines the same function, ``merge_raises_value_error``.)"""
-
-    def merge_raises_value_error(inputs_embeds, input_ids, image_features, image_token_id):
-        try:
-            merge(inputs_embeds, input_ids, image_features, image_token_id)
-        except ValueError:
-            return torch.tensor(True)
-        return torch.tensor(False)
-
-    return merge_raises_value_error
-
-
-_ref_raises = raises_value_error(_ref_merge)
-
-
-def _explain_raises(case: Case, got: list, expected: list) -> str | None:
-    if not isinstance(got[0], Tensor) or got[0].numel() != 1:
-        return None
-    if bool(expected[0]) and not bool(got[0]):
-        return ("merge_image_features returned a result although the number of <image> "
-                "tokens does not match the features; count the slots of every row, compare "
-                "with N = image_features.shape[1] (and one image per row) and raise "
-                "ValueError naming the row")
-    if bool(got[0]) and not bool(expected[0]):
-        return ("merge_image_features raised ValueError although every row holds exactly N "
-                "<image> tokens (N = image_features.shape[1], the features per image); "
-                "compare each row's count with N")
-    return None
-
-
 @register_check(
     "merge_raises_value_error",
-    signature="merge_raises_value_error(inputs_embeds, input_ids, image_features, "
-              "image_token_id)",
-    reference=_ref_raises,
+    signature="merge_image_features(inputs_embeds, input_ids, image_features, image_token_id)",
+    reference=_ref_merge,
     points=1,
     exercise=EXERCISE,
-    shapes=("() True when merge_image_features raised ValueError",),
-    explain=_explain_raises,
+    shapes=("(B, T, D)",),
 )
 def merge_raises_cases(gen: torch.Generator):
     count_hint = ("the counts do not match: check them before splicing and raise ValueError "
                   "(torch's own errors, or a silently wrong result, are not what a user needs)")
     ids = _image_ids(gen, 2, 10, 4, 7, starts=[1, 2], lengths=[10, 10])
     ids[0, 5], ids[1, 2] = 7, 11  # row 0: 5 image tokens, row 1: 3 (the total is still 8)
-    yield _merge_case(gen, "row 0 holds 5 image tokens and row 1 holds 3, N = 4 (the total, "
-                      "8, is right)", 2, 10, 4, 8, starts=[], ids=ids, hint=count_hint)
+    yield _raises(_merge_case(gen, "row 0 holds 5 image tokens and row 1 holds 3, N = 4 (the "
+                              "total, 8, is right)", 2, 10, 4, 8, starts=[], ids=ids,
+                              hint=count_hint))
     ids = _image_ids(gen, 2, 9, 3, 7, starts=[1, 4], lengths=[9, 9])
     ids[1, 8] = 7
-    yield _merge_case(gen, "row 1 holds 4 image tokens, N = 3", 2, 9, 3, 8, starts=[], ids=ids,
-                      hint=count_hint)
+    yield _raises(_merge_case(gen, "row 1 holds 4 image tokens, N = 3", 2, 9, 3, 8, starts=[],
+                              ids=ids, hint=count_hint))
     ids = _image_ids(gen, 1, 6, 0, 7, starts=[0], lengths=[6])
-    yield _merge_case(gen, "a batch of size 1 without any image token, N = 2", 1, 6, 2, 4,
-                      starts=[], ids=ids, hint=count_hint)
-    yield _merge_case(gen, "3 images for 2 rows of 4 image tokens each", 2, 8, 4, 4,
-                      starts=[0, 3], n_images=3,
-                      hint="image_features holds one image per row: B_img must equal B")
+    yield _raises(_merge_case(gen, "a batch of size 1 without any image token, N = 2", 1, 6,
+                              2, 4, starts=[], ids=ids, hint=count_hint))
+    yield _raises(_merge_case(gen, "3 images for 2 rows of 4 image tokens each", 2, 8, 4, 4,
+                              starts=[0, 3], n_images=3,
+                              hint="image_features holds one image per row: B_img must "
+                                   "equal B"))
     yield _merge_case(gen, "the counts are right (N = 3 in every row): no error", 2, 8, 3, 4,
-                      starts=[1, 4])
+                      starts=[1, 4], hint="raise ValueError only when a count is wrong")
     ids = _image_ids(gen, 2, 8, 2, 3, starts=[1, 5], lengths=[8, 8])
     ids[0, 4] = 7  # an ordinary token with id 7: the placeholder is id 3
     yield _merge_case(gen, "image_token_id=3, the counts are right (7 is an ordinary token "
                       "here): no error", 2, 8, 2, 4, starts=[], ids=ids, image_token_id=3,
                       hint="count the image_token_id argument, not a fixed 7")
+
+
+def _raises(case: Case) -> Case:
+    """The case, now asking for ValueError."""
+    return Case(case.label, *case.args, kwargs=case.kwargs, hint=case.hint, raises=ValueError)
 
 
 # ----------------------------------------------------------------------------- labels
