@@ -8,6 +8,8 @@ PIP_PIN := -c constraints.txt
 # notebooks run two at a time (each is single-threaded); loadscope keeps a notebook's cells in order
 # on one worker, in one kernel
 NB_PAR := -n 2 --dist loadscope
+# unit tests two at a time too, a test file per worker (its fixtures stay in one process)
+UNIT_PAR := -n 2 --dist loadfile
 
 .PHONY: install lab test lint unit notebooks student slides browser sandbox bench lock clean-venv
 
@@ -29,7 +31,7 @@ lab: $(STAMP)
 ## make test: install, lint, unit tests, then every notebook through nbval (two at a time)
 test: $(STAMP) browser sandbox
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q $(UNIT_PAR)
 	$(PY) -m minivlm zoo build
 	$(PY) -m pytest --nbval-lax notebooks -q -p no:cacheprovider $(NB_PAR)
 
