@@ -10,6 +10,10 @@ shown exactly once -- when it is the last value of a cell, or passed to ``displa
 (they render themselves as PNG, :class:`VizFigure`, with or without ``%matplotlib inline``).
 Functions that take ``ax=`` draw into that Axes instead and return ``ax.figure``.
 
+Patch maps (one value per image patch: attention, saliency, probe accuracy) are drawn by
+:func:`patch_map` in every lecture: one flat cell per patch (nearest neighbour, never smoothed),
+a colourbar, and the image beside it with the patch grid drawn on.
+
 Maths helpers (no plotting): :func:`attention_rollout`, :func:`cls_attention_map`,
 :func:`upsample_attention`, :func:`softmax_with_temperature`.
 """
@@ -40,6 +44,7 @@ __all__ = [
     "loss_curves",
     "mask_plot",
     "patch_grid",
+    "patch_map",
     "similarity_heatmap",
     "softmax_with_temperature",
     "temperature_slider",
@@ -550,6 +555,79 @@ def patch_grid(
     ax.set_axis_off()
     ax.set_title(title if title is not None else f"{gh}x{gw} = {gh * gw} patches of {p}x{p}")
     return ax.figure
+
+
+def patch_map(
+    values: ArrayLike,
+    image: ArrayLike | None = None,
+    ax: Axes | Sequence[Axes] | None = None,
+    *,
+    grid_hw: Sequence[int] | None = None,
+    title: str | None = None,
+    cmap: str = "viridis",
+    vmin: float | None = None,
+    vmax: float | None = None,
+    label: str | None = None,
+    annotate: bool = False,
+    fmt: str = ".2f",
+    image_title: str | None = None,
+) -> Figure:
+    """One value per patch drawn as a flat cell per patch, with a colourbar; the image beside it.
+
+    ``values``: (gh, gw) or (N,) (N a square number unless ``grid_hw=(gh, gw)`` is given), in
+    raster order as a ViT lays out its patches (§3.1 of the ViT paper). Cells are drawn nearest
+    neighbour, so a 4x4 map shows 16 cells, not a smoothed blob. With ``image`` the picture is
+    drawn in its own panel to the left, the patch grid on it, so a cell and its patch line up.
+    ``ax``: draw into this Axes (map only) or into two Axes ``(image_ax, map_ax)``; otherwise a
+    new figure. ``annotate=True`` writes each value in its cell (``fmt``), for small grids.
+    Returns the figure.
+    """
+    g = _grid_from_attn(values, "values", None if grid_hw is None else _check_grid_hw(grid_hw))
+    gh, gw = g.shape
+    img = None if image is None else _to_hwc_image(image)
+    if ax is None:
+        n = 1 if img is None else 2
+        fig = _new_figure((3.2 * n + 0.6, 3.0 + (0.3 if title else 0.0)))
+        axes = [fig.add_subplot(1, n, i + 1) for i in range(n)]
+    elif isinstance(ax, Axes):
+        if img is not None:
+            raise ValueError("ax: with an image, pass two Axes (image_ax, map_ax), or ax=None")
+        axes = [ax]
+    else:
+        axes = list(ax)
+        want = 1 if img is None else 2
+        if len(axes) != want or not all(isinstance(a, Axes) for a in axes):
+            raise ValueError(f"ax: expected {want} matplotlib Axes, got {len(axes)} objects")
+    map_ax = axes[-1]
+    if img is not None:
+        iax = axes[0]
+        H, W = img.shape[:2]
+        iax.imshow(img, extent=(0, W, H, 0))
+        for i in range(1, gh):  # patch boundaries, so a cell can be found on the picture
+            iax.axhline(i * H / gh, color="white", lw=0.6, alpha=0.8)
+        for j in range(1, gw):
+            iax.axvline(j * W / gw, color="white", lw=0.6, alpha=0.8)
+        iax.set_xticks([])
+        iax.set_yticks([])
+        if image_title:
+            iax.set_title(image_title)
+    im = map_ax.imshow(g, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest",
+                       extent=(0, gw, gh, 0))
+    map_ax.set_xticks([])
+    map_ax.set_yticks([])
+    if annotate:
+        lo, hi = im.get_clim()
+        for i in range(gh):
+            for j in range(gw):
+                dark = (g[i, j] - lo) / (hi - lo) < 0.5 if hi > lo else True
+                map_ax.text(j + 0.5, i + 0.5, format(g[i, j], fmt), ha="center", va="center",
+                            fontsize=7, color="white" if dark else "black")
+    cbar = map_ax.figure.colorbar(im, ax=map_ax, shrink=0.85, fraction=0.07)
+    if label:
+        cbar.set_label(label)
+    if title:
+        map_ax.set_title(title)
+    return map_ax.figure
 
 
 def image_grid(

@@ -318,3 +318,47 @@ def test_heatmap_annotation_contrast():
         colors = [t.get_color() for t in fig.axes[0].texts]
         dark_first = cmap == "viridis"  # viridis: low = dark purple; Blues: low = white
         assert colors == (["white", "black"] if dark_first else ["black", "white"])
+
+
+# --------------------------------------------------------------------------- patch_map
+
+
+def test_patch_map_one_cell_per_patch_with_colourbar_and_image(image):
+    vals = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    fig = viz.patch_map(vals, image=image, title="attention", label="weight")
+    img_ax, map_ax = fig.axes[0], fig.axes[1]
+    assert len(fig.axes) == 3  # image, map, colourbar
+    im = map_ax.images[0]
+    assert im.get_interpolation() == "nearest"
+    np.testing.assert_array_equal(np.asarray(im.get_array()), vals.numpy())
+    assert fig.axes[2].get_ylabel() == "weight"
+    assert len(img_ax.images) == 1
+    # patch boundaries drawn on the picture: 2 horizontal + 3 vertical lines
+    assert len(img_ax.lines) == 2 + 3
+    assert map_ax.get_title() == "attention"
+
+
+def test_patch_map_flat_values_square_or_grid_hw():
+    fig = viz.patch_map(np.linspace(0, 1, 16))
+    assert np.asarray(fig.axes[0].images[0].get_array()).shape == (4, 4)
+    assert len(fig.axes) == 2  # map + colourbar, no image panel
+    fig = viz.patch_map(np.arange(6.0), grid_hw=(2, 3), annotate=True)
+    assert np.asarray(fig.axes[0].images[0].get_array()).shape == (2, 3)
+    assert [t.get_text() for t in fig.axes[0].texts][:2] == ["0.00", "1.00"]
+    with pytest.raises(ValueError, match="not a square number"):
+        viz.patch_map(np.arange(6.0))
+    with pytest.raises(ValueError, match=r"expected \(h, w\) or \(N,\)"):
+        viz.patch_map(np.zeros((2, 2, 2)))
+
+
+def test_patch_map_into_given_axes(image):
+    from minivlm.viz import _new_figure
+
+    fig = _new_figure((6, 3))
+    a, b = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    assert viz.patch_map(np.ones(4), ax=b) is fig
+    assert len(b.images) == 1 and len(a.images) == 0
+    assert viz.patch_map(np.ones(4), image=image, ax=(a, b)) is fig
+    assert len(a.images) == 1
+    with pytest.raises(ValueError, match="two Axes"):
+        viz.patch_map(np.ones(4), image=image, ax=b)
