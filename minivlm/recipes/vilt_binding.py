@@ -245,6 +245,98 @@ def vqa_by_type(
     return out, vqa, res
 
 
+def make_model(arm: str, text: Text, pos_std: float = 0.5) -> nn.Module:
+    """A fresh model for ``arm`` (seed the RNG first): clip_tiny, or vilt_tiny with 16x16
+    patches whose patch positions the warm-up arm draws with std ``pos_std`` (ViLT's: 0.02)."""
+    if arm not in ARMS:
+        raise ValueError(f"make_model: arm must be one of {ARMS}, got {arm!r}")
+    if arm == "clip":
+        return minivlm.create_model("clip_tiny", vocab_size=text.tok.vocab_size,
+                                    max_len=MAX_LEN, patch_size=16)  # fmt: skip
+    model = minivlm.create_model("vilt_tiny", vocab_size=text.tok.vocab_size,
+                                 max_text_len=MAX_LEN, patch_size=16, num_answers=0)  # fmt: skip
+    if arm == "vilt warm-up":
+        nn.init.trunc_normal_(model.pos_embed, std=pos_std, a=-3 * pos_std, b=3 * pos_std)
+    return model
+
+
+def where_loss(model: nn.Module, text: Text, data: Any, batch: list[int],
+               pixels: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """The two-slot "where" warm-up: text "[BOS] [MASK] [MASK] [EOS]", answers the colour of
+    the left and of the top object (a fixed query each: the keys learn x and y, no word to
+    read). Cross-entropy over the 6 colour words, summed over the two slots."""
+    names = list(COLORS)
+    ids = torch.tensor([[text.tok.bos_id, text.tok.mask_id, text.tok.mask_id,
+                         text.tok.eos_id]] * len(batch))  # fmt: skip
+    objs = [data.scenes[i].objects for i in batch]
+    left = torch.tensor([names.index(min(o, key=lambda x: x.x).color) for o in objs])
+    top = torch.tensor([names.index(min(o, key=lambda x: x.y).color) for o in objs])
+    cols = model(input_ids=ids, pixel_values=pixels).mlm_logits[:, 1:3][..., text.colour_ids]
+    return F.cross_entropy(cols[:, 0], left) + F.cross_entropy(cols[:, 1], top)  # (B, 2, 6)
+
+
+def pretrain(
+    model: nn.Module,
+    data: Any,
+    seed: int,
+    steps: int,
+    warmup: int = 0,
+    lr: float = 1e-3,
+    batch_size: int = 32,
+    text: Text | None = None,
+) -> list[float]:
+    """Train ``model`` on two-object scenes ``data``: the first ``warmup`` steps the "where"
+    task (:func:`where_loss`), then colour-word MLM on one true binding caption per scene (or,
+    for a CLIP, its contrastive loss on the same batches). AdamW (weight decay 0.01), linear
+    warm-up over 30 steps then cosine decay, gradients clipped at norm 1. Returns the losses."""
+    text = text or Text()
+    pairs = {i: p for i in range(len(data)) if (p := binding_pairs(data, i))}
+    scenes = sorted(pairs)
+    pixels = data.pixel_values()  # (n, 3, 64, 64)
+    is_clip = hasattr(model, "encode_image")
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 30) * 0.5 * (1 + np.cos(np.pi * s / steps))
+    )
+    gen = torch.Generator().manual_seed(seed)
+    losses = []
+    model.train()
+    for step in range(1, steps + 1):
+        batch = [scenes[j] for j in torch.randint(len(scenes), (batch_size,), generator=gen)]
+        caps = []
+        for i in batch:
+            kinds = list(pairs[i])
+            caps.append(pairs[i][kinds[int(torch.randint(len(kinds), (1,), generator=gen))]][0])
+        ids, am = text.encode(caps)
+        px = pixels[batch]
+        if step <= warmup:
+            loss = where_loss(model, text, data, batch, px)
+        elif is_clip:
+            loss = model(input_ids=ids, attention_mask=am, pixel_values=px).loss
+        else:
+            masked, labels = text.mask_colours(ids)
+            out = model(input_ids=masked, attention_mask=am, pixel_values=px)
+            loss = F.cross_entropy(out.mlm_logits.flatten(0, 1), labels.flatten())
+        opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
+def binding_accuracy(model: nn.Module, test: Any, text: Text | None = None,
+                     kinds: tuple[str, ...] = KINDS) -> dict[str, float]:  # fmt: skip
+    """Held-out pair accuracy per binding kind: ViLT by the MLM pseudo-log-likelihood of the
+    colour words, CLIP by cosine; chance 0.5."""
+    text = text or Text()
+    scorer = clip_score if hasattr(model, "encode_image") else vilt_mlm_score
+    model.eval()
+    return pair_accuracy(lambda *a: scorer(model, text, *a), text, test_pairs(test, kinds), test)
+
+
 def run(
     arm: str,
     seed: int,
@@ -264,61 +356,13 @@ def run(
     text = Text()
     world = ShapesWorld(min_objects=2, max_objects=2)
     train, test = world.generate(n_train, seed=seed), world.generate(400, seed=1000 + seed)
-    pairs = {i: p for i in range(len(train)) if (p := binding_pairs(train, i))}
-    scenes = sorted(pairs)
-    pixels = train.pixel_values()  # (n_train, 3, 64, 64)
-    names = list(COLORS)
     minivlm.seed_everything(seed)
-    if arm == "clip":
-        model = minivlm.create_model("clip_tiny", vocab_size=text.tok.vocab_size,
-                                     max_len=MAX_LEN, patch_size=16)  # fmt: skip
-    else:
-        model = minivlm.create_model("vilt_tiny", vocab_size=text.tok.vocab_size,
-                                     max_text_len=MAX_LEN, patch_size=16,
-                                     num_answers=0)  # fmt: skip
-        if arm == "vilt warm-up":
-            nn.init.trunc_normal_(model.pos_embed, std=pos_std, a=-3 * pos_std, b=3 * pos_std)
+    model = make_model(arm, text, pos_std)
     warm = warmup if arm == "vilt warm-up" else 0
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 30) * 0.5 * (1 + np.cos(np.pi * s / steps))
-    )
-    gen = torch.Generator().manual_seed(seed)
-    warm_ids = torch.tensor([[text.tok.bos_id, text.tok.mask_id, text.tok.mask_id,
-                              text.tok.eos_id]] * batch_size)  # fmt: skip
-    losses = []
     t0 = time.process_time()
-    for step in range(1, steps + 1):
-        batch = [scenes[j] for j in torch.randint(len(scenes), (batch_size,), generator=gen)]
-        caps = []
-        for i in batch:
-            kinds = list(pairs[i])
-            caps.append(pairs[i][kinds[int(torch.randint(len(kinds), (1,), generator=gen))]][0])
-        ids, am = text.encode(caps)
-        px = pixels[batch]
-        if step <= warm:  # "[MASK] [MASK]" -> colours of the left and of the top object
-            objs = [train.scenes[i].objects for i in batch]
-            left = torch.tensor([names.index(min(o, key=lambda x: x.x).color) for o in objs])
-            top = torch.tensor([names.index(min(o, key=lambda x: x.y).color) for o in objs])
-            logits = model(input_ids=warm_ids, pixel_values=px).mlm_logits  # (B, 4, V)
-            cols = logits[:, 1:3][..., text.colour_ids]  # (B, 2, 6)
-            loss = F.cross_entropy(cols[:, 0], left) + F.cross_entropy(cols[:, 1], top)
-        elif arm == "clip":
-            loss = model(input_ids=ids, attention_mask=am, pixel_values=px).loss
-        else:
-            masked, labels = text.mask_colours(ids)
-            out = model(input_ids=masked, attention_mask=am, pixel_values=px)
-            loss = F.cross_entropy(out.mlm_logits.flatten(0, 1), labels.flatten())
-        opt.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+    losses = pretrain(model, train, seed, steps, warm, lr, batch_size, text)
     cpu = time.process_time() - t0
-    model.eval()
-    scorer = clip_score if arm == "clip" else vilt_mlm_score
-    acc = pair_accuracy(lambda *a: scorer(model, text, *a), text, test_pairs(test), test)
+    acc = binding_accuracy(model, test, text)
     record = dict(arm=arm, seed=seed, steps=steps, warmup=warm, cpu_seconds=round(cpu, 1),
                   final_loss=round(float(np.mean(losses[-20:])), 4),
                   **{k: round(v, 4) for k, v in acc.items()})  # fmt: skip
