@@ -3,16 +3,21 @@ PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# exact versions of every dependency (see the file's header; `make lock` regenerates it)
+PIP_PIN := -c constraints.txt
+# notebooks run two at a time (each is single-threaded); loadscope keeps a notebook's cells in order
+# on one worker, in one kernel
+NB_PAR := -n 2 --dist loadscope
 
-.PHONY: lab test lint unit notebooks student slides browser bench clean-venv
+.PHONY: install lab test lint unit notebooks student slides browser bench lock clean-venv
 
 $(VENV)/bin/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet pip==26.3
 
-$(STAMP): pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install --quiet -e '.[test]'
+$(STAMP): pyproject.toml constraints.txt | $(VENV)/bin/python
+	$(PY) -m pip install --quiet $(PIP_PIN) -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -21,12 +26,12 @@ install: $(STAMP)
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
 
-## make test: install, lint, unit tests, then every notebook through nbval
+## make test: install, lint, unit tests, then every notebook through nbval (two at a time)
 test: $(STAMP) browser
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest tests -q
 	$(PY) -m minivlm zoo build
-	$(PY) -m pytest --nbval-lax notebooks -q -p no:cacheprovider
+	$(PY) -m pytest --nbval-lax notebooks -q -p no:cacheprovider $(NB_PAR)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -37,7 +42,7 @@ unit: $(STAMP)
 ## the BLIP-2 and LLaVA notebooks use the cached zoo components; build them first (~50 s once)
 notebooks: $(STAMP)
 	$(PY) -m minivlm zoo build
-	$(PY) -m pytest --nbval-lax notebooks -q
+	$(PY) -m pytest --nbval-lax notebooks -q $(NB_PAR)
 
 ## make student: regenerate student exercise notebooks (refuses to overwrite learner work)
 student: $(STAMP)
@@ -58,6 +63,11 @@ browser:
 
 bench: $(STAMP)
 	$(PY) benchmarks/attention.py
+
+## make lock: rewrite constraints.txt from what .venv has now (then run make test and commit it)
+lock: $(STAMP)
+	{ sed -n '/^#/p' constraints.txt; $(PY) -m pip freeze --exclude-editable | LC_ALL=C sort -f; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 clean-venv:
 	rm -rf $(VENV)

@@ -53,7 +53,7 @@ from minivlm.data import (
     shapes_tokenizer,
 )
 from minivlm.data.shapes import REGIONS
-from minivlm.models.blip2 import Blip2, Blip2Config, QFormerConfig
+from minivlm.models.blip2 import Blip2, Blip2Config, Blip2Stage2, QFormerConfig
 from minivlm.nn.lm import IGNORE_INDEX
 from minivlm.train import TrainConfig, train
 from minivlm.utils import add_results_args, refuse_overwrite, write_json
@@ -241,9 +241,8 @@ def run_seed(seed: int, vit: torch.nn.Module, lm: torch.nn.Module) -> dict[str, 
     for name, instruct in (("BLIP-2", False), ("InstructBLIP", True)):
         model = make_blip2(vit, lm, seed, instruct=instruct)
         model.load_state_dict(stage1_state)  # the same stage-1 Q-Former
-        model.set_stage(2)
         c0 = time.process_time()
-        train(model, mix, TrainConfig(**STAGE2, seed=seed, progress=False))
+        train(Blip2Stage2(model), mix, TrainConfig(**STAGE2, seed=seed, progress=False))
         record[name] = {"stage2_cpu_s": round(time.process_time() - c0, 1),
                         **answers_and_maps(model, test_data)}  # fmt: skip
     record["position"] = position_analysis(model, train_data, test_data)  # InstructBLIP

@@ -5,7 +5,7 @@
     >>> minivlm.list_models("clip*")
 """
 
-from minivlm.registry import create_model, list_models, register_model
+from minivlm.presets import create_model, list_models
 from minivlm.utils import atomic_write, count_parameters, device, seed_everything
 
 __version__ = "0.1.0"
@@ -16,6 +16,5 @@ __all__ = [
     "create_model",
     "device",
     "list_models",
-    "register_model",
     "seed_everything",
 ]

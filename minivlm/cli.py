@@ -15,7 +15,7 @@ import sys
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from minivlm.registry import list_models
+    from minivlm.presets import list_models
 
     for name in list_models(args.pattern):
         print(name)

@@ -14,8 +14,9 @@ Patch maps (one value per image patch: attention, saliency, probe accuracy) are 
 :func:`patch_map` in every lecture: one flat cell per patch (nearest neighbour, never smoothed),
 a colourbar, and the image beside it with the patch grid drawn on.
 
-Maths helpers (no plotting): :func:`attention_rollout`, :func:`cls_attention_map`,
-:func:`upsample_attention`, :func:`softmax_with_temperature`.
+Maths helpers (no plotting): :func:`upsample_attention`, :func:`softmax_with_temperature`;
+:func:`attention_rollout` and :func:`cls_attention_map` live in :mod:`minivlm.interpret` and are
+re-exported here.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ import torch.nn.functional as F
 from matplotlib.axes import Axes
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
+
+from minivlm.interpret import _check_grid_hw, attention_rollout, cls_attention_map
 
 __all__ = [
     "VizFigure",
@@ -135,12 +138,6 @@ def _grid_from_attn(attn: ArrayLike, name: str, grid_hw: tuple[int, int] | None)
     if h * w != a.shape[0]:
         raise ValueError(f"{name}: {a.shape[0]} patch weights do not fill a {h}x{w} grid")
     return a.reshape(h, w)
-
-
-def _check_grid_hw(grid_hw: Sequence[int], name: str = "grid_hw") -> tuple[int, int]:
-    if len(grid_hw) != 2 or any(int(g) <= 0 for g in grid_hw):
-        raise ValueError(f"{name}: expected (h, w) with positive ints, got {grid_hw!r}")
-    return int(grid_hw[0]), int(grid_hw[1])
 
 
 class VizFigure(Figure):
@@ -300,89 +297,6 @@ def _mask_labels(labels: Any, tq: int, tk: int) -> tuple[list[str] | None, list[
             f"labels: expected {tq} row and {tk} column labels, got {len(rows)} and {len(cols)}"
         )
     return [str(r) for r in rows], [str(c) for c in cols]
-
-
-# --------------------------------------------------------------------------- attention maths
-
-
-def attention_rollout(
-    attentions: Sequence[ArrayLike] | torch.Tensor,
-    head_fusion: str = "mean",
-    add_residual: bool = True,
-) -> torch.Tensor:
-    """Attention rollout (Abnar & Zuidema 2020, §3): how much each output token draws on each
-    input token through all layers.
-
-    attentions: per layer (B, H, T, T) weights, first layer first (a list, or a stacked
-    (L, B, H, T, T) tensor). Per layer the heads are fused (``"mean"``, ``"max"``, ``"min"``),
-    the residual stream is added as ``A' = 0.5 A + 0.5 I`` and rows are renormalised to sum
-    to 1; then ``rollout = A'_L @ ... @ A'_2 @ A'_1``.
-
-    Returns (B, T, T), float32, on the device of the inputs.
-    """
-    if isinstance(attentions, torch.Tensor):
-        if attentions.dim() != 5:
-            raise ValueError(
-                "attentions: expected a list of (B, H, T, T) tensors or a stacked (L, B, H, T, T) "
-                f"tensor, got a tensor of shape {tuple(attentions.shape)}"
-            )
-        layers = list(attentions.unbind(0))
-    else:
-        layers = [a if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a))
-                  for a in attentions]
-    if not layers:
-        raise ValueError("attentions: expected at least one layer of (B, H, T, T) weights")
-    fusions = {"mean": lambda a: a.mean(1), "max": lambda a: a.amax(1),
-               "min": lambda a: a.amin(1)}
-    if head_fusion not in fusions:
-        raise ValueError(f"head_fusion: expected one of {sorted(fusions)}, got {head_fusion!r}")
-    shape0 = tuple(layers[0].shape)
-    rollout: torch.Tensor | None = None
-    for i, a in enumerate(layers):
-        if a.dim() != 4 or a.shape[-1] != a.shape[-2]:
-            raise ValueError(f"attentions[{i}]: expected (B, H, T, T), got {tuple(a.shape)}")
-        if tuple(a.shape) != shape0:
-            raise ValueError(
-                f"attentions[{i}]: shape {tuple(a.shape)} differs from layer 0's {shape0}"
-            )
-        a = fusions[head_fusion](a.detach().float())  # (B, T, T)
-        if add_residual:
-            eye = torch.eye(a.shape[-1], device=a.device, dtype=a.dtype)
-            a = 0.5 * a + 0.5 * eye
-        a = a / a.sum(dim=-1, keepdim=True).clamp_min(1e-12)  # rows sum to 1
-        rollout = a if rollout is None else a @ rollout  # (B, T, T)
-    assert rollout is not None
-    return rollout
-
-
-def cls_attention_map(
-    rollout: ArrayLike,
-    grid_hw: Sequence[int],
-    cls_index: int = 0,
-    num_prefix_tokens: int = 1,
-) -> torch.Tensor:
-    """The [CLS] row of a rollout (or of one attention matrix) over the image patches.
-
-    rollout: (B, T, T) or (T, T) with T = num_prefix_tokens + h*w (CLS and other prefix
-    tokens first, then patches in raster order, as in ViT). Returns (B, h, w) or (h, w).
-    """
-    r = rollout if isinstance(rollout, torch.Tensor) else torch.as_tensor(np.asarray(rollout))
-    h, w = _check_grid_hw(grid_hw)
-    squeeze = r.dim() == 2
-    if squeeze:
-        r = r[None]
-    if r.dim() != 3 or r.shape[-1] != r.shape[-2]:
-        raise ValueError(f"rollout: expected (B, T, T) or (T, T), got {tuple(rollout.shape)}")
-    T = r.shape[-1]
-    if T - num_prefix_tokens != h * w:
-        raise ValueError(
-            f"rollout: {T} tokens minus {num_prefix_tokens} prefix token(s) is not the "
-            f"{h}x{w}={h * w} patches of grid_hw"
-        )
-    if not -T <= cls_index < T:
-        raise ValueError(f"cls_index: {cls_index} is out of range for {T} tokens")
-    out = r[:, cls_index, num_prefix_tokens:].reshape(r.shape[0], h, w)  # (B, h, w)
-    return out[0] if squeeze else out
 
 
 def upsample_attention(attn: ArrayLike, size: tuple[int, int],

@@ -24,25 +24,21 @@ Both use ``minivlm.data.shapes_tokenizer()`` ids ([PAD] 0, [BOS] 5, [EOS] 6). Th
 scenes are drawn with seed ``DATA_SEED + seed`` and their held-out scenes with
 ``HELDOUT_SEED + seed``, far from the small seeds the notebooks use for their own data.
 
-Cost. ``minivlm zoo build`` (both, from scratch) takes 49 s of CPU time: 25 s for
-shapes_clip, 21 s for shapes_lm, the rest imports and data. That is the wall time on one idle
-core; measured with ``time`` on a shared 2-core machine (load average 4-5), where the wall
-time was 95 s. A build runs single-threaded (``torch.set_num_threads(1)`` for its duration),
+Cost. ``minivlm zoo build`` trains both from scratch in well under a minute of CPU time each
+(the JSON records each build's ``build_seconds``; :data:`BUILD_SECONDS` is the estimate printed
+before a build). A build runs single-threaded (``torch.set_num_threads(1)`` for its duration),
 so its bits do not depend on the thread count and it does not slow down ten-fold when other
 programs compete for the cores. The same ``seed`` gives bitwise-identical weights on a CPU
 (builds always run on the CPU; move the loaded model to a GPU yourself). Afterwards ``load``
-takes about a second (SHA-256 check included). Each file is under 4 MB.
+takes about a second (SHA-256 check included).
 
-Quality (held-out scenes, default recipes, seed 0; stored in the JSON under ``metrics``):
-shapes_clip retrieves the right caption among 500 with R@1 0.38 (image->text) / 0.39
-(text->image), chance 0.002; zero-shot colour accuracy 0.99, but zero-shot *shape* accuracy is
-at chance (0.23 vs 0.2): a 4x4-patch ViT does not learn shapes in this budget. Linear probes
-on its frozen tokens (CLS + 16 patches, 700 train / 300 held-out scenes) read colour 1.00,
-size 0.98, region of a single object 0.81 (chance 0.11), object count 0.56 (chance 0.25) and
-shape 0.20 (chance 0.20). shapes_lm reaches perplexity 1.89 (captions 3.05, VQA 1.71,
-dialogues 1.73): fluent shapes-world text that answers in the right format, with the prior's
-guess for the content ("where is the red circle?" -> "the purple circle is in the bottom
-right.") -- the image has to supply the rest, which is the point of BLIP-2 and LLaVA.
+Quality is measured on held-out scenes at build time and stored in the JSON under ``metrics``
+(``zoo.info(name)["metrics"]``; ``minivlm zoo list`` prints the headline numbers):
+shapes_clip's retrieval R@1 in both directions and zero-shot colour and shape accuracy,
+shapes_lm's perplexity overall and per kind of text (captions, VQA, dialogues). Qualitatively,
+shapes_clip learns colour and size but a 4x4-patch ViT does not learn shape in this budget, and
+shapes_lm writes fluent shapes-world text in the right format with the prior's guess for the
+content -- the image has to supply the rest, which is the point of BLIP-2 and LLaVA.
 
 Cache. Files live in ``$MINIVLM_CACHE`` when set, else ``$XDG_CACHE_HOME/minivlm/zoo``
 (default ``~/.cache/minivlm/zoo``): ``<name>-v<VERSION>.safetensors`` (the weights) and
@@ -213,7 +209,7 @@ def _vocab_sha256(tok: Any) -> str:
 
 
 def _make_model(recipe: _Recipe, tok: Any) -> nn.Module:
-    from minivlm.registry import create_model
+    from minivlm.presets import create_model
 
     return create_model(recipe.model, vocab_size=tok.vocab_size, **recipe.overrides)
 

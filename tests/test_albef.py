@@ -7,10 +7,9 @@ import torch
 import torch.nn.functional as F
 
 import minivlm
-from minivlm.models.albef import (
-    ALBEF,
-    ALBEFConfig,
-    ALBEFOutput,
+from minivlm.interpret import gradcam
+from minivlm.models.albef import ALBEF, MOMENTUM_MODULES, ALBEFConfig, ALBEFOutput
+from minivlm.objectives import (
     distill_targets,
     ema_update_,
     enqueue_,
@@ -65,7 +64,8 @@ def test_ema_update_follows_the_formula_and_updates_tied_weights_once():
     for p, pm0, (_, pm) in zip(online, before, pairs, strict=True):
         torch.testing.assert_close(pm, 0.9 * pm0 + 0.1 * p, rtol=0, atol=1e-6)
     # the MLM decoder of the copy stays tied to its word embeddings (averaged once, above)
-    assert model.mlm_head_m.decoder.weight is model.text_encoder_m.word_embeddings.weight
+    m = model.momentum
+    assert m.mlm_head.decoder.weight is m.text_encoder.word_embeddings.weight
     assert model.mlm_head.decoder.weight is model.text_encoder.word_embeddings.weight
     # every momentum parameter has an online partner
     assert {id(pm) for _, pm in pairs} == {id(p) for p in momentum_params(model)}
@@ -82,7 +82,7 @@ def test_training_forward_updates_momentum_first_and_eval_forward_changes_nothin
     with torch.no_grad():
         for p in model.image_encoder.parameters():
             p.add_(0.1)
-    ref = model.image_encoder_m.patch_embed.weight.detach().clone()
+    ref = model.momentum.image_encoder.patch_embed.weight.detach().clone()
     online = model.image_encoder.patch_embed.weight.detach().clone()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     model.eval()
@@ -92,7 +92,9 @@ def test_training_forward_updates_momentum_first_and_eval_forward_changes_nothin
         assert torch.equal(v, state[k]), f"eval-mode forward changed {k}"
     model.train()
     model(**batch())
-    torch.testing.assert_close(model.image_encoder_m.patch_embed.weight, 0.5 * ref + 0.5 * online)
+    torch.testing.assert_close(
+        model.momentum.image_encoder.patch_embed.weight, 0.5 * ref + 0.5 * online
+    )
     assert int(model.num_steps) == 1 and int(model.queue_ptr) == B
 
 
@@ -107,18 +109,12 @@ def test_momentum_model_gets_no_gradient_and_is_not_optimised():
     groups = default_param_groups(model, 0.02)
     optimised = {id(p) for g in groups for p in g["params"]}
     assert optimised.isdisjoint({id(p) for p in momentum_params(model)})
-    online = {id(p) for name, _ in _pairs() for p in getattr(model, name).parameters()}
+    online = {id(p) for name in MOMENTUM_MODULES for p in getattr(model, name).parameters()}
     online |= {id(p) for p in model.itm_head.parameters()} | {id(model.temp)}
     assert optimised == online
     # the momentum copies stay in eval mode whatever the model's mode
     model.train()
     assert model.training and not any(m.training for m in model.momentum_modules())
-
-
-def _pairs():
-    from minivlm.models.albef import _MOMENTUM_PAIRS
-
-    return _MOMENTUM_PAIRS
 
 
 # --------------------------------------------------------------------------- queues
@@ -206,7 +202,7 @@ def test_soft_targets_hook_uses_the_momentum_model_and_the_queue():
     )
     # it reads the momentum model, not the online one
     with torch.no_grad():
-        model.text_proj_m.weight.mul_(-1)
+        model.momentum.text_proj.weight.mul_(-1)
     assert not torch.allclose(model.soft_targets(**b, alpha=1.0), sim.softmax(1), atol=1e-3)
 
 
@@ -363,7 +359,7 @@ def test_itm_score_and_fusion_maps():
 def test_gradcam_shape_non_negative_and_zero_on_padding():
     model = small().eval()
     b = batch()
-    cam = model.gradcam(**b)
+    cam = gradcam(model, **b)
     assert cam.shape == (B, T, (IMG // 8) ** 2)
     assert (cam >= 0).all() and cam.sum() > 0
     assert (cam[1, 5:] == 0).all()  # padded text positions
@@ -376,13 +372,13 @@ def test_gradcam_shape_non_negative_and_zero_on_padding():
         (grad,) = torch.autograd.grad(score, attn)
     manual = (attn[..., 1:] * grad[..., 1:].clamp(min=0)).mean(1)
     manual = manual * b["attention_mask"][:, :, None]
-    torch.testing.assert_close(model.gradcam(**b, layer=-1), manual.detach(), atol=1e-7, rtol=1e-4)
+    torch.testing.assert_close(gradcam(model, **b, layer=-1), manual.detach(), atol=1e-7, rtol=1e-4)
     with pytest.raises(ValueError, match="fusion layers"):
-        model.gradcam(**b, layer=2)
+        gradcam(model, **b, layer=2)
     # in the last fusion layer only the [CLS] row reaches the ITM head: word maps are zero
     # there, so the default must pick an earlier layer whose word maps are not
-    assert (model.gradcam(**b, layer=-1)[:, 1:] == 0).all()
-    assert model.gradcam(**b)[:, 1:].sum() > 0
+    assert (gradcam(model, **b, layer=-1)[:, 1:] == 0).all()
+    assert gradcam(model, **b)[:, 1:].sum() > 0
 
 
 # --------------------------------------------------------------------------- presets and errors
@@ -465,6 +461,6 @@ def test_loss_decreases_on_shapes_world_with_the_training_loop():
     assert int(model.num_steps) == 30 and model.current_alpha() == pytest.approx(0.4)
     assert int(model.queue_ptr) == (30 * 32) % 256
     # the momentum model moved towards the trained weights but lags behind them
-    w, w_m = model.text_proj.weight, model.text_proj_m.weight
+    w, w_m = model.text_proj.weight, model.momentum.text_proj.weight
     assert not torch.equal(w, w_m)
     assert all(not p.requires_grad for p in momentum_params(model))

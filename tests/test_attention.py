@@ -8,12 +8,14 @@ import torch
 from minivlm.nn.attention import (
     KVCache,
     MultiHeadAttention,
+    RotaryEmbedding,
+    apply_rotary,
     attend,
     causal_mask,
     combine_masks,
     padding_mask,
 )
-from minivlm.nn.blocks import RotaryEmbedding, TransformerBlock, apply_rotary
+from minivlm.nn.blocks import TransformerBlock
 
 B, H, TQ, TK, D = 3, 4, 5, 7, 8
 

@@ -20,7 +20,7 @@ from minivlm.models.clip import (
     contrastive_logits,
     zero_shot_predict,
 )
-from minivlm.nn.text import TextConfig
+from minivlm.nn.bert import TextConfig
 
 transformers = pytest.importorskip("transformers")
 
@@ -120,7 +120,9 @@ def test_forward_outputs_match_the_formula_and_non_square_batches():
     assert torch.equal(out.logits_per_text, out.logits_per_image.T)
     with pytest.raises(ValueError, match="as many images as captions"):
         model(x, ids, mask, return_loss=True)
-    out2 = model(x[:2], ids[:2], mask[:2], index=torch.arange(2))  # extra batch keys ignored
+    with pytest.raises(TypeError, match="index"):  # unknown keywords raise; train() filters
+        model(x[:2], ids[:2], mask[:2], index=torch.arange(2))
+    out2 = model(x[:2], ids[:2], mask[:2])
     assert out2.loss is not None
     assert torch.allclose(out2.loss, (out2.loss_i2t + out2.loss_t2i) / 2)
     assert torch.allclose(out2.loss, clip_loss(out2.logits_per_image))

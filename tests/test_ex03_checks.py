@@ -14,10 +14,10 @@ from exercise_helpers import (
     assert_source_passes_student_fails,
 )
 
+from minivlm import objectives
 from minivlm.grading import check, get_check, list_checks
 from minivlm.grading.checks.ex03_albef import inputs_after
 from minivlm.grading.student import generate_student
-from minivlm.models import albef
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "exercises" / "03_albef_momentum.ipynb"
@@ -153,16 +153,16 @@ def sampler_exp_weights(sim_i2t, sim_t2i, generator):  # exp and zeroed diagonal
 
 
 RIGHT = [
-    ("ema_update_", inputs_after(albef.ema_update_)),
+    ("ema_update_", inputs_after(objectives.ema_update_)),
     ("ema_update_", make_ema("right")),
     ("ema_update_", make_ema("lerp")),
     ("ema_update_", make_ema("data")),
     ("ema_update_", ema_without_no_grad),
-    ("enqueue_", inputs_after(albef.enqueue_)),
+    ("enqueue_", inputs_after(objectives.enqueue_)),
     ("enqueue_", make_enqueue("right")),
     ("enqueue_", make_enqueue("loop")),
     ("enqueue_", enqueue_by_index_copy),
-    ("sample_hard_negatives", lambda a, b, g: albef.sample_hard_negatives(a, b, generator=g)),
+    ("sample_hard_negatives", lambda a, b, g: objectives.sample_hard_negatives(a, b, generator=g)),
     ("sample_hard_negatives", make_sampler()),
     ("sample_hard_negatives", make_sampler(per_row=True)),
     ("sample_hard_negatives", sampler_exp_weights),
@@ -245,7 +245,7 @@ def test_sampler_distribution_and_batch_of_one_match_the_reference():
         big[4 * r:4 * r + 4, 4 * r:4 * r + 4] = sim
     counts = torch.zeros(4, 4)
     for _ in range(4):  # 4R = 2000 draws for each row of the small batch
-        neg_t, _ = albef.sample_hard_negatives(big, big, generator=g)  # (4R,)
+        neg_t, _ = objectives.sample_hard_negatives(big, big, generator=g)  # (4R,)
         counts.index_put_((torch.arange(4 * R) % 4, neg_t % 4), torch.ones(4 * R),
                           accumulate=True)
     assert bool(((neg_t // 4) == torch.arange(4 * R) // 4).all())  # stays in its block
@@ -254,7 +254,7 @@ def test_sampler_distribution_and_batch_of_one_match_the_reference():
     assert torch.all(freq.diagonal() == 0)
     assert torch.allclose(freq, weights, atol=0.03), (freq, weights)
     with pytest.raises(ValueError, match="at least 2"):
-        albef.sample_hard_negatives(torch.zeros(1, 5), torch.zeros(1, 5))
+        objectives.sample_hard_negatives(torch.zeros(1, 5), torch.zeros(1, 5))
 
 
 def test_inputs_after_sees_only_in_place_changes():

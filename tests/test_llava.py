@@ -20,7 +20,6 @@ from minivlm.data import (
     pixel_values,
     shapes_tokenizer,
 )
-from minivlm.models.clip import clip_vision_config
 from minivlm.models.llava import (
     SHAPES_CHAT,
     VICUNA_V1,
@@ -32,6 +31,7 @@ from minivlm.models.llava import (
     merge_image_features,
 )
 from minivlm.nn.lm import DecoderLM, LMConfig, lm_loss
+from minivlm.nn.vit import clip_vision_config
 
 transformers = pytest.importorskip("transformers")
 
@@ -264,7 +264,9 @@ def test_forward_loss_is_lm_loss_on_the_assistant_tokens():
     items = [{"conversations": DIALOGUE, "pixel_values": torch.randn(3, 16, 16)},
              {"conversations": DIALOGUE[:2], "pixel_values": torch.randn(3, 16, 16)}]  # fmt: skip
     batch = LlavaCollator(tok, model.num_image_tokens)(items)
-    out = model(**batch, index=torch.arange(2))  # extra batch keys are ignored
+    with pytest.raises(TypeError, match="index"):  # unknown keywords raise; train() filters
+        model(**batch, index=torch.arange(2))
+    out = model(**batch)
     assert out.logits.shape == (*batch["input_ids"].shape, len(tok))
     assert out.image_features.shape == (2, 16, 32)
     torch.testing.assert_close(out.loss, lm_loss(out.logits, batch["labels"]))
@@ -344,6 +346,7 @@ def test_stage2_training_lowers_the_loss_on_shapes_dialogues():
     batch = LlavaCollator(tok, model.num_image_tokens)(items)
     # minivlm.data's DialogueDataset batches (its own "user: ... assistant: ..." format) fit too
     ds_batch = next(iter(make_loader(DialogueDataset(data, tok, num_image_tokens=64), 4)))
+    ds_batch.pop("index")  # bookkeeping, not an input: forward takes no unknown keywords
     assert torch.isfinite(model(**ds_batch).loss)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     losses = []

@@ -6,14 +6,8 @@ import pytest
 import torch
 
 import minivlm
-from minivlm.nn.text import (
-    BertEncoder,
-    BertMLMHead,
-    CausalTextEncoder,
-    TextConfig,
-    TextOutput,
-    pool_eos,
-)
+from minivlm.nn.bert import BertEncoder, BertMLMHead, TextConfig, TextOutput
+from minivlm.nn.causal_text import CausalTextEncoder, pool_eos
 
 transformers = pytest.importorskip("transformers")
 from transformers import (  # noqa: E402

@@ -2,18 +2,11 @@
 Encoders and Large Language Models") and InstructBLIP (Dai et al. 2023).
 
 A frozen image encoder and a frozen language model are bridged by a small trainable
-**Q-Former** (§3.1, Figure 2): a BERT whose input starts with ``num_query_tokens`` learned
-*query* vectors. Queries and text share the self-attention layers; only the queries
-cross-attend to the image features (every ``cross_attention_freq`` layers), and queries and
-text have their own feed-forward networks -- "two transformer submodules that share the same
-self-attention layers". What each position may see is set by one boolean mask per objective
-(:func:`qformer_masks`, Figure 2 right)::
+**Q-Former** (§3.1, Figure 2; :mod:`minivlm.nn.qformer`): learned queries that share
+self-attention with the text and alone cross-attend to the image, under one mask per objective
+(:func:`qformer_masks`).
 
-    ITC  queries see queries, text sees text     -> image and text encoded separately
-    ITM  everyone sees everyone                  -> queries fuse image and text
-    ITG  queries see queries; text sees all queries and the text before it (causal)
-
-Stage 1 (§3.2) trains the Q-Former on the frozen image encoder with three losses::
+Stage 1 (§3.2, :meth:`Blip2.stage1`) trains the Q-Former on the frozen image encoder::
 
     Z = QFormer(queries | image)                          # (B, Q, D) query outputs
     t = QFormer(text)[CLS]                                # (B, D)
@@ -22,35 +15,32 @@ Stage 1 (§3.2) trains the Q-Former on the frozen image encoder with three losse
     L_itm = CE(mean_q itm_head(QFormer([queries; text] | image)_q), match?)  hard negatives
     L_itg = next-token CE of the text under the ITG mask ([DEC] replaces [CLS])
 
-Stage 2 (§3.3) projects Z with one linear layer into the frozen LM's embedding space, where
-it is a *soft prompt* in front of the text, and trains with the LM loss. InstructBLIP (Dai et
-al. 2023) also feeds the instruction to the Q-Former (self-attention over [queries;
-instruction], queries-only cross-attention), so the extracted visual features depend on it
-("instruction-aware visual feature extraction").
+Stage 2 (§3.3, :meth:`Blip2.stage2`) projects Z with one linear layer into the frozen LM's
+embedding space, where it is a *soft prompt* in front of the text, and trains with the LM loss;
+:meth:`Blip2.generate` captions or answers from it. InstructBLIP also feeds the instruction to
+the Q-Former (self-attention over [queries; instruction]), so the extracted visual features
+depend on it ("instruction-aware visual feature extraction").
 
-Read top to bottom: the configs, :func:`qformer_masks`, :class:`QFormer`, the model
-:class:`Blip2` (stage-1 ``forward`` / stage-2 ``forward``, ``query_features``, ``generate``,
-``from_hf``) and the presets ``blip2_tiny`` / ``blip2_qformer_base``. The hard-negative sampler
-is ALBEF's (:func:`minivlm.models.albef.sample_hard_negatives`).
+Read top to bottom: the config and outputs, :func:`itc_similarity`, :class:`Blip2` (encoders,
+``stage1``, ``stage2``, ``generate``, then the input checks) and :class:`Blip2Stage2`, the
+module that ``minivlm.train.train`` trains in stage 2. ``forward`` is stage 1. Hard negatives
+come from :mod:`minivlm.objectives`; ``from_hf`` from :mod:`minivlm.interop.blip2`.
 """
 
 from __future__ import annotations
 
-import warnings
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minivlm.models.albef import same_pair_mask, sample_hard_negatives
-from minivlm.nn.attention import combine_masks, padding_mask
-from minivlm.nn.blocks import MLP, TransformerBlock, get_activation
+from minivlm.nn.bert import BertMLMHead, init_weights
 from minivlm.nn.lm import IGNORE_INDEX, DecoderLM, LMConfig
-from minivlm.nn.text import _HF_ACTS, BertMLMHead, _init_weights
+from minivlm.nn.qformer import QFormer, QFormerConfig, QFormerOutput, qformer_masks
 from minivlm.nn.vit import ViT, ViTConfig
-from minivlm.registry import register_model
+from minivlm.objectives import same_pair_mask, sample_hard_negatives
 
 Tensor = torch.Tensor
 
@@ -58,6 +48,8 @@ __all__ = [
     "Blip2",
     "Blip2Config",
     "Blip2Output",
+    "Blip2Stage1Output",
+    "Blip2Stage2",
     "QFormer",
     "QFormerConfig",
     "QFormerOutput",
@@ -68,7 +60,7 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------
-# Configuration
+# Configuration and outputs
 # ---------------------------------------------------------------------------
 
 
@@ -79,49 +71,6 @@ def blip2_vision_config(**overrides: Any) -> ViTConfig:
     base = dict(image_size=224, patch_size=14, dim=1408, depth=39, num_heads=16,
                 mlp_hidden=6144, eps=1e-6, final_norm=True, pre_norm=False)  # fmt: skip
     return ViTConfig(**{**base, **overrides})
-
-
-@dataclass
-class QFormerConfig:
-    """Sizes of the Q-Former (defaults: the paper's, initialised from BERT-base).
-
-    cross_attention_freq: layer i cross-attends to the image when ``i % freq == 0`` (2).
-    num_query_tokens: Q learned queries (32).
-    text: build the text side -- word/position embeddings and one text feed-forward network
-        per layer -- needed by stage 1 and InstructBLIP. ``False`` gives exactly the modules of
-        Hugging Face's ``Blip2QFormerModel`` (the queries alone, as used in stage 2).
-    vocab_size, max_len, pad_id: the text side's vocabulary (BERT's 30522 + LAVIS's [DEC] token),
-        longest text, and the padding id.
-    """
-
-    dim: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    mlp_hidden: int = 3072
-    act: str = "gelu"
-    eps: float = 1e-12
-    cross_attention_freq: int = 2
-    num_query_tokens: int = 32
-    text: bool = True
-    vocab_size: int = 30523
-    max_len: int = 512
-    pad_id: int | None = 0
-    dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.dim % self.num_heads:
-            raise ValueError(
-                f"QFormerConfig: dim {self.dim} is not divisible by num_heads {self.num_heads}"
-            )
-        for name in ("depth", "cross_attention_freq", "num_query_tokens", "mlp_hidden"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"QFormerConfig.{name} must be >= 1, got {getattr(self, name)}")
-        get_activation(self.act)
-
-    @property
-    def cross_attention_ids(self) -> tuple[int, ...]:
-        """Indices of the layers whose queries cross-attend to the image."""
-        return tuple(i for i in range(self.depth) if i % self.cross_attention_freq == 0)
 
 
 @dataclass
@@ -141,7 +90,6 @@ class Blip2Config:
     instruct: InstructBLIP: the instruction also enters the Q-Former (needs ``qformer.text``).
     freeze_vision, freeze_lm: the frozen parts (True in the paper) get ``requires_grad=False``
         and stay in eval mode.
-    stage: 1 (Q-Former pre-training) or 2 (soft prompt into the LM); see ``Blip2.set_stage``.
     """
 
     vision: ViTConfig = field(default_factory=blip2_vision_config)
@@ -160,7 +108,6 @@ class Blip2Config:
     instruct: bool = False
     freeze_vision: bool = True
     freeze_lm: bool = True
-    stage: int = 1
 
     def __post_init__(self) -> None:
         if isinstance(self.vision, dict):
@@ -177,8 +124,6 @@ class Blip2Config:
                 )
         if self.lm is not None and not isinstance(self.lm, LMConfig):
             raise TypeError(f"Blip2Config.lm: expected an LMConfig, dict or None, got {self.lm!r}")
-        if self.stage not in (1, 2):
-            raise ValueError(f"Blip2Config.stage must be 1 or 2, got {self.stage}")
         if self.instruct and not self.qformer.text:
             raise ValueError("Blip2Config: instruct=True needs the Q-Former's text side")
         if self.qformer.text and not 0 <= self.dec_token_id < self.qformer.vocab_size:
@@ -194,88 +139,38 @@ class Blip2Config:
 
 
 @dataclass
-class QFormerOutput:
-    """What :meth:`QFormer.forward` returns.
+class Blip2Stage1Output:
+    """What :meth:`Blip2.stage1` returns.
 
-    last_hidden_state: (B, Q+T, D), the queries first. ``query_output`` (B, Q, D) and
-    ``text_output`` (B, T, D) are its two parts. With ``need_weights``: ``attentions``, one
-    (B, H, Q+T, Q+T) self-attention map per layer, and ``cross_attentions``, one (B, H, Q, S)
-    map per cross-attention layer.
+    ``loss = itc_weight·loss_itc + itm_weight·loss_itm + itg_weight·loss_itg``; ``sim_i2t``
+    (B, B) max-over-queries similarities / τ (``sim_t2i`` its transpose); ``itm_logits`` (3B, 2)
+    for [positives; (image i, hard-negative text); (hard-negative image, text i)] with
+    ``itm_labels`` [1]*B + [0]*2B; ``itg_logits`` (B, T, V); ``query_output`` (B, Q, D) from
+    the ITC pass.
     """
 
-    last_hidden_state: Tensor
-    num_query: int
-    attentions: list[Tensor] | None = None
-    cross_attentions: list[Tensor] | None = None
-
-    @property
-    def query_output(self) -> Tensor:
-        return self.last_hidden_state[:, : self.num_query]
-
-    @property
-    def text_output(self) -> Tensor:
-        return self.last_hidden_state[:, self.num_query :]
+    loss: Tensor
+    loss_itc: Tensor
+    loss_itm: Tensor
+    loss_itg: Tensor
+    temperature: Tensor
+    sim_i2t: Tensor
+    sim_t2i: Tensor
+    itm_logits: Tensor
+    itm_labels: Tensor
+    neg_text_idx: Tensor
+    neg_image_idx: Tensor
+    itg_logits: Tensor
+    query_output: Tensor
 
 
 @dataclass
 class Blip2Output:
-    """What :meth:`Blip2.forward` returns.
-
-    Stage 1: ``loss = itc_weight·loss_itc + itm_weight·loss_itm + itg_weight·loss_itg``;
-    ``sim_i2t`` (B, B) max-over-queries similarities / τ (``sim_t2i`` its transpose);
-    ``itm_logits`` (3B, 2) for [positives; (image i, hard-negative text); (hard-negative image,
-    text i)] with ``itm_labels`` [1]*B + [0]*2B; ``itg_logits`` (B, T, V).
-    Stage 2: ``loss`` is the LM loss on the text; ``logits`` (B, Q+T, V_lm).
-    """
+    """What :meth:`Blip2.stage2` returns: ``loss``, the LM loss on the text (None without
+    labels), and ``logits`` (B, Q+T, V_lm) over [soft prompt; text]."""
 
     loss: Tensor | None
-    loss_itc: Tensor | None = None
-    loss_itm: Tensor | None = None
-    loss_itg: Tensor | None = None
-    temperature: Tensor | None = None
-    sim_i2t: Tensor | None = None
-    sim_t2i: Tensor | None = None
-    itm_logits: Tensor | None = None
-    itm_labels: Tensor | None = None
-    neg_text_idx: Tensor | None = None
-    neg_image_idx: Tensor | None = None
-    itg_logits: Tensor | None = None
-    logits: Tensor | None = None
-    query_output: Tensor | None = None
-
-
-# ---------------------------------------------------------------------------
-# Masks and the ITC similarity as plain functions
-# ---------------------------------------------------------------------------
-
-
-def qformer_masks(
-    num_query: int, num_text: int, device: torch.device | str | None = None
-) -> dict[str, Tensor]:
-    """The Q-Former's three self-attention masks (Figure 2, right), each bool (Q+T, Q+T).
-
-    Entry [i, j] is True where position i may attend to position j; positions 0..Q-1 are
-    the queries, Q..Q+T-1 the text. Padding is combined separately (AND with a key mask).
-
-    * ``"itc"`` uni-modal: queries see only queries, text sees only text;
-    * ``"itm"`` bi-directional: all see all;
-    * ``"itg"`` multimodal causal: queries see only queries; text token t sees every query
-      and the text tokens up to and including t.
-    """
-    if num_query < 0 or num_text < 0:
-        raise ValueError(
-            f"qformer_masks: expected num_query, num_text >= 0, got {num_query}, {num_text}"
-        )
-    n = num_query + num_text
-    is_query = torch.arange(n, device=device) < num_query  # (n,)
-    q_row, q_col = is_query[:, None], is_query[None, :]  # (n, 1), (1, n)
-    causal = torch.ones(n, n, dtype=torch.bool, device=device).tril()  # j <= i
-    return {
-        "itc": q_row == q_col,  # same modality
-        "itm": torch.ones(n, n, dtype=torch.bool, device=device),
-        # query rows: queries only; text rows: j <= i covers all queries and the text so far
-        "itg": torch.where(q_row, q_col.expand(n, n), causal),
-    }
+    logits: Tensor
 
 
 def itc_similarity(image_feats: Tensor, text_feat: Tensor) -> Tensor:
@@ -291,186 +186,6 @@ def itc_similarity(image_feats: Tensor, text_feat: Tensor) -> Tensor:
         )
     sim = torch.einsum("iqe,je->ijq", image_feats, text_feat)  # (B_i, B_t, Q)
     return sim.max(dim=-1).values
-
-
-# ---------------------------------------------------------------------------
-# The Q-Former
-# ---------------------------------------------------------------------------
-
-
-class QFormer(nn.Module):
-    """BLIP-2's Querying Transformer (§3.1): BERT-style post-norm layers over [queries; text].
-
-    Per layer i, with ``blocks[i]`` a post-norm :class:`~minivlm.nn.blocks.TransformerBlock`
-    (its self-attention is shared by queries and text, its MLP is the queries')::
-
-        x = LN(x + SelfAttn(x, mask))                        # [queries; text], (B, Q+T, D)
-        q, t = x[:, :Q], x[:, Q:]
-        q = LN(q + CrossAttn(q, image))                     # if i % cross_attention_freq == 0
-        q = LN(q + MLP_query(q));  t = LN(t + MLP_text(t))  # separate feed-forward networks
-
-    The input is ``embed_norm([queries; word[ids] + position[0..T-1]])``: the queries carry
-    no position embedding (LAVIS / Hugging Face).
-    """
-
-    def __init__(self, config: QFormerConfig, kv_dim: int) -> None:
-        super().__init__()
-        self.config = cfg = config
-        D = cfg.dim
-        self.kv_dim = kv_dim
-        if cfg.text:
-            self.word_embeddings = nn.Embedding(cfg.vocab_size, D, padding_idx=cfg.pad_id)
-            self.position_embeddings = nn.Embedding(cfg.max_len, D)
-        self.embed_norm = nn.LayerNorm(D, eps=cfg.eps)
-        self.embed_drop = nn.Dropout(cfg.dropout)
-        cross = set(cfg.cross_attention_ids)
-        self.blocks = nn.ModuleList(
-            TransformerBlock(
-                D, cfg.num_heads, mlp_hidden=cfg.mlp_hidden, cross_attention=i in cross,
-                kv_dim=kv_dim, eps=cfg.eps, mlp=cfg.act, qkv_bias=True, out_bias=True,
-                mlp_bias=True, prenorm=False, dropout=cfg.dropout,
-            )
-            for i in range(cfg.depth)
-        )  # fmt: skip
-        if cfg.text:  # the text tokens' own feed-forward networks (post-norm, as BERT's)
-            self.text_mlps = nn.ModuleList(
-                MLP(D, cfg.mlp_hidden, act=cfg.act) for _ in range(cfg.depth)
-            )
-            self.text_norms = nn.ModuleList(
-                nn.LayerNorm(D, eps=cfg.eps) for _ in range(cfg.depth)
-            )
-        self.drop = nn.Dropout(cfg.dropout)
-        _init_weights(self)
-
-    def text_parameters(self) -> list[nn.Parameter]:
-        """Parameters of the text side (embeddings and text MLPs); empty without ``text``."""
-        if not self.config.text:
-            return []
-        mods = [self.word_embeddings, self.position_embeddings, self.text_mlps, self.text_norms]
-        return [p for m in mods for p in m.parameters()]
-
-    def embed(self, queries: Tensor | None, input_ids: Tensor | None) -> Tensor:
-        """[queries (B, Q, D); word + position of input_ids (B, T)] -> LN -> (B, Q+T, D)."""
-        cfg, parts = self.config, []
-        if queries is not None:
-            if queries.dim() != 3 or queries.shape[-1] != cfg.dim:
-                raise ValueError(
-                    f"QFormer: expected queries of shape (B, Q, {cfg.dim}), "
-                    f"got {tuple(queries.shape)}"
-                )
-            parts.append(queries)
-        if input_ids is not None:
-            if not cfg.text:
-                raise ValueError(
-                    "QFormer: this Q-Former has no text side (QFormerConfig.text=False); "
-                    "pass no input_ids"
-                )
-            if input_ids.dim() != 2:
-                raise ValueError(
-                    f"QFormer: expected input_ids of shape (B, T), got {tuple(input_ids.shape)}"
-                )
-            if input_ids.dtype not in (torch.int64, torch.int32):
-                raise TypeError(f"QFormer: expected integer token ids, got {input_ids.dtype}")
-            T = input_ids.shape[1]
-            if T > cfg.max_len:
-                raise ValueError(f"QFormer: text length {T} exceeds max_len {cfg.max_len}")
-            if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= cfg.vocab_size):
-                raise ValueError(
-                    f"QFormer: token ids must lie in the vocabulary 0..{cfg.vocab_size - 1}, got "
-                    f"ids in {int(input_ids.min())}..{int(input_ids.max())}"
-                )
-            if queries is not None and queries.shape[0] != input_ids.shape[0]:
-                raise ValueError(
-                    f"QFormer: expected as many query rows as texts, got {queries.shape[0]} "
-                    f"and {input_ids.shape[0]}"
-                )
-            pos = torch.arange(T, device=input_ids.device)
-            parts.append(self.word_embeddings(input_ids) + self.position_embeddings(pos)[None])
-        if not parts:
-            raise ValueError("QFormer: pass queries (B, Q, D) and/or input_ids (B, T)")
-        x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # (B, Q+T, D)
-        return self.embed_drop(self.embed_norm(x))
-
-    def forward(
-        self,
-        queries: Tensor | None = None,
-        input_ids: Tensor | None = None,
-        attention_mask: Tensor | None = None,
-        image_embeds: Tensor | None = None,
-        image_mask: Tensor | None = None,
-        mask: str | Tensor = "itm",
-        need_weights: bool = False,
-    ) -> QFormerOutput:
-        """Run the Q-Former.
-
-        queries: (B, Q, D) learned queries (or None: text only); input_ids (B, T) with
-        attention_mask (B, T) 1/0 (or None: queries only). image_embeds (B, S, kv_dim) and
-        image_mask (B, S): what the queries cross-attend to (needed when Q > 0).
-        mask: ``"itc"``, ``"itm"``, ``"itg"`` (:func:`qformer_masks`) or a boolean
-        (Q+T, Q+T) / (B, Q+T, Q+T) mask; the text padding is ANDed in.
-        """
-        x = self.embed(queries, input_ids)  # (B, Q+T, D)
-        B, n, _ = x.shape
-        Q = queries.shape[1] if queries is not None else 0
-        T = n - Q
-        if isinstance(mask, str):
-            if mask not in ("itc", "itm", "itg"):
-                raise ValueError(
-                    f"QFormer: mask must be 'itc', 'itm', 'itg' or a tensor, got {mask!r}"
-                )
-            mask = qformer_masks(Q, T, device=x.device)[mask]
-        if mask.dtype != torch.bool or mask.dim() not in (2, 3) or tuple(mask.shape[-2:]) != (n, n):
-            raise ValueError(
-                f"QFormer: expected a boolean mask of shape (Q+T, Q+T) = ({n}, {n}) or "
-                f"({B}, {n}, {n}), got {mask.dtype} {tuple(mask.shape)}"
-            )
-        mask = mask[:, None] if mask.dim() == 3 else mask  # (B, 1, n, n) or (n, n)
-        key_pad = None
-        if attention_mask is not None:
-            if attention_mask.shape != (B, T):
-                raise ValueError(
-                    f"QFormer: expected attention_mask of shape ({B}, {T}), "
-                    f"got {tuple(attention_mask.shape)}"
-                )
-            keep = torch.cat([attention_mask.new_ones(B, Q), attention_mask], dim=1)  # (B, n)
-            key_pad = padding_mask(keep)  # (B, 1, 1, n)
-        self_mask = combine_masks(mask, key_pad)
-        if Q and image_embeds is None and self.config.cross_attention_ids:
-            raise ValueError("QFormer: the queries cross-attend; pass image_embeds (B, S, kv_dim)")
-        if image_embeds is not None:
-            if image_embeds.dim() != 3 or tuple(image_embeds.shape[::2]) != (B, self.kv_dim):
-                raise ValueError(
-                    f"QFormer: expected image features of shape ({B}, S, {self.kv_dim}), got "
-                    f"{tuple(image_embeds.shape)}"
-                )
-        img_mask = None
-        if image_mask is not None:
-            if image_mask.shape != image_embeds.shape[:2]:
-                raise ValueError(
-                    f"QFormer: expected image_mask of shape {tuple(image_embeds.shape[:2])}, "
-                    f"got {tuple(image_mask.shape)}"
-                )
-            img_mask = padding_mask(image_mask)
-        if T and not self.config.text:
-            raise ValueError("QFormer: text positions need QFormerConfig.text=True")
-
-        attns: list[Tensor] | None = [] if need_weights else None
-        cross: list[Tensor] | None = [] if need_weights else None
-        for i, blk in enumerate(self.blocks):
-            x = blk.self_attention_step(x, self_mask, need_weights)  # shared by queries and text
-            q, t = x[:, :Q], x[:, Q:]  # (B, Q, D), (B, T, D)
-            if Q:
-                if blk.cross_attention:  # only the queries read the image
-                    q = blk.cross_attention_step(q, image_embeds, img_mask, need_weights)
-                q = blk.mlp_step(q)  # the queries' feed-forward network
-            if T:
-                t = self.text_norms[i](t + self.drop(self.text_mlps[i](t)))  # the text's own
-            x = torch.cat([q, t], dim=1) if Q and T else (q if Q else t)
-            if need_weights:
-                attns.append(blk.last_attn)
-                if blk.cross_attention and Q:
-                    cross.append(blk.last_cross_attn)
-        return QFormerOutput(x, Q, attns, cross)
 
 
 # ---------------------------------------------------------------------------
@@ -517,7 +232,7 @@ class Blip2(nn.Module):
             self.itm_head = nn.Linear(D, 2)
             self.itg_head = BertMLMHead(D, qc.vocab_size, act=qc.act, eps=qc.eps,
                                         tie_to=self.qformer.word_embeddings)  # fmt: skip
-            _init_weights(nn.ModuleList([self.vision_proj, self.text_proj, self.itm_head]))
+            init_weights(nn.ModuleList([self.vision_proj, self.text_proj, self.itm_head]))
             self.temp = nn.Parameter(torch.tensor(float(cfg.temp)))
         self.language_model: DecoderLM | None = None
         if cfg.lm is not None:
@@ -527,10 +242,7 @@ class Blip2(nn.Module):
             self.vision_encoder.requires_grad_(False)
         if cfg.freeze_lm and self.language_model is not None:
             self.language_model.requires_grad_(False)
-        self.stage = cfg.stage
         self.train()
-
-    # -- frozen parts and stages -------------------------------------------------------
 
     def frozen_modules(self) -> list[nn.Module]:
         """The frozen image encoder / LM (always in eval mode, no gradients)."""
@@ -544,17 +256,6 @@ class Blip2(nn.Module):
         super().train(mode)
         for m in self.frozen_modules():
             m.eval()
-        return self
-
-    def set_stage(self, stage: int) -> Blip2:
-        """Switch ``forward`` between stage 1 (ITC + ITM + ITG) and stage 2 (LM soft prompt)."""
-        if stage not in (1, 2):
-            raise ValueError(f"Blip2.set_stage: stage must be 1 or 2, got {stage}")
-        if stage == 1 and not self.config.qformer.text:
-            raise ValueError("Blip2.set_stage(1): this Q-Former has no text side (qformer.text)")
-        if stage == 2 and self.language_model is None:
-            raise ValueError("Blip2.set_stage(2): this model has no language model (config.lm)")
-        self.stage = stage
         return self
 
     def no_weight_decay(self) -> set[str]:
@@ -577,85 +278,47 @@ class Blip2(nn.Module):
     def _queries(self, B: int) -> Tensor:
         return self.query_tokens.expand(B, -1, -1)  # (B, Q, D)
 
-    def query_features(
-        self,
-        pixel_values: Tensor,
-        qformer_input_ids: Tensor | None = None,
-        qformer_attention_mask: Tensor | None = None,
-    ) -> Tensor:
+    def query_features(self, pixel_values: Tensor, qformer_input_ids: Tensor | None = None,
+                       qformer_attention_mask: Tensor | None = None) -> Tensor:  # fmt: skip
         """The Q-Former's query outputs (B, Q, D): queries that cross-attended the image.
 
         With ``config.instruct`` (InstructBLIP), ``qformer_input_ids`` (B, I) -- the
         instruction -- join the queries in self-attention (all see all); otherwise the queries
         run alone, as Hugging Face's ``Blip2ForConditionalGeneration``.
         """
+        self._check_instruction(qformer_input_ids)
         image_embeds = self.encode_image(pixel_values)  # (B, 1+N, Dv)
-        B = image_embeds.shape[0]
-        if qformer_input_ids is not None and not self.config.instruct:
-            raise ValueError(
-                "Blip2.query_features: qformer_input_ids are only used with instruct=True"
-            )
-        if self.config.instruct and qformer_input_ids is None:
-            raise ValueError(
-                "Blip2.query_features: instruct=True needs the instruction as "
-                "qformer_input_ids (B, I)"
-            )
-        out = self.qformer(self._queries(B), qformer_input_ids, qformer_attention_mask,
-                           image_embeds, mask="itm")  # fmt: skip
+        out = self.qformer(self._queries(image_embeds.shape[0]), qformer_input_ids,
+                           qformer_attention_mask, image_embeds, mask="itm")  # fmt: skip
         return out.query_output
 
-    def _check_pair(self, name: str, pixel_values: Tensor | None, input_ids: Tensor | None) -> int:
-        if pixel_values is None or input_ids is None:
-            raise ValueError(
-                f"Blip2.{name}: expected pixel_values (B, C, H, W) and input_ids (B, T)"
-            )
-        if input_ids.dim() != 2:
-            raise ValueError(
-                f"Blip2.{name}: expected input_ids of shape (B, T), got {tuple(input_ids.shape)}"
-            )
-        if pixel_values.dim() != 4 or pixel_values.shape[0] != input_ids.shape[0]:
-            raise ValueError(
-                f"Blip2.{name}: expected pixel_values of shape ({input_ids.shape[0]}, C, H, W) "
-                f"(one image per text), got {tuple(pixel_values.shape)}"
-            )
-        return input_ids.shape[0]
+    def soft_prompt(self, pixel_values: Tensor, qformer_input_ids: Tensor | None = None,
+                    qformer_attention_mask: Tensor | None = None) -> Tensor:  # fmt: skip
+        """(B, C, H, W) -> (B, Q, D_lm): projected query outputs, the LM's soft visual prompt."""
+        self._check_has_lm("soft_prompt")
+        z = self.query_features(pixel_values, qformer_input_ids, qformer_attention_mask)
+        return self.language_projection(z)
 
-    # -- training forward ------------------------------------------------------------------
+    # -- stage 1: Q-Former pre-training (§3.2) ----------------------------------------------
 
-    def forward(
-        self,
-        pixel_values: Tensor | None = None,
-        input_ids: Tensor | None = None,
-        attention_mask: Tensor | None = None,
-        labels: Tensor | None = None,
-        index: Tensor | None = None,
-        qformer_input_ids: Tensor | None = None,
-        qformer_attention_mask: Tensor | None = None,
-        **ignored: Any,
-    ) -> Blip2Output:
-        """Stage 1 (:meth:`forward_stage1`) or stage 2 (:meth:`forward_stage2`), by ``stage``."""
-        self.set_stage(self.stage)  # checks that this model has what the stage needs
-        if self.stage == 1:
-            return self.forward_stage1(pixel_values, input_ids, attention_mask, index)
-        return self.forward_stage2(pixel_values, input_ids, attention_mask, labels,
-                                   qformer_input_ids, qformer_attention_mask)  # fmt: skip
+    def forward(self, pixel_values: Tensor | None = None, input_ids: Tensor | None = None,
+                attention_mask: Tensor | None = None, index: Tensor | None = None
+                ) -> Blip2Stage1Output:  # fmt: skip
+        """Stage 1 (:meth:`stage1`); stage 2 is trained through :class:`Blip2Stage2`."""
+        return self.stage1(pixel_values, input_ids, attention_mask, index)
 
-    def forward_stage1(
-        self,
-        pixel_values: Tensor,
-        input_ids: Tensor,
-        attention_mask: Tensor | None = None,
-        index: Tensor | None = None,
-    ) -> Blip2Output:
+    def stage1(self, pixel_values: Tensor | None, input_ids: Tensor | None,
+               attention_mask: Tensor | None = None, index: Tensor | None = None
+               ) -> Blip2Stage1Output:  # fmt: skip
         """Q-Former pre-training (§3.2) on B matching pairs; ``input_ids`` start with [CLS].
 
         One Q-Former pass per objective, each under its mask: ITC (the batch), ITM (3B rows:
         positives, and hard negatives drawn as in ALBEF), ITG ([DEC] replaces [CLS]).
+        ``index`` (B,), optional image ids: another caption of the same image is never a
+        hard negative.
         """
-        B = self._check_pair("forward", pixel_values, input_ids)
-        if B < 2:
-            raise ValueError(f"Blip2.forward: ITC/ITM need at least 2 pairs per batch, got B={B}")
-        cfg = self.config
+        B = self._check_stage1(pixel_values, input_ids)
+        cfg, ls = self.config, self.config.label_smoothing
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask  # (B, T)
         if self.training:
             self.clamp_temp_()
@@ -670,7 +333,6 @@ class Blip2(nn.Module):
         sim_i2t = itc_similarity(image_feats, text_feat) / temp  # (B, B)
         sim_t2i = sim_i2t.t()  # text j vs image i: the same best-query similarity
         targets = torch.arange(B, device=sim_i2t.device)
-        ls = cfg.label_smoothing
         loss_itc = (F.cross_entropy(sim_i2t, targets, label_smoothing=ls)
                     + F.cross_entropy(sim_t2i, targets, label_smoothing=ls)) / 2  # fmt: skip
 
@@ -701,42 +363,16 @@ class Blip2(nn.Module):
         )  # fmt: skip  position t predicts token t+1
 
         loss = cfg.itc_weight * loss_itc + cfg.itm_weight * loss_itm + cfg.itg_weight * loss_itg
-        return Blip2Output(
+        return Blip2Stage1Output(
             loss=loss, loss_itc=loss_itc, loss_itm=loss_itm, loss_itg=loss_itg,
             temperature=temp.detach(), sim_i2t=sim_i2t, sim_t2i=sim_t2i, itm_logits=itm_logits,
             itm_labels=itm_labels, neg_text_idx=neg_t, neg_image_idx=neg_i,
             itg_logits=itg_logits, query_output=out.query_output,
         )  # fmt: skip
 
-    def soft_prompt(
-        self,
-        pixel_values: Tensor,
-        qformer_input_ids: Tensor | None = None,
-        qformer_attention_mask: Tensor | None = None,
-    ) -> Tensor:
-        """(B, C, H, W) -> (B, Q, D_lm): projected query outputs, the LM's soft visual prompt."""
-        if self.language_model is None:
-            raise ValueError("Blip2: this model has no language model (config.lm is None)")
-        z = self.query_features(pixel_values, qformer_input_ids, qformer_attention_mask)
-        return self.language_projection(z)
+    # -- stage 2: the soft prompt into the frozen LM (§3.3) ---------------------------------
 
-    def _instruction(
-        self, input_ids: Tensor, mask: Tensor, labels: Tensor | None,
-        qformer_input_ids: Tensor | None, qformer_attention_mask: Tensor | None,
-    ) -> tuple[Tensor | None, Tensor | None]:  # fmt: skip
-        """InstructBLIP's Q-Former text: given, or the prompt prefix (leading labels = -100)."""
-        if not self.config.instruct or qformer_input_ids is not None:
-            return qformer_input_ids, qformer_attention_mask
-        if labels is None:
-            raise ValueError(
-                "Blip2.forward: instruct=True needs qformer_input_ids (B, I), or labels whose "
-                "leading -100 positions mark the instruction inside input_ids"
-            )
-        prompt = ((labels == IGNORE_INDEX) & (mask == 1)).long().cumprod(dim=1)  # (B, T) prefix
-        n = max(int(prompt.sum(1).max()), 1)
-        return input_ids[:, :n] * prompt[:, :n], prompt[:, :n]
-
-    def forward_stage2(
+    def stage2(
         self,
         pixel_values: Tensor,
         input_ids: Tensor,
@@ -747,33 +383,25 @@ class Blip2(nn.Module):
     ) -> Blip2Output:
         """Vision-to-language generative training (§3.3): the LM loss on the text after the soft
         prompt. ``input_ids`` (B, T) are LM tokens (right-padded); ``labels`` (B, T) default to
-        ``input_ids`` with padding set to -100 (prompts can be masked with -100 too)."""
-        B = self._check_pair("forward", pixel_values, input_ids)
-        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        if mask.shape != input_ids.shape:
-            raise ValueError(
-                f"Blip2.forward: expected attention_mask of shape {tuple(input_ids.shape)}, got "
-                f"{tuple(mask.shape)}"
-            )
+        ``input_ids`` with padding set to -100 (prompts can be masked with -100 too). With
+        ``instruct`` and no ``qformer_input_ids``, the instruction is the prompt prefix (the
+        leading -100 labels)."""
+        B = self._check_stage2(pixel_values, input_ids, attention_mask, labels)
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask  # (B, T)
         if labels is None:
             labels = input_ids.masked_fill(mask == 0, IGNORE_INDEX)
-        elif labels.shape != input_ids.shape:
-            raise ValueError(
-                f"Blip2.forward: expected labels of shape {tuple(input_ids.shape)}, got "
-                f"{tuple(labels.shape)}"
-            )
-        instr, instr_mask = self._instruction(input_ids, mask, labels, qformer_input_ids,
-                                              qformer_attention_mask)  # fmt: skip
-        soft = self.soft_prompt(pixel_values, instr, instr_mask)  # (B, Q, D_lm)
-        lm = self.language_model
-        Q = soft.shape[1]
+        if self.config.instruct and qformer_input_ids is None:
+            prompt = ((labels == IGNORE_INDEX) & (mask == 1)).long().cumprod(dim=1)  # (B, T)
+            n = max(int(prompt.sum(1).max()), 1)
+            qformer_input_ids = input_ids[:, :n] * prompt[:, :n]  # (B, n) the instruction
+            qformer_attention_mask = prompt[:, :n]
+        soft = self.soft_prompt(pixel_values, qformer_input_ids, qformer_attention_mask)
+        lm, Q = self.language_model, soft.shape[1]  # soft: (B, Q, D_lm)
         embeds = torch.cat([soft.to(lm.embed_tokens.weight.dtype), lm.embed(input_ids)], 1)
         full_mask = torch.cat([mask.new_ones(B, Q), mask], dim=1)  # (B, Q+T)
         full_labels = torch.cat([labels.new_full((B, Q), IGNORE_INDEX), labels], dim=1)
         out = lm(inputs_embeds=embeds, attention_mask=full_mask, labels=full_labels)
-        return Blip2Output(loss=out.loss, logits=out.logits, query_output=None)
-
-    # -- generation ------------------------------------------------------------------------
+        return Blip2Output(loss=out.loss, logits=out.logits)
 
     @torch.no_grad()
     def generate(
@@ -794,20 +422,11 @@ class Blip2(nn.Module):
         go to :meth:`DecoderLM.generate`. With ``instruct``, the Q-Former reads
         ``qformer_input_ids`` (default: the prompt).
         """
-        if self.language_model is None:
-            raise ValueError("Blip2.generate: this model has no language model (config.lm)")
-        lm = self.language_model
-        B = pixel_values.shape[0]
-        dev = pixel_values.device
+        self._check_generate(pixel_values, prompt_ids)
+        lm, B = self.language_model, pixel_values.shape[0]
         if prompt_ids is None:
-            if lm.config.bos_id is None:
-                raise ValueError("Blip2.generate: pass prompt_ids (the LM config has no bos_id)")
-            prompt_ids = torch.full((B, 1), lm.config.bos_id, dtype=torch.long, device=dev)
-        if prompt_ids.dim() != 2 or prompt_ids.shape[0] != B:
-            raise ValueError(
-                f"Blip2.generate: expected prompt_ids of shape ({B}, P), got "
-                f"{tuple(prompt_ids.shape)}"
-            )
+            prompt_ids = torch.full((B, 1), lm.config.bos_id, dtype=torch.long,
+                                    device=pixel_values.device)  # fmt: skip
         if prompt_mask is None:
             prompt_mask = torch.ones_like(prompt_ids)
         if self.config.instruct and qformer_input_ids is None:
@@ -818,232 +437,101 @@ class Blip2(nn.Module):
         return lm.generate(inputs_embeds=embeds, attention_mask=mask,
                            max_new_tokens=max_new_tokens, temperature=temperature, **kwargs)
 
-    # -- Hugging Face interop ----------------------------------------------------------------
-
     @classmethod
-    def from_hf(cls, model: nn.Module, lm_config: LMConfig | None = None) -> Blip2:
-        """Copy a ``transformers.Blip2ForConditionalGeneration``: image encoder, query tokens,
-        Q-Former and ``language_projection``.
+    def from_hf(cls, model: nn.Module, with_language_model: bool = True) -> Blip2:
+        """Copy a ``transformers.Blip2ForConditionalGeneration`` (see
+        :func:`minivlm.interop.blip2.blip2_from_hf`): ``query_features`` then equals HF's
+        Q-Former output. Only a Llama LM is copied; for OPT / T5 checkpoints pass
+        ``with_language_model=False`` (image encoder, queries and Q-Former only)."""
+        from minivlm.interop.blip2 import blip2_from_hf
 
-        ``query_features(pixel_values)`` then equals HF's Q-Former output (before the
-        projection). HF's vision attention fuses q/k/v into ``qkv`` with biases
-        ``(q_bias, 0, v_bias)``; it is split into ``q_proj``/``k_proj``/``v_proj`` (the key
-        bias is a zero parameter here). The Q-Former has no text side (as HF's), so the model
-        is in stage 2. A Llama language model is copied with ``DecoderLM.from_hf``; any other
-        (OPT, T5) is **replaced** by a randomly initialised minivlm ``DecoderLM`` of the same
-        width (``lm_config``, or sizes read from HF's text config), with a warning.
-        """
-        vm = getattr(model, "vision_model", None)
-        qf = getattr(model, "qformer", None)
-        if vm is None or qf is None or not hasattr(model, "query_tokens"):
-            raise TypeError(
-                "Blip2.from_hf: expected a transformers Blip2ForConditionalGeneration, got "
-                f"{type(model).__name__}"
-            )
-        hv, hq = vm.config, qf.config
-        acts = {name: _HF_ACTS.get(a) for name, a in (("vision", hv.hidden_act),
-                                                      ("qformer", hq.hidden_act))}  # fmt: skip
-        for name, act in acts.items():
-            if act is None:
-                raise ValueError(f"Blip2.from_hf: unsupported {name} hidden_act")
-        if getattr(hq, "use_qformer_text_input", False):
-            warnings.warn("Blip2.from_hf: the Q-Former's text feed-forward networks are not "
-                          "copied (no text input in Blip2ForConditionalGeneration)", stacklevel=2)
-        emb = vm.embeddings
-        vision = blip2_vision_config(
-            image_size=hv.image_size, patch_size=hv.patch_size,
-            in_chans=emb.patch_embedding.in_channels,
-            dim=hv.hidden_size, depth=hv.num_hidden_layers, num_heads=hv.num_attention_heads,
-            mlp_hidden=hv.intermediate_size, mlp_ratio=hv.intermediate_size / hv.hidden_size,
-            act=acts["vision"], eps=hv.layer_norm_eps,
-        )  # fmt: skip
-        qformer = QFormerConfig(
-            dim=hq.hidden_size, depth=hq.num_hidden_layers, num_heads=hq.num_attention_heads,
-            mlp_hidden=hq.intermediate_size, act=acts["qformer"], eps=hq.layer_norm_eps,
-            cross_attention_freq=hq.cross_attention_frequency,
-            num_query_tokens=model.query_tokens.shape[1], text=False,
-            vocab_size=hq.vocab_size, max_len=hq.max_position_embeddings,
-        )  # fmt: skip
-        if qf.encoder.layer[0].crossattention.attention.key.in_features != hv.hidden_size:
-            raise ValueError("Blip2.from_hf: the Q-Former's encoder_hidden_size differs from "
-                             "the vision width")
-        hf_lm = model.language_model
-        lm = None
-        if type(hf_lm).__name__ == "LlamaForCausalLM":
-            lm = DecoderLM.from_hf(hf_lm)
-        else:
-            tc = model.config.text_config
-            width = model.language_projection.out_features
-            if lm_config is None:
-                heads = getattr(tc, "num_attention_heads", getattr(tc, "num_heads", 1))
-                lm_config = LMConfig(
-                    vocab_size=tc.vocab_size, dim=width,
-                    depth=getattr(tc, "num_hidden_layers", getattr(tc, "num_layers", 1)),
-                    num_heads=heads, num_kv_heads=heads,
-                    mlp_hidden=getattr(tc, "ffn_dim", getattr(tc, "d_ff", 4 * width)),
-                    max_len=getattr(tc, "max_position_embeddings", 2048),
-                    pad_id=None, bos_id=getattr(tc, "bos_token_id", None),
-                    eos_id=getattr(tc, "eos_token_id", None),
-                )  # fmt: skip
-            warnings.warn(
-                f"Blip2.from_hf: the {type(hf_lm).__name__} language model is replaced by a "
-                "randomly initialised minivlm DecoderLM (only Llama LMs are copied)", stacklevel=2
-            )
-        cfg = Blip2Config(vision=vision, qformer=qformer, lm=lm.config if lm else lm_config,
-                          stage=2)  # fmt: skip
+        return blip2_from_hf(cls, Blip2Config, model, with_language_model)
 
-        D = hv.hidden_size
-        sd: dict[str, Tensor] = {
-            "vision_encoder.cls_token": emb.class_embedding.reshape(1, 1, D),
-            "vision_encoder.pos_embed": emb.position_embedding.reshape(1, -1, D),
-            "vision_encoder.patch_embed.weight": emb.patch_embedding.weight,
-            "vision_encoder.patch_embed.bias": emb.patch_embedding.bias,
-            "vision_encoder.norm.weight": vm.post_layernorm.weight,
-            "vision_encoder.norm.bias": vm.post_layernorm.bias,
-            "query_tokens": model.query_tokens,
-            "qformer.embed_norm.weight": qf.layernorm.weight,
-            "qformer.embed_norm.bias": qf.layernorm.bias,
-            "language_projection.weight": model.language_projection.weight,
-            "language_projection.bias": model.language_projection.bias,
-        }
+    # -- input checks --------------------------------------------------------------------
 
-        def lin(dst: str, src: nn.Module) -> None:
-            sd[dst + ".weight"] = src.weight
-            sd[dst + ".bias"] = src.bias
-
-        for i, layer in enumerate(vm.encoder.layers):
-            p = f"vision_encoder.blocks.{i}."
-            qkv = layer.self_attn.qkv
-            bias = qkv.bias if qkv.bias is not None else torch.zeros(3 * D)
-            for j, name in enumerate(("q_proj", "k_proj", "v_proj")):
-                sd[p + f"attn.{name}.weight"] = qkv.weight[j * D : (j + 1) * D]
-                sd[p + f"attn.{name}.bias"] = bias[j * D : (j + 1) * D]
-            lin(p + "attn.out_proj", layer.self_attn.projection)
-            lin(p + "norm1", layer.layer_norm1)
-            lin(p + "norm2", layer.layer_norm2)
-            lin(p + "mlp.fc1", layer.mlp.fc1)
-            lin(p + "mlp.fc2", layer.mlp.fc2)
-        for i, layer in enumerate(qf.encoder.layer):
-            p = f"qformer.blocks.{i}."
-            att = layer.attention
-            lin(p + "attn.q_proj", att.attention.query)
-            lin(p + "attn.k_proj", att.attention.key)
-            lin(p + "attn.v_proj", att.attention.value)
-            lin(p + "attn.out_proj", att.output.dense)
-            lin(p + "norm1", att.output.LayerNorm)
-            if layer.has_cross_attention:
-                ca = layer.crossattention
-                lin(p + "cross_attn.q_proj", ca.attention.query)
-                lin(p + "cross_attn.k_proj", ca.attention.key)
-                lin(p + "cross_attn.v_proj", ca.attention.value)
-                lin(p + "cross_attn.out_proj", ca.output.dense)
-                lin(p + "norm_cross", ca.output.LayerNorm)
-            lin(p + "mlp.fc1", layer.intermediate_query.dense)
-            lin(p + "mlp.fc2", layer.output_query.dense)
-            lin(p + "norm2", layer.output_query.LayerNorm)
-        sd = {k: v.detach().clone() for k, v in sd.items()}
-        new = cls(cfg, language_model=lm)
-        if lm is not None:
-            sd.update({f"language_model.{k}": v for k, v in lm.state_dict().items()})
-        else:
-            sd.update({k: v for k, v in new.state_dict().items()
-                       if k.startswith("language_model.")})  # fmt: skip
-        ref = model.query_tokens
-        new.to(device=ref.device, dtype=ref.dtype)
-        new.load_state_dict(sd, strict=True)
-        return new.train(model.training)
-
-
-# ---------------------------------------------------------------------------
-# Presets
-# ---------------------------------------------------------------------------
-
-_PRESETS: dict[str, dict[str, Any]] = {
-    # shapes world: 64x64 images -> 8x8 patches of 8 px; a frozen ViT of width 96; a Q-Former
-    # of width 96 with 4 layers (cross-attention in layers 0 and 2) and 8 queries; a frozen
-    # lm_tiny-sized LM. vocab_size covers minivlm's shapes tokenizer (pass
-    # vocab_size=tok.vocab_size): [PAD] 0, [CLS] 2 starts Q-Former text, [BOS] 5 is [DEC].
-    "blip2_tiny": dict(
-        vision=dict(image_size=64, patch_size=8, dim=96, depth=2, num_heads=4, mlp_hidden=192),
-        qformer=dict(dim=96, depth=4, num_heads=4, mlp_hidden=192, cross_attention_freq=2,
-                     num_query_tokens=8, vocab_size=256, max_len=64),
-        lm=dict(vocab_size=256, dim=128, depth=2, num_heads=4, num_kv_heads=2, mlp_hidden=256,
-                max_len=128),
-        embed_dim=64,
-        dec_token_id=5,
-    ),
-    # the paper's stage-1 model (§3.1, §4): frozen ViT-g/14 (HF's 39 layers) + the Q-Former
-    # initialised from BERT-base (12 layers, cross-attention every 2nd) with 32 queries; no
-    # LM. Without its text side (qformer_text=False) the Q-Former has exactly the 105,137,664
-    # parameters of transformers.Blip2QFormerModel(Blip2QFormerConfig()).
-    "blip2_qformer_base": dict(),
-}
-
-_TOP_FIELDS = {f.name for f in fields(Blip2Config)} - {"vision", "qformer", "lm"}
-_SHORTCUTS = {"image_size": "vision", "patch_size": "vision", "in_chans": "vision",
-              "num_query_tokens": "qformer", "max_len": "qformer"}  # fmt: skip
-
-
-def _preset_config(name: str, overrides: dict[str, Any]) -> Blip2Config:
-    """Preset ``name`` with flat overrides: Blip2Config fields, ``vision_<f>``, ``qformer_<f>``,
-    ``lm_<f>``, nested ``vision=``/``qformer=``/``lm=`` dicts, the shortcuts image_size,
-    patch_size, in_chans, num_query_tokens, max_len, and ``vocab_size`` (Q-Former and LM)."""
-    preset = _PRESETS[name]
-    top = {k: v for k, v in preset.items() if k not in ("vision", "qformer", "lm")}
-    parts = {k: dict(preset.get(k) or {}) for k in ("vision", "qformer", "lm")}
-    has_lm = preset.get("lm") is not None
-    for key, value in overrides.items():
-        if key in parts:
-            if value is None and key == "lm":
-                has_lm = False
-                continue
-            if hasattr(value, "__dataclass_fields__"):
-                value = {f.name: getattr(value, f.name) for f in fields(value)}
-            if not isinstance(value, dict):
-                raise TypeError(f"{name}: override {key!r} must be a dict or config dataclass")
-            parts[key].update(value)
-            has_lm = has_lm or key == "lm"
-        elif key in _TOP_FIELDS:
-            top[key] = value
-        elif key == "vocab_size":
-            parts["qformer"]["vocab_size"] = value
-            parts["lm"]["vocab_size"] = value
-        elif key in _SHORTCUTS:
-            parts[_SHORTCUTS[key]][key] = value
-        elif any(key.startswith(p + "_") for p in parts):
-            part = key.split("_", 1)[0]
-            parts[part][key[len(part) + 1 :]] = value
-            has_lm = has_lm or part == "lm"
-        else:
+    def _check_pair(self, name: str, pixel_values: Tensor | None, input_ids: Tensor | None) -> int:
+        if pixel_values is None or input_ids is None:
             raise ValueError(
-                f"{name}: unknown override {key!r}; expected a Blip2Config field "
-                f"{sorted(_TOP_FIELDS)}, vision_<ViTConfig field>, qformer_<QFormerConfig "
-                f"field>, lm_<LMConfig field>, vocab_size, or one of {sorted(_SHORTCUTS)}"
+                f"Blip2.{name}: expected pixel_values (B, C, H, W) and input_ids (B, T)"
             )
-    if not parts["qformer"].get("text", True) and has_lm:
-        top.setdefault("stage", 2)
-    try:
-        return Blip2Config(
-            vision=blip2_vision_config(**parts["vision"]),
-            qformer=QFormerConfig(**parts["qformer"]),
-            lm=LMConfig(**parts["lm"]) if has_lm else None,
-            **top,
-        )
-    except TypeError as e:
-        raise ValueError(f"{name}: bad override ({e})") from e
+        if input_ids.dim() != 2:
+            raise ValueError(
+                f"Blip2.{name}: expected input_ids of shape (B, T), got {tuple(input_ids.shape)}"
+            )
+        if pixel_values.dim() != 4 or pixel_values.shape[0] != input_ids.shape[0]:
+            raise ValueError(
+                f"Blip2.{name}: expected pixel_values of shape ({input_ids.shape[0]}, C, H, W) "
+                f"(one image per text), got {tuple(pixel_values.shape)}"
+            )
+        return input_ids.shape[0]
+
+    def _check_stage1(self, pixel_values: Tensor | None, input_ids: Tensor | None) -> int:
+        if not self.config.qformer.text:
+            raise ValueError("Blip2.stage1: this Q-Former has no text side (qformer.text)")
+        B = self._check_pair("forward", pixel_values, input_ids)
+        if B < 2:
+            raise ValueError(f"Blip2.forward: ITC/ITM need at least 2 pairs per batch, got B={B}")
+        return B
+
+    def _check_stage2(self, pixel_values: Tensor, input_ids: Tensor,
+                      attention_mask: Tensor | None, labels: Tensor | None) -> int:  # fmt: skip
+        self._check_has_lm("stage2")
+        B = self._check_pair("forward", pixel_values, input_ids)
+        for name, t in (("attention_mask", attention_mask), ("labels", labels)):
+            if t is not None and t.shape != input_ids.shape:
+                raise ValueError(
+                    f"Blip2.forward: expected {name} of shape {tuple(input_ids.shape)}, got "
+                    f"{tuple(t.shape)}"
+                )
+        return B
+
+    def _check_has_lm(self, name: str) -> None:
+        if self.language_model is None:
+            raise ValueError(f"Blip2.{name}: this model has no language model (config.lm is None)")
+
+    def _check_instruction(self, qformer_input_ids: Tensor | None) -> None:
+        if qformer_input_ids is not None and not self.config.instruct:
+            raise ValueError(
+                "Blip2.query_features: qformer_input_ids are only used with instruct=True"
+            )
+        if self.config.instruct and qformer_input_ids is None:
+            raise ValueError(
+                "Blip2.query_features: instruct=True needs the instruction as "
+                "qformer_input_ids (B, I)"
+            )
+
+    def _check_generate(self, pixel_values: Tensor, prompt_ids: Tensor | None) -> None:
+        self._check_has_lm("generate")
+        B = pixel_values.shape[0]
+        if prompt_ids is None and self.language_model.config.bos_id is None:
+            raise ValueError("Blip2.generate: pass prompt_ids (the LM config has no bos_id)")
+        if prompt_ids is not None and (prompt_ids.dim() != 2 or prompt_ids.shape[0] != B):
+            raise ValueError(
+                f"Blip2.generate: expected prompt_ids of shape ({B}, P), got "
+                f"{tuple(prompt_ids.shape)}"
+            )
 
 
-def _make_factory(name: str):
-    def factory(**overrides: Any) -> Blip2:
-        return Blip2(_preset_config(name, overrides))
+class Blip2Stage2(nn.Module):
+    """BLIP-2's stage 2 as a module to train: ``forward`` is :meth:`Blip2.stage2` of the wrapped
+    model (same parameters; ``train(Blip2Stage2(model), ...)`` updates ``model``)."""
 
-    factory.__name__ = name
-    factory.__doc__ = (
-        f"BLIP-2 preset {name!r}: {_PRESETS[name] or 'Blip2Config() defaults'}. Overrides: "
-        "Blip2Config fields, vision_<f>, qformer_<f>, lm_<f>, vocab_size, image_size, ..."
-    )
-    return factory
+    def __init__(self, model: Blip2) -> None:
+        super().__init__()
+        model._check_has_lm("stage2")
+        self.model = model
 
+    def no_weight_decay(self) -> set[str]:
+        return {f"model.{name}" for name in self.model.no_weight_decay()}
 
-for _name in _PRESETS:
-    register_model(_name)(_make_factory(_name))
+    def forward(
+        self,
+        pixel_values: Tensor,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        qformer_input_ids: Tensor | None = None,
+        qformer_attention_mask: Tensor | None = None,
+    ) -> Blip2Output:
+        return self.model.stage2(pixel_values, input_ids, attention_mask, labels,
+                                 qformer_input_ids, qformer_attention_mask)  # fmt: skip

@@ -12,10 +12,10 @@ the N captions, and each caption to its own image (§2.3, Figure 3). The paper's
     logits = I_e @ T_e.T * exp(t)               # (N, N)     t = logit_scale = log(1/τ)
     loss = (CE(logits, arange(N), rows) + CE(logits, arange(N), columns)) / 2
 
-Read top to bottom: :class:`CLIPConfig`, the loss as plain functions (:func:`contrastive_logits`,
-:func:`clip_loss`), the model :class:`CLIP`, zero-shot classification
-(:func:`build_zero_shot_classifier`, :func:`zero_shot_predict`), Hugging Face interop
-(``CLIP.from_hf``, ``CLIP.from_pretrained``) and the registered presets.
+Read top to bottom: :class:`CLIPConfig`, the model :class:`CLIP`, the loss as plain functions
+(:func:`contrastive_logits`, :func:`clip_loss`) and zero-shot classification
+(:func:`build_zero_shot_classifier`, :func:`zero_shot_predict`). Checkpoint conversion is in
+:mod:`minivlm.interop.clip`, the presets in :mod:`minivlm.presets`.
 
 The temperature τ is learned as ``logit_scale = log(1/τ)``, initialised at log(1/0.07) and
 clamped so that the logits are scaled by at most 100 (§2.5). Lecture 1 compares it with fixed
@@ -25,19 +25,18 @@ temperatures: ``create_model("clip_tiny", temperature=0.1, learn_temperature=Fal
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from minivlm.nn.bert import TextConfig
+from minivlm.nn.causal_text import CausalTextEncoder
 from minivlm.nn.convnet import ConvNet, ConvNetConfig
-from minivlm.nn.text import _HF_ACTS, CausalTextEncoder, TextConfig
-from minivlm.nn.vit import ViT, ViTConfig
-from minivlm.registry import register_model, split_overrides
+from minivlm.nn.vit import ViT, ViTConfig, clip_vision_config
 
 Tensor = torch.Tensor
 
@@ -58,21 +57,7 @@ __all__ = [
 # Configuration
 # ---------------------------------------------------------------------------
 
-
-def clip_vision_config(**overrides: Any) -> ViTConfig:
-    """CLIP's image encoder as a :class:`ViTConfig` (ViT-B/32 at 224 px unless overridden).
-
-    CLIP's ViT differs from the original ViT in three small ways (§2.4): a LayerNorm on the
-    embeddings before the first block (``pre_norm``, HF's ``pre_layrnorm``), the
-    ``quick_gelu`` activation x·σ(1.702x), and LayerNorm eps 1e-5. Its patch embedding has
-    no bias.
-    """
-    base = dict(
-        image_size=224, patch_size=32, dim=768, depth=12, num_heads=12, act="quick_gelu",
-        eps=1e-5, pre_norm=True, final_norm=True, patch_bias=False, class_token=True,
-        global_pool="token",
-    )  # fmt: skip
-    return ViTConfig(**{**base, **overrides})
+_LOGIT_SCALE_INIT = math.log(1 / 0.07)  # τ = 0.07 at the start (§2.5)
 
 
 @dataclass
@@ -87,21 +72,23 @@ class CLIPConfig:
     logit_scale_init: initial log inverse temperature, log(1/0.07) as in §2.5.
     logit_scale_max: the clamp, log(100): logits are scaled by at most 100.
     learn_temperature: False keeps τ at its initial value (no gradient).
-    temperature: shortcut; when given, ``logit_scale_init = log(1 / temperature)``.
-    eos_token_id: when given, overrides ``text.eos_token_id`` (text is pooled at the first
-        occurrence of this id; ``None`` in the text config means HF's legacy argmax rule).
+    temperature / eos_token_id: shortcuts consumed at init (then None, so there is one setting
+        each): ``logit_scale_init = log(1 / temperature)`` (a different logit_scale_init
+        raises); ``text.eos_token_id`` (None there: HF's legacy argmax pooling rule).
     """
 
     vision: ViTConfig | ConvNetConfig = field(default_factory=clip_vision_config)
     text: TextConfig = field(default_factory=TextConfig.clip)
     embed_dim: int = 512
-    logit_scale_init: float = math.log(1 / 0.07)
+    logit_scale_init: float = _LOGIT_SCALE_INIT
     logit_scale_max: float = math.log(100.0)
     learn_temperature: bool = True
     temperature: float | None = None
     eos_token_id: int | None = None
 
     def __post_init__(self) -> None:
+        temperature, eos_token_id = self.temperature, self.eos_token_id
+        self.temperature = self.eos_token_id = None  # consumed: one source of truth each
         if isinstance(self.vision, dict):
             self.vision = clip_vision_config(**self.vision)
         if isinstance(self.text, dict):
@@ -124,17 +111,20 @@ class CLIPConfig:
                 "class_token=True, global_pool='token', fc_norm=False, num_classes=0"
             )
         if not self.text.causal:
-            raise ValueError(
-                "CLIPConfig.text: CLIP's text encoder is causal; use TextConfig.clip(...)"
-            )
-        if self.eos_token_id is not None:
-            self.text = replace(self.text, eos_token_id=self.eos_token_id)
+            raise ValueError("CLIPConfig.text: CLIP's text encoder is causal; use TextConfig.clip")
+        if eos_token_id is not None:
+            self.text = replace(self.text, eos_token_id=eos_token_id)
         if self.embed_dim < 1:
             raise ValueError(f"CLIPConfig.embed_dim must be >= 1, got {self.embed_dim}")
-        if self.temperature is not None:
-            if not self.temperature > 0:
-                raise ValueError(f"CLIPConfig.temperature must be > 0, got {self.temperature}")
-            self.logit_scale_init = math.log(1.0 / self.temperature)
+        if temperature is not None:
+            if not temperature > 0:
+                raise ValueError(f"CLIPConfig.temperature must be > 0, got {temperature}")
+            if self.logit_scale_init not in (_LOGIT_SCALE_INIT, math.log(1.0 / temperature)):
+                raise ValueError(
+                    f"CLIPConfig: got temperature={temperature} and logit_scale_init="
+                    f"{self.logit_scale_init}; give one (logit_scale_init = log(1/temperature))"
+                )
+            self.logit_scale_init = math.log(1.0 / temperature)
         if self.logit_scale_init > self.logit_scale_max + 1e-6:
             raise ValueError(
                 f"CLIPConfig: logit_scale_init {self.logit_scale_init:.4f} (τ = "
@@ -162,6 +152,173 @@ class CLIPOutput:
     image_embeds: Tensor
     text_embeds: Tensor
     logit_scale: Tensor
+
+
+# ---------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------
+
+
+class CLIP(nn.Module):
+    """CLIP: an image encoder and a text encoder trained contrastively (§2.3-2.5).
+
+    image (B, C, H, W) -> ViT -> CLS token after the final LayerNorm (B, d_i)
+        -> ``visual_projection`` (no bias) -> (B, E)          ``encode_image``
+    ids (B, T) -> causal transformer -> final LayerNorm at the first [EOS] (B, d_t)
+        -> ``text_projection`` (no bias) -> (B, E)            ``encode_text``
+    ``forward`` normalises both, computes the logits and the symmetric loss.
+    """
+
+    def __init__(self, config: CLIPConfig | None = None, **overrides: Any) -> None:
+        super().__init__()
+        cfg = config or CLIPConfig()
+        if overrides:
+            cfg = replace(cfg, **overrides)
+        self.config = cfg
+        # a ViT (the default) or a small CNN (ConvNetConfig), both with a width ``vision.dim``
+        self.image_encoder = (
+            ConvNet(cfg.vision) if isinstance(cfg.vision, ConvNetConfig) else ViT(cfg.vision)
+        )
+        self.text_encoder = CausalTextEncoder(cfg.text)
+        self.visual_projection = nn.Linear(cfg.vision.dim, cfg.embed_dim, bias=False)  # W_i
+        self.text_projection = nn.Linear(cfg.text.dim, cfg.embed_dim, bias=False)  # W_t
+        self.logit_scale = nn.Parameter(
+            torch.tensor(float(cfg.logit_scale_init)), requires_grad=cfg.learn_temperature
+        )
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """CLIP's initialisation (released code, ``initialize_parameters``), both towers.
+
+        Width D, depth L: q/k/v ~ N(0, D^-1), the two residual-branch outputs (attention
+        ``out_proj``, ``mlp.fc2``) ~ N(0, D^-1 / 2L), ``mlp.fc1`` ~ N(0, 1 / 2D), CLS token,
+        image positions and the projections ~ N(0, D^-1). Unlike ViT's std-0.02 init, the
+        CLS token then sees the patches from the first step. A convolutional image tower keeps
+        PyTorch's default (fan-in) init.
+        """
+        vit = self.image_encoder if isinstance(self.image_encoder, ViT) else None
+        for enc in (vit, self.text_encoder):
+            if enc is None:
+                continue
+            D, L = enc.config.dim, enc.config.depth
+            attn_std, out_std, fc_std = D**-0.5, D**-0.5 * (2 * L) ** -0.5, (2 * D) ** -0.5
+            for blk in enc.blocks:
+                for lin in (blk.attn.q_proj, blk.attn.k_proj, blk.attn.v_proj):
+                    nn.init.normal_(lin.weight, std=attn_std)
+                nn.init.normal_(blk.attn.out_proj.weight, std=out_std)
+                nn.init.normal_(blk.mlp.fc1.weight, std=fc_std)
+                nn.init.normal_(blk.mlp.fc2.weight, std=out_std)
+        D = self.config.vision.dim
+        if vit is not None:
+            if vit.cls_token is not None:
+                nn.init.normal_(vit.cls_token, std=D**-0.5)
+            nn.init.normal_(vit.pos_embed, std=D**-0.5)
+        nn.init.normal_(self.visual_projection.weight, std=D**-0.5)
+        nn.init.normal_(self.text_projection.weight, std=self.config.text.dim**-0.5)
+        self.logit_scale.fill_(self.config.logit_scale_init)
+
+    # -- temperature ---------------------------------------------------------
+
+    @property
+    def temperature(self) -> float:
+        """τ = 1 / exp(logit_scale), after the clamp."""
+        return math.exp(-self.clamped_logit_scale().item())
+
+    def clamped_logit_scale(self) -> Tensor:
+        """logit_scale clamped at ``logit_scale_max`` (no gradient above the clamp)."""
+        return self.logit_scale.clamp(max=self.config.logit_scale_max)
+
+    @torch.no_grad()
+    def on_after_step(self, step: int) -> None:
+        """After each optimizer step (``minivlm.train`` calls it), clamp the stored parameter
+        in place, as CLIP does."""
+        if self.logit_scale.requires_grad:
+            self.logit_scale.clamp_(max=self.config.logit_scale_max)
+
+    # -- encoders ------------------------------------------------------------
+
+    def encode_image(self, pixel_values: Tensor) -> Tensor:
+        """(B, C, H, W) -> (B, E) projected, *unnormalised* image features."""
+        if isinstance(self.image_encoder, ConvNet):
+            return self.visual_projection(self.image_encoder(pixel_values))  # (B, D) -> (B, E)
+        vit = self.image_encoder
+        x = vit.embed(pixel_values)  # (B, 1+N, d_i): CLS + patches, positions, pre-norm
+        for blk in vit.blocks:
+            x = blk(x)
+        # CLIP's ln_post on the CLS token only: the same as vit(pixel_values)[:, 0], which
+        # normalises every token, without normalising the N patch tokens nobody uses
+        pooled = vit.norm(x[:, 0])  # (B, d_i)
+        return self.visual_projection(pooled)  # (B, E)
+
+    def encode_text(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """(B, T) ids (+ (B, T) 1/0 mask) -> (B, E) projected, *unnormalised* text features."""
+        hidden = self.text_encoder(input_ids, attention_mask).last_hidden_state  # (B, T, d_t)
+        pooled = self.text_encoder.pool(hidden, input_ids)  # (B, d_t) at the first [EOS]
+        return self.text_projection(pooled)  # (B, E)
+
+    # -- training forward ----------------------------------------------------
+
+    def forward(
+        self,
+        pixel_values: Tensor | None = None,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        return_loss: bool | None = None,
+    ) -> CLIPOutput:
+        """Images (B_img, C, H, W) and captions (B_txt, T) -> :class:`CLIPOutput`.
+
+        ``return_loss``: None computes the loss when B_img == B_txt (row i matches caption
+        i); True requires it; False skips it.
+        """
+        square = self._check_forward(pixel_values, input_ids, return_loss)
+        # normalise in float32: logits are scaled by up to 100, bf16 rounding would show
+        image_embeds = F.normalize(self.encode_image(pixel_values).float(), dim=-1)  # (Bi, E)
+        text_embeds = F.normalize(self.encode_text(input_ids, attention_mask).float(), dim=-1)
+        logit_scale = self.clamped_logit_scale()
+        logits_per_image = contrastive_logits(image_embeds, text_embeds, logit_scale)  # (Bi, Bt)
+        loss = loss_i2t = loss_t2i = None
+        if return_loss or (return_loss is None and square):
+            loss_i2t, loss_t2i = clip_loss_parts(logits_per_image)
+            loss = (loss_i2t + loss_t2i) / 2
+        return CLIPOutput(loss, loss_i2t, loss_t2i, logits_per_image, logits_per_image.t(),
+                          image_embeds, text_embeds, logit_scale)  # fmt: skip
+
+    def _check_forward(
+        self, pixel_values: Tensor | None, input_ids: Tensor | None, return_loss: bool | None
+    ) -> bool:
+        """Both modalities given; matching pairs when a loss is asked for. Returns whether the
+        batch is square (as many images as captions)."""
+        if pixel_values is None or input_ids is None:
+            raise ValueError(
+                "CLIP.forward: expected both pixel_values (B, C, H, W) and input_ids (B, T); "
+                "use encode_image / encode_text for one modality"
+            )
+        square = pixel_values.shape[0] == input_ids.shape[0]
+        if return_loss and not square:
+            raise ValueError(
+                "CLIP.forward: return_loss=True needs as many images as captions (matching "
+                f"pairs), got {pixel_values.shape[0]} images and {input_ids.shape[0]} captions"
+            )
+        return square
+
+    # -- checkpoints (converters in minivlm.interop.clip) -------------------------
+
+    @classmethod
+    def from_hf(cls, model: nn.Module) -> CLIP:
+        """Copy a ``transformers.CLIPModel``: ``encode_image`` / ``encode_text`` then equal HF's
+        ``get_image_features`` / ``get_text_features`` and ``logit_scale`` is HF's."""
+        from minivlm.interop.clip import clip_from_hf
+
+        return clip_from_hf(cls, CLIPConfig, model)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> CLIP:
+        """Load a published checkpoint (e.g. ``"openai/clip-vit-base-patch32"``) through
+        ``transformers.CLIPModel.from_pretrained`` and copy it (network needed once)."""
+        from minivlm.interop.clip import clip_from_pretrained
+
+        return clip_from_pretrained(cls, name_or_path, **kwargs)
 
 
 # ---------------------------------------------------------------------------
@@ -214,274 +371,10 @@ def clip_loss(logits_per_image: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------
-# The model
-# ---------------------------------------------------------------------------
-
-
-class CLIP(nn.Module):
-    """CLIP: an image encoder and a text encoder trained contrastively (§2.3-2.5).
-
-    image (B, C, H, W) -> ViT -> CLS token after the final LayerNorm (B, d_i)
-        -> ``visual_projection`` (no bias) -> (B, E)          ``encode_image``
-    ids (B, T) -> causal transformer -> final LayerNorm at the first [EOS] (B, d_t)
-        -> ``text_projection`` (no bias) -> (B, E)            ``encode_text``
-    ``forward`` normalises both, computes the logits and the symmetric loss.
-    """
-
-    def __init__(self, config: CLIPConfig | None = None, **overrides: Any) -> None:
-        super().__init__()
-        cfg = config or CLIPConfig()
-        if overrides:
-            cfg = replace(cfg, **overrides)
-        self.config = cfg
-        # a ViT (the default) or a small CNN (ConvNetConfig), both with a width ``vision.dim``
-        self.image_encoder = (
-            ConvNet(cfg.vision) if isinstance(cfg.vision, ConvNetConfig) else ViT(cfg.vision)
-        )
-        self.text_encoder = CausalTextEncoder(cfg.text)
-        self.visual_projection = nn.Linear(cfg.vision.dim, cfg.embed_dim, bias=False)  # W_i
-        self.text_projection = nn.Linear(cfg.text.dim, cfg.embed_dim, bias=False)  # W_t
-        self.logit_scale = nn.Parameter(
-            torch.tensor(float(cfg.logit_scale_init)), requires_grad=cfg.learn_temperature
-        )
-        self.reset_parameters()
-
-    @torch.no_grad()
-    def reset_parameters(self) -> None:
-        """CLIP's initialisation (released code, ``initialize_parameters``), both towers.
-
-        Width D, depth L: q/k/v ~ N(0, D^-1), the two residual-branch outputs (attention
-        ``out_proj``, ``mlp.fc2``) ~ N(0, D^-1 / 2L), ``mlp.fc1`` ~ N(0, 1 / 2D), CLS token,
-        image positions and the projections ~ N(0, D^-1). Unlike ViT's std-0.02 init, the
-        CLS token then sees the patches from the first step: ``clip_tiny`` on the shapes
-        world (batch 64, lr 1e-3, 300 steps) ends at loss 0.43 instead of 1.02. A
-        convolutional image tower keeps PyTorch's default (fan-in) init.
-        """
-        vit = self.image_encoder if isinstance(self.image_encoder, ViT) else None
-        for enc in (vit, self.text_encoder):
-            if enc is None:
-                continue
-            D, L = enc.config.dim, enc.config.depth
-            attn_std, out_std, fc_std = D**-0.5, D**-0.5 * (2 * L) ** -0.5, (2 * D) ** -0.5
-            for blk in enc.blocks:
-                for lin in (blk.attn.q_proj, blk.attn.k_proj, blk.attn.v_proj):
-                    nn.init.normal_(lin.weight, std=attn_std)
-                nn.init.normal_(blk.attn.out_proj.weight, std=out_std)
-                nn.init.normal_(blk.mlp.fc1.weight, std=fc_std)
-                nn.init.normal_(blk.mlp.fc2.weight, std=out_std)
-        D = self.config.vision.dim
-        if vit is not None:
-            if vit.cls_token is not None:
-                nn.init.normal_(vit.cls_token, std=D**-0.5)
-            nn.init.normal_(vit.pos_embed, std=D**-0.5)
-        nn.init.normal_(self.visual_projection.weight, std=D**-0.5)
-        nn.init.normal_(self.text_projection.weight, std=self.config.text.dim**-0.5)
-        self.logit_scale.fill_(self.config.logit_scale_init)
-
-    # -- temperature ---------------------------------------------------------
-
-    @property
-    def temperature(self) -> float:
-        """τ = 1 / exp(logit_scale), after the clamp."""
-        return math.exp(-min(self.logit_scale.item(), self.config.logit_scale_max))
-
-    def clamped_logit_scale(self) -> Tensor:
-        """logit_scale clamped at ``logit_scale_max`` (no gradient above the clamp)."""
-        return self.logit_scale.clamp(max=self.config.logit_scale_max)
-
-    @torch.no_grad()
-    def clamp_logit_scale_(self) -> None:
-        """Clamp the stored parameter in place, as CLIP does after each optimizer step."""
-        self.logit_scale.clamp_(max=self.config.logit_scale_max)
-
-    def on_after_step(self, step: int) -> None:
-        """Hook that ``minivlm.train.train`` calls after every optimizer step."""
-        if self.logit_scale.requires_grad:
-            self.clamp_logit_scale_()
-
-    # -- encoders ------------------------------------------------------------
-
-    def encode_image(self, pixel_values: Tensor) -> Tensor:
-        """(B, C, H, W) -> (B, E) projected, *unnormalised* image features."""
-        if isinstance(self.image_encoder, ConvNet):
-            return self.visual_projection(self.image_encoder(pixel_values))  # (B, D) -> (B, E)
-        vit = self.image_encoder
-        x = vit.embed(pixel_values)  # (B, 1+N, d_i): CLS + patches, positions, pre-norm
-        for blk in vit.blocks:
-            x = blk(x)
-        # CLIP's ln_post on the CLS token only: the same as vit(pixel_values)[:, 0], which
-        # normalises every token, without normalising the N patch tokens nobody uses
-        pooled = vit.norm(x[:, 0])  # (B, d_i)
-        return self.visual_projection(pooled)  # (B, E)
-
-    def encode_text(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """(B, T) ids (+ (B, T) 1/0 mask) -> (B, E) projected, *unnormalised* text features."""
-        hidden = self.text_encoder(input_ids, attention_mask).last_hidden_state  # (B, T, d_t)
-        pooled = self.text_encoder.pool(hidden, input_ids)  # (B, d_t) at the first [EOS]
-        return self.text_projection(pooled)  # (B, E)
-
-    # -- training forward ----------------------------------------------------
-
-    def forward(
-        self,
-        pixel_values: Tensor | None = None,
-        input_ids: Tensor | None = None,
-        attention_mask: Tensor | None = None,
-        return_loss: bool | None = None,
-        **ignored: Any,
-    ) -> CLIPOutput:
-        """Images (B_img, C, H, W) and captions (B_txt, T) -> :class:`CLIPOutput`.
-
-        ``return_loss``: None computes the loss when B_img == B_txt (row i matches caption
-        i); True requires it; False skips it. Other batch keys (``index``, ...) are ignored.
-        """
-        if pixel_values is None or input_ids is None:
-            raise ValueError(
-                "CLIP.forward: expected both pixel_values (B, C, H, W) and input_ids (B, T); "
-                "use encode_image / encode_text for one modality"
-            )
-        square = pixel_values.shape[0] == input_ids.shape[0]
-        if return_loss and not square:
-            raise ValueError(
-                "CLIP.forward: return_loss=True needs as many images as captions (matching "
-                f"pairs), got {pixel_values.shape[0]} images and {input_ids.shape[0]} captions"
-            )
-        # normalise in float32: logits are scaled by up to 100, bf16 rounding would show
-        image_embeds = F.normalize(self.encode_image(pixel_values).float(), dim=-1)  # (Bi, E)
-        text_embeds = F.normalize(self.encode_text(input_ids, attention_mask).float(), dim=-1)
-        logit_scale = self.clamped_logit_scale()
-        logits_per_image = contrastive_logits(image_embeds, text_embeds, logit_scale)  # (Bi, Bt)
-        loss = loss_i2t = loss_t2i = None
-        if return_loss or (return_loss is None and square):
-            loss_i2t, loss_t2i = clip_loss_parts(logits_per_image)
-            loss = (loss_i2t + loss_t2i) / 2
-        return CLIPOutput(
-            loss=loss,
-            loss_i2t=loss_i2t,
-            loss_t2i=loss_t2i,
-            logits_per_image=logits_per_image,
-            logits_per_text=logits_per_image.t(),
-            image_embeds=image_embeds,
-            text_embeds=text_embeds,
-            logit_scale=logit_scale,
-        )
-
-    # -- Hugging Face interop --------------------------------------------------
-
-    @classmethod
-    def from_hf(cls, model: nn.Module) -> CLIP:
-        """Copy a ``transformers.CLIPModel``: same config, same weights, same outputs.
-
-        ``encode_image`` / ``encode_text`` then equal HF's ``get_image_features`` /
-        ``get_text_features`` and ``logit_scale`` is HF's. The text encoder is copied by
-        ``CausalTextEncoder.from_hf`` (which maps an old ``eos_token_id`` of 2 to the
-        legacy argmax rule).
-        """
-        vm = getattr(model, "vision_model", None)
-        if vm is None or not hasattr(model, "text_model") or not hasattr(model, "logit_scale"):
-            raise TypeError(f"CLIP.from_hf: expected a transformers CLIPModel, got {type(model)}")
-        hv = vm.config
-        act = _HF_ACTS.get(hv.hidden_act)
-        if act is None:
-            raise ValueError(f"CLIP.from_hf: unsupported vision hidden_act {hv.hidden_act!r}")
-        vision = clip_vision_config(
-            image_size=hv.image_size, patch_size=hv.patch_size, in_chans=hv.num_channels,
-            dim=hv.hidden_size, depth=hv.num_hidden_layers, num_heads=hv.num_attention_heads,
-            mlp_hidden=hv.intermediate_size, mlp_ratio=hv.intermediate_size / hv.hidden_size,
-            act=act, eps=hv.layer_norm_eps,
-        )  # fmt: skip
-        text_encoder = CausalTextEncoder.from_hf(model.text_model)
-        cfg = CLIPConfig(
-            vision=vision,
-            text=text_encoder.config,
-            embed_dim=model.visual_projection.out_features,
-            logit_scale_init=min(float(model.logit_scale.detach()), math.log(100.0)),
-        )
-
-        # HF vision names -> ours (the blocks have the same layout as the text encoder's)
-        vision_sd = vision_state_from_hf(dict(vm.state_dict()), hv.num_hidden_layers)
-        sd: dict[str, Tensor] = {f"image_encoder.{k}": v for k, v in vision_sd.items()}
-        sd.update({
-            "visual_projection.weight": model.visual_projection.weight,
-            "text_projection.weight": model.text_projection.weight,
-            "logit_scale": model.logit_scale.reshape(()),
-        })  # fmt: skip
-        sd = {k: v.detach().clone() for k, v in sd.items()}
-        sd.update({f"text_encoder.{k}": v for k, v in text_encoder.state_dict().items()})
-
-        with torch.device("meta"):  # no time spent on a random init that is overwritten
-            clip = cls(cfg)
-        clip.load_state_dict(sd, strict=True, assign=True)
-        return clip.train(model.training)
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> CLIP:
-        """Load a published checkpoint (e.g. ``"openai/clip-vit-base-patch32"``) through
-        ``transformers.CLIPModel.from_pretrained(name_or_path, **kwargs)`` and copy it.
-
-        Needs the network the first time (or a local folder saved with
-        ``save_pretrained``); failures raise a RuntimeError that says how to fix them.
-        """
-        try:
-            from transformers import CLIPModel
-        except ImportError as e:
-            raise RuntimeError(
-                "CLIP.from_pretrained needs the transformers package: pip install transformers"
-            ) from e
-        try:
-            hf = CLIPModel.from_pretrained(name_or_path, **kwargs)
-        except Exception as e:  # noqa: BLE001 - re-raised with advice, the cause attached
-            offline = any(
-                os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")
-                for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-            )
-            where = (
-                "HF_HUB_OFFLINE is set, so only the local cache was searched"
-                if offline
-                else "the Hub could not be reached or has no such model"
-            )
-            raise RuntimeError(
-                f"CLIP.from_pretrained: could not load {name_or_path!r} with "
-                f"transformers.CLIPModel.from_pretrained ({where}; {type(e).__name__}: {e}). "
-                "To fix: check the name (e.g. 'openai/clip-vit-base-patch32'); download it once "
-                "while online (it is then cached and loads offline), or pass the path of a "
-                "local folder written by CLIPModel.save_pretrained."
-            ) from e
-        return cls.from_hf(hf.eval())
-
-
-# ---------------------------------------------------------------------------
 # Zero-shot classification (§3.1.2) with prompt ensembling (§3.1.4)
 # ---------------------------------------------------------------------------
 
 Template = str | Callable[[str], str]
-
-
-def vision_state_from_hf(v: dict[str, Tensor], depth: int) -> dict[str, Tensor]:
-    """HF ``CLIPVisionTransformer`` state dict -> :class:`ViT` names (``CLIP.from_hf``, LLaVA).
-
-    ``v`` is consumed (popped); leftover keys raise a ValueError.
-    """
-    out = {
-        "cls_token": v.pop("embeddings.class_embedding").reshape(1, 1, -1),
-        "patch_embed.weight": v.pop("embeddings.patch_embedding.weight"),
-        "pos_embed": v.pop("embeddings.position_embedding.weight")[None],  # (1, 1+N, D)
-    }
-    for hf_name, ours in (("pre_layrnorm", "norm_pre"), ("post_layernorm", "norm")):
-        for p in ("weight", "bias"):
-            out[f"{ours}.{p}"] = v.pop(f"{hf_name}.{p}")
-    names = {"self_attn.q_proj": "attn.q_proj", "self_attn.k_proj": "attn.k_proj",
-             "self_attn.v_proj": "attn.v_proj", "self_attn.out_proj": "attn.out_proj",
-             "layer_norm1": "norm1", "layer_norm2": "norm2", "mlp.fc1": "mlp.fc1",
-             "mlp.fc2": "mlp.fc2"}  # fmt: skip
-    for i in range(depth):
-        for src, dst in names.items():
-            for p in ("weight", "bias"):
-                out[f"blocks.{i}.{dst}.{p}"] = v.pop(f"encoder.layers.{i}.{src}.{p}")
-    v.pop("embeddings.position_ids", None)  # a buffer of 0..N, not a weight
-    if v:
-        raise ValueError(f"from_hf: unexpected CLIP vision tower weights {sorted(v)[:5]}")
-    return {k: t.detach().clone() for k, t in out.items()}
 
 
 def _fill(template: Template, classname: str) -> str:
@@ -523,10 +416,8 @@ def build_zero_shot_classifier(
     try:
         embs = []
         for s in range(0, len(texts), batch_size):
-            batch = tokenizer(
-                texts[s : s + batch_size], add_bos=True, add_eos=True,
-                max_length=model.config.text.max_len,
-            )  # fmt: skip
+            batch = tokenizer(texts[s : s + batch_size], add_bos=True, add_eos=True,
+                              max_length=model.config.text.max_len)  # fmt: skip
             ids = torch.as_tensor(batch["input_ids"], device=device)
             mask = batch.get("attention_mask")
             mask = None if mask is None else torch.as_tensor(mask, device=device)
@@ -538,9 +429,7 @@ def build_zero_shot_classifier(
 
 
 @torch.no_grad()
-def zero_shot_predict(
-    model: CLIP, pixel_values: Tensor, classifier: Tensor
-) -> tuple[Tensor, Tensor]:
+def zero_shot_predict(model: CLIP, pixel_values: Tensor, classifier: Tensor) -> tuple[Tensor, ...]:
     """Classify images with a :func:`build_zero_shot_classifier` classifier (C, E).
 
     Returns ``(logits (B, C), predictions (B,))``: logits = exp(logit_scale) · cos(image, class).
@@ -559,77 +448,3 @@ def zero_shot_predict(
     finally:
         model.train(was_training)
     return logits, logits.argmax(dim=-1)
-
-
-# ---------------------------------------------------------------------------
-# Presets
-# ---------------------------------------------------------------------------
-
-# the shapes-world text tower of both tiny presets ([EOS] = 6 in minivlm.data.tokenizer)
-_TINY_TEXT = dict(
-    vocab_size=256, max_len=32, dim=128, depth=3, num_heads=4, mlp_hidden=256, eos_token_id=6
-)
-
-_PRESETS: dict[str, dict[str, Any]] = {
-    # 64x64 shapes-world images (8x8 patches of 8 px), MLPs 2x wide (not 4x): 14 GFLOP per
-    # training step at batch 64 (captions of ~24 tokens), about 0.1 s on 2 CPU cores.
-    # [EOS] = 6 in minivlm.data.tokenizer; pass vocab_size=tok.vocab_size.
-    "clip_tiny": dict(
-        vision=dict(image_size=64, patch_size=8, dim=128, depth=3, num_heads=4, mlp_hidden=256),
-        text=_TINY_TEXT,
-        embed_dim=128,
-    ),
-    # clip_tiny's text tower with a 3-stage CNN image tower (ConvNetConfig; CLIP's ResNets,
-    # §2.4, at shapes-world size): it learns shape, which the tiny ViT does not (notebook 01)
-    "clip_tiny_cnn": dict(
-        vision=dict(image_size=64, widths=(32, 32, 64)),
-        text=_TINY_TEXT,
-        embed_dim=128,
-    ),
-    # the published models (widths and depths: CLIP Table 20); parameters, as counted by
-    # transformers.CLIPModel: ViT-B/32 151,277,313, ViT-B/16 149,620,737, ViT-L/14 427,616,513
-    "clip_vit_b32": dict(),
-    "clip_vit_b16": dict(vision=dict(patch_size=16)),
-    "clip_vit_l14": dict(
-        vision=dict(patch_size=14, dim=1024, depth=24, num_heads=16),
-        text=dict(dim=768, depth=12, num_heads=12),
-        embed_dim=768,
-    ),
-}
-
-_TOP_FIELDS = {f.name for f in fields(CLIPConfig)} - {"vision", "text"}
-_TEXT_SHORTCUTS = {"vocab_size", "max_len"}
-_VISION_SHORTCUTS = {"image_size", "patch_size", "in_chans"}
-
-
-def _preset_config(name: str, overrides: dict[str, Any]) -> CLIPConfig:
-    """Preset ``name`` with flat overrides: CLIPConfig fields, ``vision_<field>``,
-    ``text_<field>``, and the shortcuts vocab_size, max_len, image_size, patch_size."""
-    top, vision, text = split_overrides(
-        name, _PRESETS[name], overrides, config_name="CLIPConfig", top_fields=_TOP_FIELDS,
-        text_shortcuts=_TEXT_SHORTCUTS, vision_shortcuts=_VISION_SHORTCUTS,
-    )
-    try:
-        vision_cfg = (
-            ConvNetConfig(**vision) if "widths" in _PRESETS[name].get("vision", {})
-            else clip_vision_config(**vision)
-        )  # fmt: skip
-        return CLIPConfig(vision=vision_cfg, text=TextConfig.clip(**text), **top)
-    except TypeError as e:
-        raise ValueError(f"{name}: bad override ({e})") from e
-
-
-def _make_factory(name: str) -> Callable[..., CLIP]:
-    def factory(**overrides: Any) -> CLIP:
-        return CLIP(_preset_config(name, overrides))
-
-    factory.__name__ = name
-    factory.__doc__ = (
-        f"CLIP preset {name!r}: {_PRESETS[name] or 'CLIPConfig() defaults'}. Overrides: "
-        "CLIPConfig fields, vision_<field>, text_<field>, vocab_size, max_len, image_size."
-    )
-    return factory
-
-
-for _name in _PRESETS:
-    register_model(_name)(_make_factory(_name))

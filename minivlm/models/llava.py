@@ -27,20 +27,16 @@ Padding is on the right.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from minivlm.data.tokenizer import IMAGE
-from minivlm.models.clip import clip_vision_config, vision_state_from_hf
+from minivlm.data.chat import SHAPES_CHAT, VICUNA_V1, ChatTemplate, LlavaCollator
 from minivlm.nn.blocks import MLP, get_activation
-from minivlm.nn.lm import IGNORE_INDEX, TINY, DecoderLM, LMConfig
-from minivlm.nn.text import _HF_ACTS
-from minivlm.nn.vit import ViT, ViTConfig
-from minivlm.registry import register_model
+from minivlm.nn.lm import IGNORE_INDEX, DecoderLM, LMConfig
+from minivlm.nn.vit import ViT, ViTConfig, clip_vision_config
 
 Tensor = torch.Tensor
 
@@ -77,7 +73,7 @@ def _tiny_vision() -> ViTConfig:
 class LlavaConfig:
     """Sizes and switches of LLaVA (defaults: ``llava_tiny``'s sizes, vocabulary 256).
 
-    vision: the CLIP image encoder (:func:`~minivlm.models.clip.clip_vision_config`; a dict
+    vision: the CLIP image encoder (:func:`~minivlm.nn.vit.clip_vision_config`; a dict
         is merged into it). text: the language model (:class:`~minivlm.nn.lm.LMConfig`; a dict
         is merged into the ``lm_tiny`` defaults).
     projector_type: "linear" (LLaVA, §4.1) or "mlp2x_gelu" (LLaVA-1.5, §3.2: Linear-GELU-Linear).
@@ -103,7 +99,7 @@ class LlavaConfig:
         if isinstance(self.vision, dict):
             self.vision = clip_vision_config(**self.vision)
         if isinstance(self.text, dict):
-            self.text = LMConfig(**{**TINY, **self.text})
+            self.text = LMConfig(**self.text)
         if not isinstance(self.vision, ViTConfig):
             raise TypeError(
                 f"LlavaConfig.vision: expected a ViTConfig or dict, got "
@@ -311,200 +307,6 @@ def expand_image_tokens(
 
 
 # ---------------------------------------------------------------------------
-# Chat template: dialogue -> input_ids + labels (loss on the assistant only)
-# ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ChatTemplate:
-    """A Vicuna-v1 style conversation format (LLaVA's ``conv_vicuna_v1``)::
-
-        [BOS] {system} USER: <image>\\n{question} ASSISTANT: {answer}[EOS]
-        USER: {question} ASSISTANT: {answer}[EOS] ...     (no line break between turns)
-
-    Only the answers and their [EOS] are learned; the system prompt, the user turns and the
-    "ASSISTANT:" prefix get label -100. Each piece is tokenized on its own (exact for the
-    word-level shapes tokenizer; sub-word tokenizers may split a little differently than on
-    the joined string).
-    """
-
-    system: str = ""
-    user: str = "USER"
-    assistant: str = "ASSISTANT"
-
-    def render(
-        self,
-        turns: Sequence[dict[str, str]],
-        add_generation_prompt: bool = False,
-        eos: str = "</s>",
-    ) -> str:
-        """The prompt as one string (for reading; :meth:`encode` is what the model sees)."""
-        system, turns = _split_system(turns, self.system)
-        out = f"{system} " if system else ""
-        for turn in turns:
-            if turn["from"] == "human":
-                out += f"{self.user}: {turn['value']} "
-            else:
-                out += f"{self.assistant}: {turn['value']}{eos}"
-        return out + (f"{self.assistant}:" if add_generation_prompt else "")
-
-    def encode(
-        self,
-        tokenizer: Any,
-        turns: Sequence[dict[str, str]],
-        num_image_tokens: int = 1,
-        add_generation_prompt: bool = False,
-    ) -> dict[str, list[int]]:
-        """Dialogue -> ``{"input_ids": [...], "labels": [...]}`` (lists of equal length).
-
-        turns: ``[{"from": "human"|"gpt", "value": str}, ...]`` (an optional first "system"
-        turn replaces the template's system prompt), alternating and starting with "human".
-        Each ``<image>`` becomes ``num_image_tokens`` copies of ``tokenizer.image_id``.
-        ``add_generation_prompt`` ends with "ASSISTANT:" (the last turn must be human's).
-        """
-        if num_image_tokens < 1:
-            raise ValueError(
-                f"ChatTemplate.encode: num_image_tokens must be >= 1, got {num_image_tokens}"
-            )
-        if tokenizer.bos_id is None or tokenizer.eos_id is None:
-            raise ValueError("ChatTemplate.encode: the tokenizer needs bos and eos tokens")
-        system, turns = _split_system(turns, self.system)
-        if add_generation_prompt and (not turns or turns[-1]["from"] != "human"):
-            raise ValueError(
-                "ChatTemplate.encode: add_generation_prompt needs the last turn to be the human's"
-            )
-        ids = [tokenizer.bos_id] + (tokenizer.encode(system) if system else [])
-        labels = [IGNORE_INDEX] * len(ids)
-        for turn in turns:
-            if turn["from"] == "human":
-                seg = tokenizer.encode(f"{self.user}:")
-                for j, piece in enumerate(turn["value"].split(IMAGE)):
-                    if j:
-                        if getattr(tokenizer, "image_id", None) is None:
-                            raise ValueError(
-                                "ChatTemplate.encode: the dialogue has <image> but "
-                                "the tokenizer has no image token"
-                            )
-                        seg += [tokenizer.image_id] * num_image_tokens
-                    seg += tokenizer.encode(piece)
-                ids += seg
-                labels += [IGNORE_INDEX] * len(seg)
-            else:
-                head = tokenizer.encode(f"{self.assistant}:")
-                answer = tokenizer.encode(turn["value"]) + [tokenizer.eos_id]
-                ids += head + answer
-                labels += [IGNORE_INDEX] * len(head) + answer
-        if add_generation_prompt:
-            head = tokenizer.encode(f"{self.assistant}:")
-            ids += head
-            labels += [IGNORE_INDEX] * len(head)
-        return {"input_ids": ids, "labels": labels}
-
-
-def _split_system(
-    turns: Sequence[dict[str, str]], default: str
-) -> tuple[str, list[dict[str, str]]]:
-    """Check the turns; return (system prompt, the human/gpt turns)."""
-    if isinstance(turns, (str, dict)) or not isinstance(turns, Sequence):
-        raise TypeError(f"expected a list of turns {{'from', 'value'}}, got {type(turns).__name__}")
-    turns = list(turns)
-    for k, t in enumerate(turns):
-        if (
-            not isinstance(t, dict)
-            or t.get("from") not in ("human", "gpt", "system")
-            or not isinstance(t.get("value"), str)
-        ):
-            raise ValueError(
-                f"turn {k}: expected {{'from': 'human'|'gpt'|'system', 'value': str}}, got {t!r}"
-            )
-    system = default
-    if turns and turns[0]["from"] == "system":
-        system, turns = turns[0]["value"], turns[1:]
-    for k, t in enumerate(turns):
-        want = "human" if k % 2 == 0 else "gpt"
-        if t["from"] != want:
-            raise ValueError(
-                f"turn {k}: expected a '{want}' turn (turns alternate human, gpt, "
-                f"starting with human), got {t['from']!r}"
-            )
-    return system, turns
-
-
-# LLaVA's Vicuna-v1 template, with its system prompt (for sub-word tokenizers).
-VICUNA_V1 = ChatTemplate(
-    system="A chat between a curious user and an artificial intelligence assistant. The "
-    "assistant gives helpful, detailed, and polite answers to the user's questions."
-)
-# The shapes world's vocabulary has no words for a system prompt: the same format without one.
-SHAPES_CHAT = ChatTemplate()
-
-
-class LlavaCollator:
-    """Batch dialogues for training: ``collate(items) -> {pixel_values, input_ids,
-    attention_mask, labels}``, right-padded (labels -100 on padding).
-
-    Each item is a dict with ``conversations`` (or ``turns``), the dialogue, and
-    ``pixel_values`` (or ``image``), a (C, H, W) tensor, e.g. ``LlavaConversations`` items with
-    ``transform=image_transform(S)``; an image of None is a text-only dialogue (then
-    ``pixel_values`` holds only the other rows' images, in order). ``num_image_tokens`` is
-    the model's N (``model.num_image_tokens``). ``max_length`` truncates from the right, but
-    never inside the image tokens (that raises ValueError).
-    """
-
-    def __init__(
-        self,
-        tokenizer: Any,
-        num_image_tokens: int,
-        template: ChatTemplate = SHAPES_CHAT,
-        max_length: int | None = None,
-    ) -> None:
-        self.tokenizer = tokenizer
-        self.num_image_tokens = num_image_tokens
-        self.template = template
-        self.max_length = max_length
-
-    def encode(self, turns: Sequence[dict[str, str]]) -> dict[str, list[int]]:
-        enc = self.template.encode(self.tokenizer, turns, self.num_image_tokens)
-        if self.max_length is not None and len(enc["input_ids"]) > self.max_length:
-            image_id = getattr(self.tokenizer, "image_id", None)
-            n_before = enc["input_ids"].count(image_id)
-            enc = {k: v[: self.max_length] for k, v in enc.items()}
-            if enc["input_ids"].count(image_id) != n_before:
-                raise ValueError(
-                    f"LlavaCollator: max_length={self.max_length} cuts into the "
-                    f"{n_before} image tokens; raise max_length"
-                )
-        return enc
-
-    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Tensor]:
-        encs, images = [], []
-        for k, it in enumerate(items):
-            turns = it.get("conversations", it.get("turns"))
-            image = it.get("pixel_values", it.get("image"))
-            if turns is None:
-                raise ValueError(f"LlavaCollator: item {k} has no 'conversations'")
-            enc = self.encode(turns)
-            if image is None:  # a text-only dialogue (LLaVA mixes some in): no image tokens
-                if getattr(self.tokenizer, "image_id", None) in enc["input_ids"]:
-                    raise ValueError(f"LlavaCollator: item {k} has <image> but no image")
-            elif not isinstance(image, Tensor):
-                raise TypeError(
-                    f"LlavaCollator: item {k}: expected a (C, H, W) image tensor in "
-                    f"'pixel_values' or 'image', got {type(image).__name__} (give "
-                    "the dataset transform=image_transform(size))"
-                )
-            else:
-                images.append(image)
-            encs.append(enc)
-        batch = self.tokenizer.pad([e["input_ids"] for e in encs])
-        labels = self.tokenizer.pad([e["labels"] for e in encs], pad_value=IGNORE_INDEX)
-        batch["labels"] = labels["input_ids"]
-        if images:  # (B_img, C, H, W), B_img <= B: the images of the rows that have one
-            batch["pixel_values"] = torch.stack(images)
-        return batch
-
-
-# ---------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------
 
@@ -532,16 +334,7 @@ class LLaVA(nn.Module):
         **overrides: Any,
     ) -> None:
         super().__init__()
-        if vision_encoder is not None and not isinstance(vision_encoder, ViT):
-            raise TypeError(
-                "LLaVA: vision_encoder must be a minivlm.nn.vit.ViT (e.g. "
-                f"zoo.load_image_encoder()), got {type(vision_encoder).__name__}"
-            )
-        if language_model is not None and not isinstance(language_model, DecoderLM):
-            raise TypeError(
-                "LLaVA: language_model must be a minivlm.nn.lm.DecoderLM (e.g. "
-                f"zoo.load('shapes_lm')), got {type(language_model).__name__}"
-            )
+        _check_parts(vision_encoder, language_model)
         if config is None:
             parts: dict[str, Any] = {}
             if vision_encoder is not None:
@@ -553,10 +346,7 @@ class LLaVA(nn.Module):
             cfg = config
         if overrides:
             cfg = replace(cfg, **overrides)
-        if vision_encoder is not None:
-            _check_same_config("vision_encoder", vision_encoder.config, "config.vision", cfg.vision)
-        if language_model is not None:
-            _check_same_config("language_model", language_model.config, "config.text", cfg.text)
+        _check_parts(vision_encoder, language_model, cfg)
         self.config = cfg
         self.vision_tower = vision_encoder if vision_encoder is not None else ViT(cfg.vision)
         self.projector = build_projector(
@@ -630,11 +420,10 @@ class LLaVA(nn.Module):
         pixel_values: Tensor | None = None,
         attention_mask: Tensor | None = None,
         labels: Tensor | None = None,
-        **ignored: Any,
     ) -> LlavaOutput:
         """input_ids (B, T) with N ``<image>`` tokens per image, pixel_values (B_img, C, H, W),
         attention_mask (B, T) right-padded, labels (B, T) with -100 where no loss (shifted
-        inside). Other batch keys (``index``, ...) are ignored.
+        inside).
         """
         embeds, feats = self.embed_inputs(input_ids, pixel_values)
         out = self.lm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels)
@@ -695,110 +484,41 @@ class LLaVA(nn.Module):
             generator=generator,
         )
 
-    # -- Hugging Face interop ---------------------------------------------------
+    # -- checkpoints (converters in minivlm.interop.llava) ------------------------
 
     @classmethod
     def from_hf(cls, model: nn.Module) -> LLaVA:
-        """Copy a ``transformers.LlavaForConditionalGeneration`` with a CLIP vision tower and a
-        Llama language model: ``model(input_ids, pixel_values, attention_mask).logits`` then
-        equal HF's. Works with both the transformers >= 4.52 layout (``model.language_model``)
-        and the older one (``language_model.model``)."""
-        hc = getattr(model, "config", None)
-        if hc is None or getattr(hc, "model_type", None) != "llava":
-            raise TypeError(
-                "LLaVA.from_hf: expected a transformers "
-                f"LlavaForConditionalGeneration, got {type(model).__name__}"
-            )
-        vc, tc = hc.vision_config, hc.text_config
-        if tc.model_type != "llama":
-            raise ValueError(
-                f"LLaVA.from_hf: only Llama language models are supported, got {tc.model_type!r}"
-            )
-        if vc.model_type not in ("clip_vision_model", "clip"):
-            raise ValueError(
-                f"LLaVA.from_hf: only CLIP vision towers are supported, got {vc.model_type!r}"
-            )
-        act = _HF_ACTS.get(vc.hidden_act)
-        proj_act = _HF_ACTS.get(hc.projector_hidden_act)
-        if act is None or proj_act is None:
-            raise ValueError(
-                f"LLaVA.from_hf: unsupported activation (vision {vc.hidden_act!r},"
-                f" projector {hc.projector_hidden_act!r})"
-            )
-        sd = model.state_dict()
-        prefix = _find_prefixes(sd)
+        """Copy a ``transformers.LlavaForConditionalGeneration`` (CLIP vision tower, Llama LM):
+        ``model(input_ids, pixel_values, attention_mask).logits`` then equal HF's."""
+        from minivlm.interop.llava import llava_from_hf
 
-        # language model: DecoderLM.from_hf on a LlamaForCausalLM-shaped view of the weights
-        lm_sd = {
-            "model." + k[len(prefix["lm"]) :]: v
-            for k, v in sd.items()
-            if k.startswith(prefix["lm"])
-        }
-        if prefix["head"] in sd:
-            lm_sd["lm_head.weight"] = sd[prefix["head"]]
-        lm = DecoderLM.from_hf(_HFView(tc, lm_sd))
-
-        layer = hc.vision_feature_layer
-        cfg = LlavaConfig(
-            vision=clip_vision_config(
-                image_size=vc.image_size,
-                patch_size=vc.patch_size,
-                in_chans=vc.num_channels,
-                dim=vc.hidden_size,
-                depth=vc.num_hidden_layers,
-                num_heads=vc.num_attention_heads,
-                mlp_hidden=vc.intermediate_size,
-                mlp_ratio=vc.intermediate_size / vc.hidden_size,
-                act=act,
-                eps=vc.layer_norm_eps,
-            ),
-            text=lm.config,
-            projector_type="mlp2x_gelu",
-            projector_act=proj_act,
-            projector_bias=bool(getattr(hc, "multimodal_projector_bias", True)),
-            vision_feature_layer=list(layer) if isinstance(layer, (list, tuple)) else int(layer),
-            vision_feature_select_strategy=hc.vision_feature_select_strategy,
-            image_token_id=int(
-                getattr(hc, "image_token_id", None)
-                if getattr(hc, "image_token_id", None) is not None
-                else hc.image_token_index
-            ),
-        )
-        v = {k[len(prefix["vision"]) :]: t for k, t in sd.items() if k.startswith(prefix["vision"])}
-        vision_sd = vision_state_from_hf(v, vc.num_hidden_layers)
-        proj_sd = {
-            f"fc{i}.{p}": sd[f"{prefix['projector']}linear_{i}.{p}"]
-            for i in (1, 2)
-            for p in ("weight", "bias")
-            if f"{prefix['projector']}linear_{i}.{p}" in sd
-        }
-
-        with torch.device("meta"):  # no time spent on a random init that is overwritten
-            llava = cls(cfg, language_model=lm)
-        llava.vision_tower.load_state_dict(vision_sd, strict=True, assign=True)
-        llava.projector.load_state_dict(proj_sd, strict=True, assign=True)
-        dtype = next(model.parameters()).dtype
-        return llava.to(dtype).train(model.training)
+        return llava_from_hf(cls, LlavaConfig, model)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> LLaVA:
         """Load e.g. ``"llava-hf/llava-1.5-7b-hf"`` with ``transformers`` and copy it (needs the
         network the first time, or a local folder written by ``save_pretrained``)."""
-        try:
-            from transformers import LlavaForConditionalGeneration
-        except ImportError as e:
-            raise RuntimeError(
-                "LLaVA.from_pretrained needs transformers: pip install transformers"
-            ) from e
-        try:
-            hf = LlavaForConditionalGeneration.from_pretrained(name_or_path, **kwargs)
-        except Exception as e:  # noqa: BLE001 - re-raised with advice, the cause attached
-            raise RuntimeError(
-                f"LLaVA.from_pretrained: could not load {name_or_path!r} with transformers "
-                f"({type(e).__name__}: {e}). Check the name (e.g. 'llava-hf/llava-1.5-7b-hf'), "
-                "download it once while online, or pass a local folder."
-            ) from e
-        return cls.from_hf(hf.eval())
+        from minivlm.interop.llava import llava_from_pretrained
+
+        return llava_from_pretrained(cls, name_or_path, **kwargs)
+
+
+def _check_parts(vision: Any, lm: Any, cfg: LlavaConfig | None = None) -> None:
+    """Given modules are minivlm's ViT / DecoderLM and, once the config is known, match it."""
+    if vision is not None and not isinstance(vision, ViT):
+        raise TypeError(
+            "LLaVA: vision_encoder must be a minivlm.nn.vit.ViT (e.g. "
+            f"zoo.load_image_encoder()), got {type(vision).__name__}"
+        )
+    if lm is not None and not isinstance(lm, DecoderLM):
+        raise TypeError(
+            "LLaVA: language_model must be a minivlm.nn.lm.DecoderLM (e.g. "
+            f"zoo.load('shapes_lm')), got {type(lm).__name__}"
+        )
+    if cfg is not None and vision is not None:
+        _check_same_config("vision_encoder", vision.config, "config.vision", cfg.vision)
+    if cfg is not None and lm is not None:
+        _check_same_config("language_model", lm.config, "config.text", cfg.text)
 
 
 def _check_same_config(module_name: str, got: Any, config_name: str, want: Any) -> None:
@@ -815,130 +535,3 @@ def _check_same_config(module_name: str, got: Any, config_name: str, want: Any) 
             f"{config_name}: {'; '.join(diff)}); leave out config to take the sizes from the "
             "modules, or build it from theirs"
         )
-
-
-class _HFView:
-    """Just enough of a ``LlamaForCausalLM`` (config, state_dict, parameters) for
-    :meth:`DecoderLM.from_hf`."""
-
-    def __init__(self, config: Any, state: dict[str, Tensor]) -> None:
-        self.config, self._state = config, state
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return self._state
-
-    def parameters(self):
-        return iter(self._state.values())
-
-
-def _find_prefixes(sd: dict[str, Tensor]) -> dict[str, str]:
-    """Key prefixes of the parts in a LLaVA state dict (transformers 4.x or 5.x layout)."""
-    layouts = [
-        dict(vision="model.vision_tower.", projector="model.multi_modal_projector.",
-             lm="model.language_model.", head="lm_head.weight"),
-        dict(vision="vision_tower.", projector="multi_modal_projector.",
-             lm="language_model.model.", head="language_model.lm_head.weight"),
-    ]  # fmt: skip
-    for lay in layouts:
-        if f"{lay['lm']}embed_tokens.weight" in sd and f"{lay['projector']}linear_1.weight" in sd:
-            for sub in ("", "vision_model."):  # CLIPVisionModel nests vision_model in 4.x
-                if f"{lay['vision']}{sub}embeddings.class_embedding" in sd:
-                    return {**lay, "vision": lay["vision"] + sub}
-            raise ValueError(
-                "LLaVA.from_hf: expected a CLIP vision tower (no "
-                f"{lay['vision']}embeddings.class_embedding)"
-            )
-    raise ValueError(
-        "LLaVA.from_hf: unrecognised state dict layout (keys start with "
-        f"{sorted({k.split('.')[0] for k in sd})})"
-    )
-
-
-# ---------------------------------------------------------------------------
-# Presets
-# ---------------------------------------------------------------------------
-
-_PRESETS: dict[str, dict[str, Any]] = {
-    # shapes world: clip_tiny's ViT (64 px, 64 patches -> N = 64 image tokens), lm_tiny's LM
-    # (dim 128, 4 layers, GQA 4/2 heads); vocab_size = len(shapes_tokenizer()) unless overridden
-    "llava_tiny": dict(vision=asdict(_tiny_vision()), text=dict(TINY)),
-    # LLaVA-1.5-7B (§3.2, Table 1): CLIP ViT-L/14 at 336 px (N = 576), Vicuna-7B (Llama-2-7B
-    # shape, vocabulary 32,064 in llava-hf with <image> = 32000, pad = 32001), MLP projector
-    "llava_1_5_7b": dict(
-        vision=asdict(
-            clip_vision_config(
-                image_size=336, patch_size=14, dim=1024, depth=24, num_heads=16, mlp_hidden=4096
-            )
-        ),
-        text=dict(
-            TINY,
-            vocab_size=32064,
-            dim=4096,
-            depth=32,
-            num_heads=32,
-            num_kv_heads=32,
-            mlp_hidden=11008,
-            max_len=4096,
-            eps=1e-5,
-            pad_id=32001,
-            bos_id=1,
-            eos_id=2,
-        ),
-        image_token_id=32000,
-    ),
-}
-
-_TOP_FIELDS = {f.name for f in fields(LlavaConfig)} - {"vision", "text"}
-
-
-def _preset_config(name: str, overrides: dict[str, Any]) -> LlavaConfig:
-    """Preset ``name`` with flat overrides: LlavaConfig fields, ``vision_<field>``,
-    ``text_<field>``, and the shortcuts ``vocab_size`` and ``image_size``."""
-    preset = _PRESETS[name]
-    top = {k: v for k, v in preset.items() if k not in ("vision", "text")}
-    vision, text = dict(preset["vision"]), dict(preset["text"])
-    if (
-        name == "llava_tiny"
-        and "vocab_size" not in overrides
-        and "text_vocab_size" not in overrides
-    ):
-        from minivlm.data.tokenizer import shapes_tokenizer
-
-        text["vocab_size"] = len(shapes_tokenizer())
-    for key, value in overrides.items():
-        if key in _TOP_FIELDS:
-            top[key] = value
-        elif key.startswith("vision_") and key[7:] in ViTConfig.__dataclass_fields__:
-            vision[key[7:]] = value
-        elif key.startswith("text_"):
-            text[key[5:]] = value
-        elif key == "vocab_size":
-            text[key] = value
-        elif key == "image_size":
-            vision[key] = value
-        else:
-            raise ValueError(
-                f"{name}: unknown override {key!r}; expected a LlavaConfig field "
-                f"{sorted(_TOP_FIELDS)}, vision_<ViTConfig field>, "
-                "text_<LMConfig field>, vocab_size or image_size"
-            )
-    try:
-        return LlavaConfig(vision=ViTConfig(**vision), text=LMConfig(**text), **top)
-    except TypeError as e:
-        raise ValueError(f"{name}: bad override ({e})") from e
-
-
-def _make_factory(name: str):
-    def factory(**overrides: Any) -> LLaVA:
-        return LLaVA(_preset_config(name, overrides))
-
-    factory.__name__ = name
-    factory.__doc__ = (
-        f"LLaVA preset {name!r}. Overrides: LlavaConfig fields, vision_<field>, "
-        "text_<field>, vocab_size, image_size."
-    )
-    return factory
-
-
-for _name in _PRESETS:
-    register_model(_name)(_make_factory(_name))

@@ -20,8 +20,9 @@ Reading order of this file::
     cost_matrix_cosine, ipot,
     wasserstein_distance,
     wpa_loss                    word-patch alignment by optimal transport (§3.2)
-    ViLT.from_hf                copy a Hugging Face ``ViltModel`` (and its heads)
-    presets                     ``vilt_tiny`` (shapes world), ``vilt_b32`` (the paper's model)
+
+``ViLT.from_hf`` calls :mod:`minivlm.interop.vilt`; the presets (``vilt_tiny``, ``vilt_b32``)
+are in :mod:`minivlm.presets`.
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minivlm.nn.attention import padding_mask
+from minivlm.nn.bert import BertEncoder, BertMLMHead, TextConfig
 from minivlm.nn.blocks import TransformerBlock, get_activation
-from minivlm.nn.text import _HF_ACTS, BertEncoder, BertMLMHead, TextConfig
-from minivlm.registry import register_model
+from minivlm.objectives import mask_tokens, sample_itm_negatives
 
 Tensor = torch.Tensor
 
@@ -429,30 +430,38 @@ class ViLT(nn.Module):
         image_type: int = IMAGE_TYPE,
     ) -> tuple[Tensor, Tensor]:
         """The transformer's input z0 (B, T+1+N, D) and the joint 1/0 mask (B, T+1+N)."""
-        if isinstance(input_ids, Tensor) and input_ids.dim() == 2:
-            if input_ids.shape[1] > self.config.max_text_len:
-                raise ValueError(
-                    f"ViLT: captions of {input_ids.shape[1]} tokens exceed max_text_len "
-                    f"{self.config.max_text_len} (the learned text positions); truncate them"
-                )
+        self._check_embed(input_ids, pixel_values, attention_mask)
         text = self.text_embeddings.embed(input_ids, token_type_ids=token_type_ids)  # (B, T, D)
-        B, T = input_ids.shape
         if attention_mask is None:
-            attention_mask = torch.ones(B, T, dtype=torch.long, device=text.device)
-        elif tuple(attention_mask.shape) != (B, T):
+            attention_mask = torch.ones(input_ids.shape, dtype=torch.long, device=text.device)
+        image, image_mask = self.embed_image(pixel_values, pixel_mask)  # (B, 1+N, D), (B, 1+N)
+        return build_single_stream_input(
+            text, image, attention_mask.long(), image_mask, self.modality_embeddings, image_type
+        )
+
+    def _check_embed(
+        self, input_ids: Tensor, pixel_values: Tensor, attention_mask: Tensor | None
+    ) -> None:
+        """Captions within the learned positions, a mask like them, one image per caption
+        (token ids and images are checked where they are embedded)."""
+        if not (isinstance(input_ids, Tensor) and input_ids.dim() == 2):
+            return  # BertEncoder.embed names the expected shape
+        B, T = input_ids.shape
+        if T > self.config.max_text_len:
+            raise ValueError(
+                f"ViLT: captions of {T} tokens exceed max_text_len "
+                f"{self.config.max_text_len} (the learned text positions); truncate them"
+            )
+        if attention_mask is not None and tuple(attention_mask.shape) != (B, T):
             raise ValueError(
                 f"ViLT: expected attention_mask of shape ({B}, {T}) like input_ids, got "
                 f"{tuple(attention_mask.shape)}"
             )
-        image, image_mask = self.embed_image(pixel_values, pixel_mask)  # (B, 1+N, D), (B, 1+N)
-        if image.shape[0] != B:
+        if isinstance(pixel_values, Tensor) and pixel_values.dim() == 4 and len(pixel_values) != B:
             raise ValueError(
-                f"ViLT: input_ids hold {B} captions but pixel_values {image.shape[0]} images; "
+                f"ViLT: input_ids hold {B} captions but pixel_values {len(pixel_values)} images; "
                 "pass one image per caption"
             )
-        return build_single_stream_input(
-            text, image, attention_mask.long(), image_mask, self.modality_embeddings, image_type
-        )
 
     # -- forward ------------------------------------------------------------
 
@@ -467,7 +476,6 @@ class ViLT(nn.Module):
         vqa_labels: Tensor | None = None,
         need_weights: bool = False,
         token_type_ids: Tensor | None = None,
-        **ignored,
     ) -> ViLTOutput:
         """Encode (caption, image) pairs; with targets, also the losses.
 
@@ -475,15 +483,9 @@ class ViLT(nn.Module):
         (B, H, W) 1/0. Targets: ``itm_labels`` (B,) 1 = matching pair, 0 = not, -100 = no
         ITM loss for that row; ``mlm_labels`` (B, T) original ids at masked positions, -100
         elsewhere (:func:`mask_tokens`); ``vqa_labels`` (B,) answer ids (-100 = skip) or
-        (B, num_answers) soft scores. Other keyword arguments (extra batch keys) are ignored,
-        except unknown ``*labels`` names, which raise (a target must not be dropped silently).
+        (B, num_answers) soft scores. An unknown keyword raises TypeError.
         """
         cfg = self.config
-        unknown = sorted(k for k in ignored if k.endswith("labels"))
-        if unknown:
-            raise ValueError(
-                f"ViLT: unknown targets {unknown}; expected itm_labels, mlm_labels or vqa_labels"
-            )
         x, joint = self.embed(input_ids, pixel_values, attention_mask, pixel_mask, token_type_ids)
         T = input_ids.shape[1]
         # (B, 1, 1, L) True where a key is a real token; no mask at all when nothing is padded
@@ -504,6 +506,7 @@ class ViLT(nn.Module):
             out.mlm_logits = self.mlm_head(x[:, :T])  # (B, T, vocab)
         if self.vqa_head is not None:
             out.vqa_logits = self.vqa_head(pooled)  # (B, num_answers)
+        self._check_targets(out, itm_labels, mlm_labels, vqa_labels)
 
         losses: list[Tensor] = []
         if itm_labels is not None:
@@ -522,57 +525,69 @@ class ViLT(nn.Module):
             out.loss = sum(losses[1:], losses[0])
         return out
 
+    def _check_targets(
+        self, out: ViLTOutput, itm: Tensor | None, mlm: Tensor | None, vqa: Tensor | None
+    ) -> None:
+        """Each given target has its head and the shape that head's logits need."""
+        B, T = out.last_hidden_state.shape[0], out.text_len
+        if itm is not None:
+            if out.itm_logits is None:
+                raise ValueError("ViLT: itm_labels given but the model has no ITM head (itm_head)")
+            if tuple(itm.shape) != (B,):
+                raise ValueError(
+                    f"ViLT: expected itm_labels of shape ({B},), got {tuple(itm.shape)}"
+                )
+        if mlm is not None:
+            if out.mlm_logits is None:
+                raise ValueError("ViLT: mlm_labels given but the model has no MLM head (mlm_head)")
+            if tuple(mlm.shape) != (B, T):
+                raise ValueError(
+                    f"ViLT: expected mlm_labels of shape {(B, T)} like input_ids, "
+                    f"got {tuple(mlm.shape)}"
+                )
+        if vqa is None:
+            return
+        if out.vqa_logits is None:
+            raise ValueError("ViLT: vqa_labels given but the model has no VQA head (num_answers)")
+        A = out.vqa_logits.shape[1]
+        if vqa.dim() == 1 and not vqa.is_floating_point():
+            if vqa.shape[0] != B:
+                raise ValueError(f"ViLT: expected vqa_labels of shape ({B},), got {vqa.shape}")
+            keep = vqa != -100
+            if bool(((vqa[keep] < 0) | (vqa[keep] >= A)).any()):
+                raise ValueError(f"ViLT: vqa_labels must be answer ids in 0..{A - 1} (or -100)")
+        elif tuple(vqa.shape) != (B, A) or not vqa.is_floating_point():
+            raise ValueError(
+                f"ViLT: expected vqa_labels as answer ids (B,) or float soft scores ({B}, {A}), "
+                f"got {vqa.dtype} {tuple(vqa.shape)}"
+            )
+
     # -- losses -------------------------------------------------------------
 
-    def _itm_loss(self, logits: Tensor | None, labels: Tensor) -> Tensor:
+    def _itm_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Image-text matching (§3.2): 2-way cross-entropy on the pooled token."""
-        if logits is None:
-            raise ValueError("ViLT: itm_labels given but the model has no ITM head (itm_head)")
-        if tuple(labels.shape) != (logits.shape[0],):
-            raise ValueError(
-                f"ViLT: expected itm_labels of shape ({logits.shape[0]},), got "
-                f"{tuple(labels.shape)}"
-            )
         return _mean_ce(logits, labels.long())
 
-    def _mlm_loss(self, logits: Tensor | None, labels: Tensor) -> Tensor:
+    def _mlm_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Masked language modelling (§3.2): predict the original ids at masked positions."""
-        if logits is None:
-            raise ValueError("ViLT: mlm_labels given but the model has no MLM head (mlm_head)")
-        if tuple(labels.shape) != tuple(logits.shape[:2]):
-            raise ValueError(
-                f"ViLT: expected mlm_labels of shape {tuple(logits.shape[:2])} like input_ids, "
-                f"got {tuple(labels.shape)}"
-            )
         return _mean_ce(logits.flatten(0, 1), labels.flatten().long())
 
-    def _vqa_loss(self, logits: Tensor | None, labels: Tensor) -> Tensor:
+    def _vqa_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         """VQA as answer classification (§4, VQAv2).
 
         Soft scores (B, A) with ``vqa_loss="bce"``: the paper's binary cross-entropy per
         answer, multiplied by A (as its code, after Kim et al.'s BAN). Answer ids (B,) are
         one-hot for BCE or used directly by cross-entropy (``vqa_loss="ce"``); -100 skips a row.
         """
-        if logits is None:
-            raise ValueError("ViLT: vqa_labels given but the model has no VQA head (num_answers)")
-        B, A = logits.shape
-        if labels.dim() == 1 and not labels.is_floating_point():
-            if labels.shape[0] != B:
-                raise ValueError(f"ViLT: expected vqa_labels of shape ({B},), got {labels.shape}")
+        A = logits.shape[1]
+        if labels.dim() == 1 and not labels.is_floating_point():  # answer ids (B,)
             keep = labels != -100
-            if bool(((labels[keep] < 0) | (labels[keep] >= A)).any()):
-                raise ValueError(f"ViLT: vqa_labels must be answer ids in 0..{A - 1} (or -100)")
             if self.config.vqa_loss == "ce":
                 return _mean_ce(logits, labels)
             if not bool(keep.any()):
                 return logits.sum() * 0.0
             target = F.one_hot(labels[keep], A).to(logits.dtype)  # (B', A)
             return F.binary_cross_entropy_with_logits(logits[keep], target) * A
-        if tuple(labels.shape) != (B, A) or not labels.is_floating_point():
-            raise ValueError(
-                f"ViLT: expected vqa_labels as answer ids (B,) or float soft scores ({B}, {A}), "
-                f"got {labels.dtype} {tuple(labels.shape)}"
-            )
         if self.config.vqa_loss == "ce":  # soft-target cross-entropy
             return F.cross_entropy(logits, labels / labels.sum(-1, keepdim=True).clamp_min(1e-12))
         return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype)) * A
@@ -596,7 +611,7 @@ class ViLT(nn.Module):
         )  # fmt: skip
         return wpa_loss(dist, itm_labels[rows])
 
-    # -- Hugging Face interop ------------------------------------------------
+    # -- checkpoints (converter in minivlm.interop.vilt) ---------------------------
 
     @classmethod
     def from_hf(cls, model: nn.Module) -> ViLT:
@@ -613,96 +628,9 @@ class ViLT(nn.Module):
         order even when it keeps them all, and at most ``max_image_length`` of them when
         that is positive; minivlm keeps all, in raster order.
         """
-        vilt = getattr(model, "vilt", model)
-        emb = getattr(vilt, "embeddings", None)
-        if not (hasattr(emb, "text_embeddings") and hasattr(emb, "patch_embeddings")):
-            raise TypeError(
-                "ViLT.from_hf: expected a transformers ViltModel (or a Vilt...For... model "
-                f"holding one as .vilt), got {type(model).__name__}"
-            )
-        hc = vilt.config
-        act = _HF_ACTS.get(hc.hidden_act) if isinstance(hc.hidden_act, str) else None
-        if act is None:
-            raise ValueError(f"ViLT.from_hf: unsupported hidden_act {hc.hidden_act!r}")
+        from minivlm.interop.vilt import vilt_from_hf
 
-        def square(v, what: str) -> int:
-            if isinstance(v, (list, tuple)):
-                if len(v) != 2 or v[0] != v[1]:
-                    raise ValueError(f"ViLT.from_hf: non-square {what} {v} is not supported")
-                v = v[0]
-            return int(v)
-
-        head_mlm = getattr(model, "mlm_score", None)
-        head_vqa = getattr(model, "classifier", None)
-        if head_vqa is not None and type(model).__name__ != "ViltForQuestionAnswering":
-            head_vqa = None  # NLVR2 / token classifiers have other shapes
-        head_rank = getattr(model, "rank_output", None)
-        te = emb.text_embeddings
-        cfg = ViLTConfig(
-            vocab_size=hc.vocab_size, max_text_len=hc.max_position_embeddings,
-            type_vocab_size=hc.type_vocab_size,
-            modality_type_vocab_size=hc.modality_type_vocab_size,
-            pad_id=te.word_embeddings.padding_idx,
-            image_size=square(hc.image_size, "image_size"),
-            patch_size=square(hc.patch_size, "patch_size"), in_chans=hc.num_channels,
-            dim=hc.hidden_size, depth=hc.num_hidden_layers, num_heads=hc.num_attention_heads,
-            mlp_hidden=hc.intermediate_size, mlp_ratio=hc.intermediate_size / hc.hidden_size,
-            act=act, eps=hc.layer_norm_eps, qkv_bias=hc.qkv_bias,
-            pooler=vilt.pooler is not None, itm_head=head_rank is not None,
-            mlm_head=head_mlm is not None,
-            num_answers=head_vqa[-1].out_features if head_vqa is not None else 0,
-        )  # fmt: skip
-
-        sd: dict[str, Tensor] = {}
-
-        def lin(dst: str, src: nn.Module) -> None:
-            sd[dst + ".weight"] = src.weight
-            if getattr(src, "bias", None) is not None:
-                sd[dst + ".bias"] = src.bias
-
-        lin("text_embeddings.word_embeddings", te.word_embeddings)
-        lin("text_embeddings.position_embeddings", te.position_embeddings)
-        lin("text_embeddings.token_type_embeddings", te.token_type_embeddings)
-        lin("text_embeddings.embed_norm", te.LayerNorm)
-        lin("patch_embed", emb.patch_embeddings.projection)
-        sd["cls_token"] = emb.cls_token
-        sd["pos_embed"] = emb.position_embeddings
-        lin("modality_embeddings", emb.token_type_embeddings)
-        for i, layer in enumerate(vilt.encoder.layer):
-            p = f"blocks.{i}."
-            att = layer.attention
-            lin(p + "norm1", layer.layernorm_before)
-            lin(p + "attn.q_proj", att.attention.query)
-            lin(p + "attn.k_proj", att.attention.key)
-            lin(p + "attn.v_proj", att.attention.value)
-            lin(p + "attn.out_proj", att.output.dense)
-            lin(p + "norm2", layer.layernorm_after)
-            lin(p + "mlp.fc1", layer.intermediate.dense)
-            lin(p + "mlp.fc2", layer.output.dense)
-        lin("norm", vilt.layernorm)
-        if vilt.pooler is not None:
-            lin("pooler", vilt.pooler.dense)
-        tied = False
-        if head_mlm is not None:
-            lin("mlm_head.dense", head_mlm.transform.dense)
-            lin("mlm_head.norm", head_mlm.transform.LayerNorm)
-            lin("mlm_head.decoder", head_mlm.decoder)
-            tied = head_mlm.decoder.weight is te.word_embeddings.weight
-        if head_vqa is not None:
-            for j in (0, 1, 3):  # Linear, LayerNorm, (GELU), Linear
-                lin(f"vqa_head.{j}", head_vqa[j])
-        if head_rank is not None:  # 1 logit -> 2 logits [0, s]: same log-odds of "match"
-            w, b = head_rank.weight, head_rank.bias
-            sd["itm_head.weight"] = torch.cat([torch.zeros_like(w), w], dim=0)
-            sd["itm_head.bias"] = torch.cat([torch.zeros_like(b), b], dim=0)
-
-        ours = cls(cfg)
-        if head_mlm is not None and not tied:  # HF's decoder was untied: give ours its own
-            ours.mlm_head.decoder.weight = nn.Parameter(ours.mlm_head.decoder.weight.clone())
-        ref = te.word_embeddings.weight
-        ours.to(device=ref.device, dtype=ref.dtype)
-        ours.load_state_dict({k: v.detach().clone() for k, v in sd.items()}, strict=True)
-        return ours.train(model.training)
+        return vilt_from_hf(cls, ViLTConfig, model)
 
 
 def _mean_ce(logits: Tensor, labels: Tensor) -> Tensor:
@@ -710,122 +638,6 @@ def _mean_ce(logits: Tensor, labels: Tensor) -> Tensor:
     if not bool((labels != -100).any()):
         return logits.sum() * 0.0
     return F.cross_entropy(logits, labels, ignore_index=-100)
-
-
-# ---------------------------------------------------------------------------
-# Pre-training data: MLM masking and ITM negatives (§3.2)
-# ---------------------------------------------------------------------------
-
-
-def _draw_device(generator: torch.Generator | None, fallback: torch.device) -> torch.device:
-    return generator.device if generator is not None else fallback
-
-
-def mask_tokens(
-    input_ids: Tensor,
-    mask_id: int,
-    vocab_size: int,
-    special_ids: list[int] | tuple[int, ...] | Tensor,
-    prob: float = 0.15,
-    generator: torch.Generator | None = None,
-) -> tuple[Tensor, Tensor]:
-    """BERT's masking for MLM (Devlin et al. 2019, §3.1), as ViLT uses it (§3.2).
-
-    Each token that is not special (padding, [CLS], [SEP], ...) is chosen with probability
-    ``prob`` = 0.15. A chosen token becomes [MASK] 80% of the time, a random non-special
-    token 10% of the time, and stays itself 10% of the time; the model must predict the
-    original id at every chosen position.
-
-    ViLT masks *whole words* (§3.3: all WordPiece pieces of a word together) so that a word cannot
-    be guessed from its other pieces without looking at the image. With minivlm's word-level
-    tokenizer every token is a whole word, so token masking already is whole-word masking.
-
-    Returns ``(masked_ids, labels)``, both (B, T): labels hold the original id at chosen
-    positions and -100 (ignored by the loss) everywhere else.
-    """
-    if input_ids.dim() != 2 or input_ids.is_floating_point():
-        raise ValueError(
-            f"mask_tokens: expected integer input_ids of shape (B, T), got {input_ids.dtype} "
-            f"{tuple(input_ids.shape)}"
-        )
-    if not 0.0 <= prob <= 1.0:
-        raise ValueError(f"mask_tokens: prob must be in [0, 1], got {prob}")
-    if not 0 <= mask_id < vocab_size:
-        raise ValueError(
-            f"mask_tokens: mask_id {mask_id} is outside the vocabulary 0..{vocab_size - 1}"
-        )
-    dev = input_ids.device
-    special = torch.as_tensor(special_ids, dtype=torch.long).flatten()
-    normal_ids = torch.ones(vocab_size, dtype=torch.bool)
-    normal_ids[special[(special >= 0) & (special < vocab_size)]] = False
-    normal_ids = normal_ids.nonzero().flatten()  # ids a random replacement may take
-    if normal_ids.numel() == 0:
-        raise ValueError("mask_tokens: every vocabulary id is special; nothing to sample")
-    gd = _draw_device(generator, dev)
-    shape = input_ids.shape
-    choose = torch.rand(shape, generator=generator, device=gd).to(dev) < prob  # (B, T)
-    choose &= ~torch.isin(input_ids, special.to(dev))
-    how = torch.rand(shape, generator=generator, device=gd).to(dev)  # 80/10/10 split
-    rand_tok = torch.randint(normal_ids.numel(), shape, generator=generator, device=gd)
-    rand_tok = normal_ids.to(gd)[rand_tok].to(dev)
-    labels = torch.where(choose, input_ids, torch.full_like(input_ids, -100))
-    masked = input_ids.clone()
-    masked[choose & (how < 0.8)] = mask_id
-    use_random = choose & (how >= 0.8) & (how < 0.9)
-    masked[use_random] = rand_tok[use_random]
-    return masked, labels
-
-
-_PAIR_KEYS = ("input_ids", "attention_mask", "token_type_ids")  # caption side
-_IMAGE_KEYS = ("pixel_values", "pixel_mask")  # image side
-
-
-def sample_itm_negatives(
-    batch: dict[str, Tensor], generator: torch.Generator | None = None, image_prob: float = 0.5
-) -> dict[str, Tensor]:
-    """Image-text matching pairs from a batch of B matching (caption, image) pairs (§3.2).
-
-    Every positive pair i is kept (label 1) and gets one negative (label 0): with
-    probability ``image_prob`` its image is swapped for the image of another item j != i,
-    otherwise its caption for caption j. ViLT itself only swaps images: half of its ITM pairs
-    show a randomly drawn other image (``image_prob=1`` here); swapping captions too makes
-    the model read the text as well.
-
-    Returns a batch of 2B rows, the B positives first, with ``itm_labels`` (2B,), plus
-    ``partner`` (B,) = j and ``swapped_image`` (B,) bool describing each negative. Caption
-    keys (``input_ids``, ``attention_mask``, ``token_type_ids``) and image keys
-    (``pixel_values``, ``pixel_mask``) are carried over; other keys are dropped.
-    """
-    if "input_ids" not in batch or "pixel_values" not in batch:
-        raise ValueError(
-            f"sample_itm_negatives: the batch needs 'input_ids' and 'pixel_values', got keys "
-            f"{sorted(batch)}"
-        )
-    B = batch["input_ids"].shape[0]
-    if B < 2:
-        raise ValueError(f"sample_itm_negatives: need at least 2 pairs to swap, got B={B}")
-    dev = batch["input_ids"].device
-    gd = _draw_device(generator, dev)
-    # j = i + k (mod B) with k in 1..B-1 is never i
-    shift = torch.randint(1, B, (B,), generator=generator, device=gd).to(dev)
-    partner = (torch.arange(B, device=dev) + shift) % B  # (B,)
-    swap_image = (torch.rand(B, generator=generator, device=gd) < image_prob).to(dev)  # (B,)
-    me = torch.arange(B, device=dev)
-    image_src = torch.where(swap_image, partner, me)  # whose image negative i shows
-    text_src = torch.where(swap_image, me, partner)  # whose caption negative i reads
-    out: dict[str, Tensor] = {}
-    for key, value in batch.items():
-        if not isinstance(value, Tensor) or value.dim() == 0 or value.shape[0] != B:
-            continue
-        if key in _PAIR_KEYS:
-            out[key] = torch.cat([value, value[text_src]], dim=0)
-        elif key in _IMAGE_KEYS:
-            out[key] = torch.cat([value, value[image_src]], dim=0)
-    labels = torch.cat([torch.ones(B, dtype=torch.long), torch.zeros(B, dtype=torch.long)])
-    out["itm_labels"] = labels.to(dev)
-    out["partner"] = partner
-    out["swapped_image"] = swap_image
-    return out
 
 
 def itm_loss_with_negatives(
@@ -840,7 +652,8 @@ def itm_loss_with_negatives(
     its ``loss`` is ``loss_itm`` (plus ``wpa_weight * loss_wpa`` when WPA is on).
     """
     pairs = sample_itm_negatives(batch, generator, image_prob)
-    return model(**pairs)
+    inputs = {k: v for k, v in pairs.items() if k not in ("partner", "swapped_image")}
+    return model(**inputs)
 
 
 def make_pretraining_batch(
@@ -958,38 +771,3 @@ def wpa_loss(distance: Tensor, itm_labels: Tensor) -> Tensor:
         return distance.sum()
     sign = torch.where(itm_labels == 1, 1.0, -1.0).to(distance.dtype)
     return (sign * distance).sum() / distance.numel()
-
-
-# ---------------------------------------------------------------------------
-# Presets
-# ---------------------------------------------------------------------------
-
-_PRESETS: dict[str, dict] = {
-    # shapes world: 64x64 images -> 8x8 patches of 8 px, captions of at most 32 tokens.
-    # vocab_size covers minivlm's shapes tokenizer (pass vocab_size=tok.vocab_size to fit it);
-    # num_answers defaults to the shapes world's answer list (minivlm.data.shapes.ANSWERS).
-    "vilt_tiny": dict(vocab_size=256, max_text_len=32, image_size=64, patch_size=8, dim=128,
-                      depth=4, num_heads=4),  # fmt: skip
-    # ViLT-B/32 (§4): ViT-B/32 width and depth, 40 text positions, 384 px images. The
-    # backbone alone (HF ViltModel(ViltConfig()), pooler included); add heads with
-    # create_model("vilt_b32", itm_head=True, mlm_head=True) for pre-training.
-    "vilt_b32": dict(itm_head=False, mlm_head=False, num_answers=0),
-}
-
-
-def _make_factory(name: str):
-    def factory(**overrides) -> ViLT:
-        preset = dict(_PRESETS[name])
-        if name == "vilt_tiny" and "num_answers" not in overrides:
-            from minivlm.data.shapes import ANSWERS
-
-            preset["num_answers"] = len(ANSWERS)
-        return ViLT(ViLTConfig(**{**preset, **overrides}))
-
-    factory.__name__ = name
-    factory.__doc__ = f"ViLT preset {name!r}: ViLTConfig with {_PRESETS[name]} (keyword overrides)."
-    return factory
-
-
-for _name in _PRESETS:
-    register_model(_name)(_make_factory(_name))

@@ -15,6 +15,9 @@ the scores (0 = keep, -inf = block). Accepted mask ranks:
     2-D (Tq, Tk)        the same for every batch element and head
     3-D (B, Tq, Tk)     per batch element
     4-D (B|1, H|1, Tq, Tk)
+
+Rotary position embedding (RoPE, Su et al. 2021, RoFormer §3.4) is applied to queries and
+keys inside :class:`MultiHeadAttention` when ``rope=(cos, sin)`` is given.
 """
 
 from __future__ import annotations
@@ -149,6 +152,43 @@ def attend(
     return out, weights
 
 
+# --------------------------------------------------------------------------- RoPE
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (RoFormer §3.4), in the Llama "rotate half" layout.
+
+    ``forward(positions)`` returns ``(cos, sin)`` of shape (B, 1, T, head_dim)
+    (or (1, 1, T, head_dim) for 1-D positions), ready for :func:`apply_rotary`
+    on (B, H, T, head_dim) queries and keys.
+    """
+
+    def __init__(self, head_dim: int, base: float = 10000.0) -> None:
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"RotaryEmbedding: head_dim must be even, got {head_dim}")
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)  # (hd/2,)
+
+    def forward(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        if positions.dim() == 1:
+            positions = positions[None]  # (1, T)
+        freqs = positions[..., None].float() * self.inv_freq  # (B, T, hd/2)
+        emb = torch.cat([freqs, freqs], dim=-1)  # (B, T, hd)
+        return emb.cos()[:, None], emb.sin()[:, None]  # (B, 1, T, hd) each
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    """(x1, x2) -> (-x2, x1) on the two halves of the last dimension."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate (B, H, T, hd) ``x`` by position-dependent angles."""
+    return (x * cos + rotate_half(x) * sin).to(x.dtype)
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head self- or cross-attention.
 
@@ -220,8 +260,6 @@ class MultiHeadAttention(nn.Module):
         k = self._split(self.k_proj(src), self.num_kv_heads)  # (B, Hkv, Tk, hd)
         v = self._split(self.v_proj(src), self.num_kv_heads)  # (B, Hkv, Tk, hd)
         if rope is not None:
-            from minivlm.nn.blocks import apply_rotary
-
             cos, sin = rope
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if kv_cache is not None:

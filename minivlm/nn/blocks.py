@@ -3,8 +3,8 @@
 * :class:`TransformerBlock` — self-attention, optional cross-attention, MLP or
   SwiGLU; pre-norm (ViT, CLIP, GPT, Llama) or post-norm (BERT: Devlin et al.
   2019, which follows Vaswani et al. 2017, §3.1).
-* :class:`RMSNorm` (Zhang & Sennrich 2019), :class:`SwiGLU` (Shazeer 2020),
-  :class:`RotaryEmbedding` (Su et al. 2021, RoFormer §3.4).
+* :class:`RMSNorm` (Zhang & Sennrich 2019), :class:`SwiGLU` (Shazeer 2020).
+  RoPE lives in :mod:`minivlm.nn.attention`, which applies it.
 """
 
 from __future__ import annotations
@@ -81,40 +81,6 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
-class RotaryEmbedding(nn.Module):
-    """Rotary position embedding (RoFormer §3.4), in the Llama "rotate half" layout.
-
-    ``forward(positions)`` returns ``(cos, sin)`` of shape (B, 1, T, head_dim)
-    (or (1, 1, T, head_dim) for 1-D positions), ready for :func:`apply_rotary`
-    on (B, H, T, head_dim) queries and keys.
-    """
-
-    def __init__(self, head_dim: int, base: float = 10000.0) -> None:
-        super().__init__()
-        if head_dim % 2:
-            raise ValueError(f"RotaryEmbedding: head_dim must be even, got {head_dim}")
-        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)  # (hd/2,)
-
-    def forward(self, positions: Tensor) -> tuple[Tensor, Tensor]:
-        if positions.dim() == 1:
-            positions = positions[None]  # (1, T)
-        freqs = positions[..., None].float() * self.inv_freq  # (B, T, hd/2)
-        emb = torch.cat([freqs, freqs], dim=-1)  # (B, T, hd)
-        return emb.cos()[:, None], emb.sin()[:, None]  # (B, 1, T, hd) each
-
-
-def rotate_half(x: Tensor) -> Tensor:
-    """(x1, x2) -> (-x2, x1) on the two halves of the last dimension."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([-x2, x1], dim=-1)
-
-
-def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate (B, H, T, hd) ``x`` by position-dependent angles."""
-    return (x * cos + rotate_half(x) * sin).to(x.dtype)
 
 
 def make_norm(kind: str, dim: int, eps: float) -> nn.Module:

@@ -26,15 +26,14 @@ al. 2020, §3.1) and :func:`sample_next`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minivlm.nn.attention import KVCache
-from minivlm.nn.blocks import RMSNorm, RotaryEmbedding, TransformerBlock
-from minivlm.registry import register_model
+from minivlm.nn.attention import KVCache, RotaryEmbedding
+from minivlm.nn.blocks import RMSNorm, TransformerBlock
 
 Tensor = torch.Tensor
 
@@ -472,81 +471,6 @@ class DecoderLM(nn.Module):
     @classmethod
     def from_hf(cls, hf_model) -> DecoderLM:
         """Copy the weights of a ``transformers.LlamaForCausalLM`` (default RoPE, SiLU)."""
-        hc = hf_model.config
-        if getattr(hc, "hidden_act", "silu") != "silu":
-            raise ValueError(
-                f"DecoderLM.from_hf: expected hidden_act 'silu', got {hc.hidden_act!r}"
-            )
-        if getattr(hc, "mlp_bias", False):
-            raise ValueError("DecoderLM.from_hf: mlp_bias=True is not supported")
-        # transformers >= 5 keeps RoPE settings in rope_parameters; 4.x in rope_theta/rope_scaling
-        rope_params = (getattr(hc, "rope_parameters", None) or getattr(hc, "rope_scaling", None)
-                       or {})
-        rope_type = rope_params.get("rope_type", rope_params.get("type", "default"))
-        if rope_type != "default":
-            raise ValueError(
-                f"DecoderLM.from_hf: only default RoPE is supported, got rope_type {rope_type!r}"
-            )
-        theta = rope_params.get("rope_theta", getattr(hc, "rope_theta", 10000.0))
-        eos = hc.eos_token_id[0] if isinstance(hc.eos_token_id, list) else hc.eos_token_id
-        head_dim = getattr(hc, "head_dim", None)
-        if head_dim == hc.hidden_size // hc.num_attention_heads:
-            head_dim = None
-        cfg = LMConfig(
-            vocab_size=hc.vocab_size, dim=hc.hidden_size, depth=hc.num_hidden_layers,
-            num_heads=hc.num_attention_heads,
-            num_kv_heads=hc.num_key_value_heads or hc.num_attention_heads,
-            mlp_hidden=hc.intermediate_size, max_len=hc.max_position_embeddings,
-            rope_base=float(theta), eps=hc.rms_norm_eps,
-            tie_embeddings=bool(getattr(hc, "tie_word_embeddings", False)),
-            pad_id=hc.pad_token_id, bos_id=hc.bos_token_id, eos_id=eos,
-            attention_bias=bool(getattr(hc, "attention_bias", False)), head_dim=head_dim,
-        )
-        model = cls(cfg)
-        sd = hf_model.state_dict()
-        new: dict[str, Tensor] = {
-            "embed_tokens.weight": sd["model.embed_tokens.weight"],
-            "norm.weight": sd["model.norm.weight"],
-            "lm_head.weight": sd["model.embed_tokens.weight" if cfg.tie_embeddings
-                                 else "lm_head.weight"],
-        }
-        names = {
-            "input_layernorm": "norm1", "post_attention_layernorm": "norm2",
-            "self_attn.q_proj": "attn.q_proj", "self_attn.k_proj": "attn.k_proj",
-            "self_attn.v_proj": "attn.v_proj", "self_attn.o_proj": "attn.out_proj",
-            "mlp.gate_proj": "mlp.gate_proj", "mlp.up_proj": "mlp.up_proj",
-            "mlp.down_proj": "mlp.down_proj",
-        }
-        for i in range(cfg.depth):
-            for hf_name, ours in names.items():
-                for p in ("weight", "bias"):
-                    key = f"model.layers.{i}.{hf_name}.{p}"
-                    if key in sd:
-                        new[f"blocks.{i}.{ours}.{p}"] = sd[key]
-        model.load_state_dict(new, strict=True)
-        return model.to(next(hf_model.parameters()).dtype)
+        from minivlm.interop.llama import decoder_lm_from_hf
 
-
-# --------------------------------------------------------------------------- presets
-
-TINY = asdict(LMConfig())  # the shapes-world text model: dim 128, 4 layers, 4 heads, 2 kv heads
-
-
-@register_model("lm_tiny")
-def lm_tiny(**overrides) -> DecoderLM:
-    """Tiny Llama-style LM for the shapes world (vocab 256 by default; override ``vocab_size``)."""
-    return DecoderLM(LMConfig(**{**TINY, **overrides}))
-
-
-LLAMA2_7B = dict(vocab_size=32000, dim=4096, depth=32, num_heads=32, num_kv_heads=32,
-                 mlp_hidden=11008, max_len=4096, eps=1e-5, pad_id=None, bos_id=1, eos_id=2)
-
-
-@register_model("llama2_7b")
-def llama2_7b(**overrides) -> DecoderLM:
-    """Llama-2-7B's shape (Touvron et al. 2023b): 6,738,415,616 parameters.
-
-    Build it on the meta device to inspect it without memory:
-    ``with torch.device("meta"): m = create_model("llama2_7b")``.
-    """
-    return DecoderLM(LMConfig(**{**TINY, **LLAMA2_7B, **overrides}))
+        return decoder_lm_from_hf(cls, LMConfig, hf_model)

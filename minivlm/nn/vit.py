@@ -3,7 +3,8 @@
 ``patchify`` cuts images into patches; :class:`ViT` embeds them, prepends a
 CLS token, adds learned positions and runs pre-norm transformer blocks.
 ``ViT.from_timm`` copies a timm ``VisionTransformer`` so that ``vit(x)`` equals
-``timm_model.forward_features(x)``.
+``timm_model.forward_features(x)`` (the converter: :mod:`minivlm.interop.timm_vit`).
+:func:`clip_vision_config` is CLIP's variant (also LLaVA's vision tower).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minivlm.nn.blocks import TransformerBlock, get_activation
-from minivlm.registry import register_model
 
 Tensor = torch.Tensor
 
@@ -111,6 +111,22 @@ class ViTConfig:
     @property
     def hidden(self) -> int:
         return self.mlp_hidden or int(self.dim * self.mlp_ratio)
+
+
+def clip_vision_config(**overrides) -> ViTConfig:
+    """CLIP's image encoder as a :class:`ViTConfig` (ViT-B/32 at 224 px unless overridden).
+
+    CLIP's ViT differs from the original ViT in three small ways (Radford et al. 2021, §2.4):
+    a LayerNorm on the embeddings before the first block (``pre_norm``, HF's ``pre_layrnorm``),
+    the ``quick_gelu`` activation x·σ(1.702x), and LayerNorm eps 1e-5. Its patch embedding has
+    no bias.
+    """
+    base = dict(
+        image_size=224, patch_size=32, dim=768, depth=12, num_heads=12, act="quick_gelu",
+        eps=1e-5, pre_norm=True, final_norm=True, patch_bias=False, class_token=True,
+        global_pool="token",
+    )  # fmt: skip
+    return ViTConfig(**{**base, **overrides})
 
 
 @dataclass
@@ -317,8 +333,6 @@ class ViT(nn.Module):
             raise ValueError("ViT.classify: this ViT has no head; build it with num_classes > 0")
         return self.forward_head(self.forward(images))
 
-    # -- timm interop -------------------------------------------------------
-
     @classmethod
     def from_timm(cls, model: nn.Module) -> ViT:
         """Build a ViT with the config and weights of a timm ``VisionTransformer``.
@@ -328,163 +342,6 @@ class ViT(nn.Module):
         ViT does not implement (layer scale, register tokens, QK-norm, attention
         pooling, ...) raise a ValueError naming them.
         """
-        cfg = _config_from_timm(model)
-        vit = cls(cfg)
-        ref = next(model.parameters())
-        vit.to(device=ref.device, dtype=ref.dtype)
-        vit.load_state_dict(_state_from_timm(model, cfg), strict=True)
-        return vit.train(model.training)
+        from minivlm.interop.timm_vit import vit_from_timm
 
-
-def _timm_act_name(act: nn.Module) -> str:
-    """Name of our activation that matches a timm activation module (checked numerically)."""
-    x = torch.linspace(-5, 5, 201)
-    with torch.no_grad():
-        y = act(x.clone())
-    for name in ("gelu", "gelu_tanh", "quick_gelu", "relu", "silu"):
-        if torch.allclose(get_activation(name)(x), y, atol=1e-6):
-            return name
-    raise ValueError(f"ViT.from_timm: unsupported activation {type(act).__name__}")
-
-
-def _config_from_timm(model: nn.Module) -> ViTConfig:
-    try:
-        from timm.layers import PatchEmbed
-        from timm.layers.mlp import Mlp
-        from timm.models.vision_transformer import Attention, Block, VisionTransformer
-    except ImportError as e:  # pragma: no cover - timm is a dependency
-        raise ImportError("ViT.from_timm needs timm (pip install timm)") from e
-
-    def unsupported(what: str) -> ValueError:
-        return ValueError(f"ViT.from_timm: this timm model uses {what}, which minivlm's ViT lacks")
-
-    if type(model) is not VisionTransformer:
-        raise TypeError(
-            "ViT.from_timm: expected a timm.models.vision_transformer.VisionTransformer, "
-            f"got {type(model).__name__}"
-        )
-    pe = model.patch_embed
-    if type(pe) is not PatchEmbed or not isinstance(pe.norm, nn.Identity):
-        raise unsupported(f"a {type(pe).__name__} patch embedding with a norm layer")
-    if getattr(pe, "dynamic_img_pad", False):
-        raise unsupported("dynamic image padding")
-    if getattr(model, "reg_token", None) is not None:
-        raise unsupported("register tokens")
-    if model.pos_embed is None:
-        raise unsupported("no position embedding")
-    if getattr(model, "no_embed_class", False):
-        raise unsupported("no_embed_class (no position for the class token)")
-    if getattr(model, "attn_pool", None) is not None:
-        raise unsupported("attention pooling (global_pool='map'/'prr')")
-    if not isinstance(model.patch_drop, nn.Identity):
-        raise unsupported("patch dropout")
-    class_token = model.cls_token is not None
-    num_classes = model.head.out_features if isinstance(model.head, nn.Linear) else 0
-    pool = model.global_pool
-    if pool == "":
-        if num_classes:
-            raise unsupported("global_pool='' with a classifier head")
-        pool = "token" if class_token else "avg"
-    if pool not in ("token", "avg"):
-        raise unsupported(f"global_pool={pool!r}")
-    if pool == "avg" and getattr(model, "pool_include_prefix", False):
-        raise unsupported("pool_include_prefix=True")
-    (ph, pw), (ih, iw) = pe.patch_size, pe.img_size
-    if ph != pw or ih != iw:
-        raise unsupported(f"non-square patches {pe.patch_size} or images {pe.img_size}")
-
-    blk0 = model.blocks[0]
-    for i, blk in enumerate(model.blocks):
-        where = f"block {i}: "
-        if type(blk) is not Block:
-            raise unsupported(where + f"block type {type(blk).__name__}")
-        if not (isinstance(blk.ls1, nn.Identity) and isinstance(blk.ls2, nn.Identity)):
-            raise unsupported(where + "layer scale (init_values)")
-        a = blk.attn
-        if type(a) is not Attention:
-            raise unsupported(where + f"attention type {type(a).__name__}")
-        if not (isinstance(a.q_norm, nn.Identity) and isinstance(a.k_norm, nn.Identity)):
-            raise unsupported(where + "QK-norm")
-        if not isinstance(getattr(a, "norm", nn.Identity()), nn.Identity):
-            raise unsupported(where + "attention scale-norm")
-        if getattr(a, "gate", None) is not None:
-            raise unsupported(where + "gated attention")
-        if a.proj.bias is None:
-            raise unsupported(where + "an attention output projection without bias")
-        if a.num_heads * a.head_dim != model.embed_dim:
-            raise unsupported(where + "a head dimension other than dim / num_heads")
-        m = blk.mlp
-        if type(m) is not Mlp or not isinstance(m.norm, nn.Identity):
-            raise unsupported(where + f"MLP type {type(m).__name__} / MLP norm")
-        if m.fc1.bias is None or m.fc2.bias is None:
-            raise unsupported(where + "an MLP without biases")
-        for norm in (blk.norm1, blk.norm2):
-            if not isinstance(norm, nn.LayerNorm) or not norm.elementwise_affine:
-                raise unsupported(where + f"norm layer {type(norm).__name__}")
-
-    return ViTConfig(
-        image_size=ih,
-        patch_size=ph,
-        in_chans=pe.proj.in_channels,
-        dim=model.embed_dim,
-        depth=len(model.blocks),
-        num_heads=blk0.attn.num_heads,
-        mlp_hidden=blk0.mlp.fc1.out_features,
-        mlp_ratio=blk0.mlp.fc1.out_features / model.embed_dim,
-        qkv_bias=blk0.attn.qkv.bias is not None,
-        act=_timm_act_name(blk0.mlp.act),
-        eps=blk0.norm1.eps,
-        class_token=class_token,
-        pre_norm=not isinstance(model.norm_pre, nn.Identity),
-        final_norm=not isinstance(model.norm, nn.Identity),
-        fc_norm=not isinstance(model.fc_norm, nn.Identity),
-        patch_bias=pe.proj.bias is not None,
-        num_classes=num_classes,
-        global_pool=pool,
-    )
-
-
-def _state_from_timm(model: nn.Module, cfg: ViTConfig) -> dict[str, Tensor]:
-    """timm state dict -> ours (split fused qkv; rename proj -> out_proj)."""
-    src = model.state_dict()
-    D = cfg.dim
-    out: dict[str, Tensor] = {}
-    renames = {"patch_embed.proj.": "patch_embed.", "attn.proj.": "attn.out_proj."}
-    for k, v in src.items():
-        if ".attn.qkv." in k:
-            kind = k.rsplit(".", 1)[1]  # weight or bias
-            prefix = k.split(".attn.qkv.")[0]
-            for j, name in enumerate(("q_proj", "k_proj", "v_proj")):
-                out[f"{prefix}.attn.{name}.{kind}"] = v[j * D : (j + 1) * D]
-            continue
-        for old, new in renames.items():
-            k = k.replace(old, new)
-        out[k] = v
-    return out
-
-
-# ---------------------------------------------------------------------------
-# Presets
-# ---------------------------------------------------------------------------
-
-_PRESETS: dict[str, dict] = {
-    # 64x64 shapes-world images: 8x8 grid of 8-px patches, a few seconds per epoch on a CPU
-    "vit_tiny_shapes": dict(image_size=64, patch_size=8, dim=128, depth=4, num_heads=4),
-    # the published sizes (ViT Table 1); ViT-B/16 has 85.8M parameters without a head
-    "vit_b16": dict(image_size=224, patch_size=16, dim=768, depth=12, num_heads=12),
-    "vit_b32": dict(image_size=224, patch_size=32, dim=768, depth=12, num_heads=12),
-    "vit_l14": dict(image_size=224, patch_size=14, dim=1024, depth=24, num_heads=16),
-}
-
-
-def _make_factory(name: str):
-    def factory(**overrides) -> ViT:
-        return ViT(ViTConfig(**{**_PRESETS[name], **overrides}))
-
-    factory.__name__ = name
-    factory.__doc__ = f"ViT preset {name!r}: {_PRESETS[name]} (keyword overrides change it)."
-    return factory
-
-
-for _name in _PRESETS:
-    register_model(_name)(_make_factory(_name))
+        return vit_from_timm(cls, ViTConfig, model)

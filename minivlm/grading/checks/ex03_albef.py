@@ -1,7 +1,7 @@
 """Checks of exercise 03 (ALBEF): the momentum (EMA) update, the feature queue and the
 hard-negative sampler for ITM.
 
-References (Li et al. 2021, "Align before Fuse"): ``minivlm.models.albef.ema_update_``
+References (Li et al. 2021, "Align before Fuse"): ``minivlm.objectives.ema_update_``
 (the momentum model of §3.3, ``θ_m ← m·θ_m + (1 − m)·θ``), ``enqueue_`` (the queues of
 momentum features of §3.2, (E, K) ring buffers with a pointer, as in the paper's code) and
 ``sample_hard_negatives`` (§3.2: a negative per image and per text, drawn with probability
@@ -118,7 +118,7 @@ class _Pairs(list):
 
 # ----------------------------------------------------------------------------- EMA update
 def _ref_ema(pairs: Sequence[tuple[Tensor, Tensor]], momentum: float) -> tuple[Tensor, ...]:
-    from minivlm.models.albef import ema_update_
+    from minivlm.objectives import ema_update_
 
     return inputs_after(ema_update_)(copy.deepcopy(pairs), momentum)
 
@@ -218,7 +218,7 @@ def ema_update_cases(gen: torch.Generator):
 
 # ----------------------------------------------------------------------------- the queue
 def _ref_enqueue(queue: Tensor, ptr: Tensor, feats: Tensor) -> tuple[Tensor, ...]:
-    from minivlm.models.albef import enqueue_
+    from minivlm.objectives import enqueue_
 
     return inputs_after(enqueue_)(queue, ptr, feats)
 
@@ -312,7 +312,7 @@ def enqueue_cases(gen: torch.Generator):
 # ----------------------------------------------------------------------------- hard negatives
 def _ref_sampler(sim_i2t: Tensor, sim_t2i: Tensor, generator: torch.Generator
                  ) -> tuple[Tensor, Tensor]:
-    from minivlm.models.albef import sample_hard_negatives
+    from minivlm.objectives import sample_hard_negatives
 
     return sample_hard_negatives(sim_i2t, sim_t2i, generator=_copy_generator(generator))
 

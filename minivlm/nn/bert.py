@@ -1,20 +1,16 @@
-"""Text encoders: a BERT-style bidirectional encoder and a CLIP-style causal one.
+"""BERT (Devlin et al. 2019, §3): the bidirectional text encoder and its MLM head.
 
-* :class:`BertEncoder` (Devlin et al. 2019, §3): word + position + token-type
-  embeddings, an embedding LayerNorm, post-norm blocks; optional
-  cross-attention layers (``cross_attention_from`` / ``cross_attention_freq``)
-  turn it into the fusion encoder of ALBEF (layers 6-11) or the Q-Former of
-  BLIP-2 (every second layer), and ``causal=True`` into BLIP's text decoder.
-  ``BertEncoder.from_hf`` copies a Hugging Face ``BertModel``.
-* :class:`CausalTextEncoder` (Radford et al. 2021, §2.4; GPT-2 layout): token +
-  position embeddings, pre-norm blocks under a causal mask, a final LayerNorm;
-  the text is summarised by the feature at the end-of-text token
-  (:func:`pool_eos`).
+* :class:`TextConfig` sizes every text transformer in minivlm (defaults: BERT-base;
+  ``TextConfig.clip()`` gives CLIP's causal text transformer, :mod:`minivlm.nn.causal_text`).
+* :class:`BertEncoder`: word + position + token-type embeddings, an embedding LayerNorm,
+  post-norm blocks; optional cross-attention layers (``cross_attention_from`` /
+  ``cross_attention_freq``) turn it into the fusion encoder of ALBEF (layers 6-11) or the
+  Q-Former of BLIP-2 (every second layer), and ``causal=True`` into BLIP's text decoder.
 * :class:`BertMLMHead`: BERT's masked-language-model head (§3.1, Task #1).
 
-Both encoders take one :class:`TextConfig` (its defaults are BERT-base;
-``TextConfig.clip()`` gives CLIP's text transformer) and return a
-:class:`TextOutput`.
+Both text encoders return a :class:`TextOutput`; the helpers below (blocks, init, id and mask
+checks) are shared with :mod:`minivlm.nn.causal_text`. Checkpoint conversion:
+:mod:`minivlm.interop.bert`.
 """
 
 from __future__ import annotations
@@ -26,7 +22,6 @@ import torch.nn as nn
 
 from minivlm.nn.attention import causal_mask, padding_mask
 from minivlm.nn.blocks import TransformerBlock, get_activation
-from minivlm.registry import register_model
 
 Tensor = torch.Tensor
 
@@ -136,11 +131,11 @@ class TextOutput:
 
 
 # ---------------------------------------------------------------------------
-# Shared helpers
+# Shared helpers (also used by nn/causal_text.py)
 # ---------------------------------------------------------------------------
 
 
-def _make_blocks(cfg: TextConfig) -> nn.ModuleList:
+def text_blocks(cfg: TextConfig) -> nn.ModuleList:
     cross = set(cfg.cross_attention_ids)
     return nn.ModuleList(
         TransformerBlock(
@@ -161,7 +156,7 @@ def _make_blocks(cfg: TextConfig) -> nn.ModuleList:
     )
 
 
-def _init_weights(module: nn.Module, std: float = 0.02) -> None:
+def init_weights(module: nn.Module, std: float = 0.02) -> None:
     """BERT / CLIP init: normal(0, 0.02) weights, zero biases, unit LayerNorms."""
     for m in module.modules():
         if isinstance(m, nn.Linear):
@@ -178,7 +173,7 @@ def _init_weights(module: nn.Module, std: float = 0.02) -> None:
             nn.init.zeros_(m.bias)
 
 
-def _check_ids(name: str, input_ids: Tensor, cfg: TextConfig) -> None:
+def check_ids(name: str, input_ids: Tensor, cfg: TextConfig) -> None:
     if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
         shape = (
             tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__
@@ -193,12 +188,12 @@ def _check_ids(name: str, input_ids: Tensor, cfg: TextConfig) -> None:
         )
 
 
-def _check_len(name: str, T: int, cfg: TextConfig) -> None:
+def check_len(name: str, T: int, cfg: TextConfig) -> None:
     if T > cfg.max_len:
         raise ValueError(f"{name}: sequence length {T} exceeds max_len {cfg.max_len}")
 
 
-def _key_mask(name: str, attention_mask: Tensor | None, B: int, T: int, what: str) -> Tensor | None:
+def key_mask(name: str, attention_mask: Tensor | None, B: int, T: int, what: str) -> Tensor | None:
     """(B, T) 1/0 padding mask -> boolean (B, 1, 1, T), checking its shape."""
     if attention_mask is None:
         return None
@@ -209,7 +204,7 @@ def _key_mask(name: str, attention_mask: Tensor | None, B: int, T: int, what: st
     return padding_mask(attention_mask)
 
 
-def _merge(*masks: Tensor | None) -> Tensor | None:
+def merge_masks(*masks: Tensor | None) -> Tensor | None:
     """AND of boolean masks; if any mask is additive (float), add them all as floats."""
     masks_ = [m for m in masks if m is not None]
     if not masks_:
@@ -229,7 +224,7 @@ def _merge(*masks: Tensor | None) -> Tensor | None:
     return total
 
 
-def _run_blocks(
+def run_blocks(
     blocks: nn.ModuleList,
     x: Tensor,
     mask: Tensor | None,
@@ -261,12 +256,8 @@ def _run_blocks(
 
 
 # ---------------------------------------------------------------------------
-# BERT-style encoder
+# BERT encoder and MLM head
 # ---------------------------------------------------------------------------
-
-# Hugging Face ``hidden_act`` names -> ours
-_HF_ACTS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
-            "relu": "relu", "quick_gelu": "quick_gelu", "silu": "silu"}  # fmt: skip
 
 
 class BertEncoder(nn.Module):
@@ -288,10 +279,10 @@ class BertEncoder(nn.Module):
         )
         self.embed_norm = nn.LayerNorm(D, eps=cfg.eps) if cfg.embed_norm else nn.Identity()
         self.embed_drop = nn.Dropout(cfg.dropout)
-        self.blocks = _make_blocks(cfg)
+        self.blocks = text_blocks(cfg)
         self.final_norm = nn.LayerNorm(D, eps=cfg.eps) if cfg.final_norm else nn.Identity()
         self.pooler = nn.Linear(D, D) if cfg.pooler else None
-        _init_weights(self)
+        init_weights(self)
 
     def embed(
         self,
@@ -307,7 +298,7 @@ class BertEncoder(nn.Module):
                 f"{name}: pass exactly one of input_ids (B, T) or inputs_embeds (B, T, D)"
             )
         if input_ids is not None:
-            _check_ids(name, input_ids, cfg)
+            check_ids(name, input_ids, cfg)
             x = self.word_embeddings(input_ids)  # (B, T, D)
         else:
             if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != cfg.dim:
@@ -318,7 +309,7 @@ class BertEncoder(nn.Module):
             x = inputs_embeds
         B, T = x.shape[:2]
         if position_ids is None:
-            _check_len(name, T, cfg)
+            check_len(name, T, cfg)
             position_ids = torch.arange(T, device=x.device)[None]  # (1, T)
         x = x + self.position_embeddings(position_ids)
         if self.token_type_embeddings is not None:
@@ -334,7 +325,7 @@ class BertEncoder(nn.Module):
         device: torch.device | None = None,
     ) -> Tensor | None:  # fmt: skip
         """The (broadcastable) self-attention mask: padding AND causal (if causal) AND ``mask``."""
-        pad = _key_mask("BertEncoder", attention_mask, B, T, "attention_mask")  # (B, 1, 1, T)
+        pad = key_mask("BertEncoder", attention_mask, B, T, "attention_mask")  # (B, 1, 1, T)
         cm = causal_mask(T, device=device) if self.config.causal else None  # (T, T)
         if mask is not None:
             if mask.dim() not in (2, 3, 4) or tuple(mask.shape[-2:]) != (T, T):
@@ -344,7 +335,7 @@ class BertEncoder(nn.Module):
                 )
             # (T, T) / (B, T, T) -> 4-D so that it broadcasts against (B, 1, 1, T) correctly
             mask = mask[:, None] if mask.dim() == 3 else mask
-        return _merge(pad, cm, mask)
+        return merge_masks(pad, cm, mask)
 
     def forward_layers(
         self,
@@ -362,9 +353,9 @@ class BertEncoder(nn.Module):
         B, T, _ = hidden_states.shape
         self_mask = self.self_attention_mask(B, T, attention_mask, mask, hidden_states.device)
         S = encoder_hidden_states.shape[1] if encoder_hidden_states is not None else 0
-        ctx_mask = _key_mask("BertEncoder", encoder_attention_mask, B, S, "encoder_attention_mask")
+        ctx_mask = key_mask("BertEncoder", encoder_attention_mask, B, S, "encoder_attention_mask")
         end = self.config.depth if end is None else end
-        x, hidden, attns, cross = _run_blocks(
+        x, hidden, attns, cross = run_blocks(
             self.blocks[start:end], hidden_states, self_mask, encoder_hidden_states, ctx_mask,
             need_weights, output_hidden_states, "BertEncoder", start,
         )  # fmt: skip
@@ -404,8 +395,6 @@ class BertEncoder(nn.Module):
             need_weights=need_weights, output_hidden_states=output_hidden_states,
         )  # fmt: skip
 
-    # -- Hugging Face interop ----------------------------------------------
-
     @classmethod
     def from_hf(cls, model: nn.Module) -> BertEncoder:
         """Copy a ``transformers.BertModel`` (or a model holding one as ``.bert``).
@@ -413,72 +402,10 @@ class BertEncoder(nn.Module):
         ``is_decoder=True`` becomes ``causal=True``; layers with ``crossattention``
         keep it (HF adds cross-attention only to decoders, to every layer).
         """
-        bert = getattr(model, "bert", model)
-        if not (hasattr(bert, "embeddings") and hasattr(bert, "encoder")):
-            raise TypeError(
-                "BertEncoder.from_hf: expected a transformers BertModel, got "
-                f"{type(model).__name__}"
-            )
-        hc = bert.config
-        if getattr(hc, "position_embedding_type", "absolute") != "absolute":
-            raise ValueError(
-                "BertEncoder.from_hf: only absolute position embeddings are supported, got "
-                f"{hc.position_embedding_type!r}"
-            )
-        act = _HF_ACTS.get(hc.hidden_act)
-        if act is None:
-            raise ValueError(f"BertEncoder.from_hf: unsupported hidden_act {hc.hidden_act!r}")
-        layers = bert.encoder.layer
-        cross = tuple(i for i, l in enumerate(layers) if getattr(l, "crossattention", None))
-        kv_dim = layers[cross[0]].crossattention.self.key.in_features if cross else None
-        emb = bert.embeddings
-        cfg = TextConfig(
-            vocab_size=hc.vocab_size, max_len=hc.max_position_embeddings, dim=hc.hidden_size,
-            depth=hc.num_hidden_layers, num_heads=hc.num_attention_heads,
-            mlp_hidden=hc.intermediate_size, mlp_ratio=hc.intermediate_size / hc.hidden_size,
-            act=act, eps=hc.layer_norm_eps, causal=bool(hc.is_decoder), prenorm=False,
-            cross_attention_layers=cross or None, kv_dim=kv_dim,
-            type_vocab_size=hc.type_vocab_size, pad_id=emb.word_embeddings.padding_idx,
-            pooler=getattr(bert, "pooler", None) is not None,
-        )  # fmt: skip
-        sd = {
-            "word_embeddings.weight": emb.word_embeddings.weight,
-            "position_embeddings.weight": emb.position_embeddings.weight,
-            "token_type_embeddings.weight": emb.token_type_embeddings.weight,
-            "embed_norm.weight": emb.LayerNorm.weight,
-            "embed_norm.bias": emb.LayerNorm.bias,
-        }
-        if cfg.pooler:
-            sd["pooler.weight"] = bert.pooler.dense.weight
-            sd["pooler.bias"] = bert.pooler.dense.bias
+        from minivlm.interop.bert import bert_encoder_from_hf
 
-        def lin(dst: str, src: nn.Module) -> None:
-            sd[dst + ".weight"] = src.weight
-            sd[dst + ".bias"] = src.bias
+        return bert_encoder_from_hf(cls, TextConfig, model)
 
-        for i, layer in enumerate(layers):
-            p = f"blocks.{i}."
-            att = layer.attention
-            lin(p + "attn.q_proj", att.self.query)
-            lin(p + "attn.k_proj", att.self.key)
-            lin(p + "attn.v_proj", att.self.value)
-            lin(p + "attn.out_proj", att.output.dense)
-            lin(p + "norm1", att.output.LayerNorm)
-            if i in cross:
-                ca = layer.crossattention
-                lin(p + "cross_attn.q_proj", ca.self.query)
-                lin(p + "cross_attn.k_proj", ca.self.key)
-                lin(p + "cross_attn.v_proj", ca.self.value)
-                lin(p + "cross_attn.out_proj", ca.output.dense)
-                lin(p + "norm_cross", ca.output.LayerNorm)
-            lin(p + "mlp.fc1", layer.intermediate.dense)
-            lin(p + "mlp.fc2", layer.output.dense)
-            lin(p + "norm2", layer.output.LayerNorm)
-        enc = cls(cfg)
-        ref = emb.word_embeddings.weight
-        enc.to(device=ref.device, dtype=ref.dtype)
-        enc.load_state_dict({k: v.detach().clone() for k, v in sd.items()}, strict=True)
-        return enc.train(bert.training)
 
 
 class BertMLMHead(nn.Module):
@@ -497,7 +424,7 @@ class BertMLMHead(nn.Module):
         self.act = get_activation(act)
         self.norm = nn.LayerNorm(dim, eps=eps)
         self.decoder = nn.Linear(dim, vocab_size)
-        _init_weights(self)
+        init_weights(self)
         if tie_to is not None:
             self.tie_weights(tie_to)
 
@@ -521,228 +448,6 @@ class BertMLMHead(nn.Module):
         With ``encoder`` (from ``BertEncoder.from_hf(model)``) and HF's decoder tied to
         its word embeddings, the copy is tied to ``encoder.word_embeddings`` too.
         """
-        pred = getattr(getattr(model, "cls", None), "predictions", model)
-        if not (hasattr(pred, "transform") and hasattr(pred, "decoder")):
-            raise TypeError(
-                "BertMLMHead.from_hf: expected a BertForMaskedLM or BertLMPredictionHead, "
-                f"got {type(model).__name__}"
-            )
-        act = _HF_ACTS.get(model.config.hidden_act) if hasattr(model, "config") else "gelu"
-        if act is None:
-            raise ValueError(
-                f"BertMLMHead.from_hf: unsupported hidden_act {model.config.hidden_act!r}"
-            )
-        t = pred.transform
-        dim, vocab = pred.decoder.in_features, pred.decoder.out_features
-        head = cls(dim, vocab, act=act, eps=t.LayerNorm.eps)
-        bias = pred.decoder.bias if pred.decoder.bias is not None else pred.bias
-        with torch.no_grad():
-            head.dense.weight.copy_(t.dense.weight)
-            head.dense.bias.copy_(t.dense.bias)
-            head.norm.weight.copy_(t.LayerNorm.weight)
-            head.norm.bias.copy_(t.LayerNorm.bias)
-            head.decoder.weight.copy_(pred.decoder.weight)
-            head.decoder.bias.copy_(bias)
-        bert = getattr(model, "bert", None)
-        tied = bert is not None and pred.decoder.weight is bert.embeddings.word_embeddings.weight
-        if encoder is not None and tied:
-            head.tie_weights(encoder.word_embeddings)
-        ref = pred.decoder.weight
-        return head.to(device=ref.device, dtype=ref.dtype)
+        from minivlm.interop.bert import bert_mlm_head_from_hf
 
-
-# ---------------------------------------------------------------------------
-# CLIP-style causal encoder
-# ---------------------------------------------------------------------------
-
-
-def pool_eos(hidden: Tensor, input_ids: Tensor, eos_token_id: int | None) -> Tensor:
-    """Feature at the end-of-text token: (B, T, D), (B, T) -> (B, D).
-
-    CLIP summarises a caption by the last layer's output at [EOS] (Radford et
-    al. 2021, §2.4). The row's *first* ``eos_token_id`` is used (HF's rule: a
-    pad token may equal [EOS], so later ones may be padding).
-
-    ``eos_token_id=None`` applies the legacy rule of Hugging Face CLIP configs
-    whose ``eos_token_id`` is 2 (before transformers PR #24773): the position of
-    the *largest* token id, which is [EOS] = 49407 in CLIP's vocabulary.
-    """
-    if hidden.dim() != 3 or input_ids.shape != hidden.shape[:2]:
-        raise ValueError(
-            f"pool_eos: expected hidden (B, T, D) and input_ids (B, T), got "
-            f"{tuple(hidden.shape)} and {tuple(input_ids.shape)}"
-        )
-    rows = torch.arange(hidden.shape[0], device=hidden.device)
-    if eos_token_id is None:
-        return hidden[rows, input_ids.argmax(dim=-1)]
-    is_eos = input_ids == eos_token_id  # (B, T)
-    missing = (~is_eos.any(dim=-1)).nonzero().flatten()
-    if missing.numel():
-        raise ValueError(
-            f"pool_eos: rows {missing.tolist()} of input_ids contain no eos_token_id "
-            f"{eos_token_id}; every caption must end with it"
-        )
-    first = is_eos.int().argmax(dim=-1)  # argmax returns the first maximal index
-    return hidden[rows, first]  # (B, D)
-
-
-class CausalTextEncoder(nn.Module):
-    """CLIP's text transformer (Radford et al. 2021, §2.4; GPT-2 layout).
-
-    x = token_embedding[ids] + position_embedding[0..T-1]          # (B, T, D)
-    x = blocks(x) under a causal mask (AND the padding mask)         # pre-norm
-    x = final_norm(x); the caption feature is x at [EOS] (``pool``).
-    Cross-attention layers in the config (CoCa's multimodal decoder) are supported.
-    """
-
-    def __init__(self, config: TextConfig | None = None, **overrides) -> None:
-        super().__init__()
-        cfg = replace(config or TextConfig.clip(), **overrides)
-        if not cfg.causal:
-            raise ValueError(
-                "CausalTextEncoder: the config has causal=False; use TextConfig.clip(...) "
-                "or BertEncoder for a bidirectional encoder"
-            )
-        self.config = cfg
-        D = cfg.dim
-        self.token_embedding = nn.Embedding(cfg.vocab_size, D)
-        self.position_embedding = nn.Embedding(cfg.max_len, D)
-        self.embed_norm = nn.LayerNorm(D, eps=cfg.eps) if cfg.embed_norm else nn.Identity()
-        self.embed_drop = nn.Dropout(cfg.dropout)
-        self.blocks = _make_blocks(cfg)
-        self.final_norm = nn.LayerNorm(D, eps=cfg.eps) if cfg.final_norm else nn.Identity()
-        _init_weights(self)
-        nn.init.normal_(self.position_embedding.weight, std=0.01)  # as CLIP's code
-
-    def embed(self, input_ids: Tensor) -> Tensor:
-        """(B, T) ids -> (B, T, D) token + position embeddings."""
-        _check_ids("CausalTextEncoder", input_ids, self.config)
-        T = input_ids.shape[1]
-        _check_len("CausalTextEncoder", T, self.config)
-        pos = torch.arange(T, device=input_ids.device)
-        x = self.token_embedding(input_ids) + self.position_embedding(pos)[None]  # (B, T, D)
-        return self.embed_drop(self.embed_norm(x))
-
-    def forward(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor | None = None,
-        need_weights: bool = False,
-        encoder_hidden_states: Tensor | None = None,
-        encoder_attention_mask: Tensor | None = None,
-        output_hidden_states: bool = False,
-    ) -> TextOutput:
-        """(B, T) ids (+ (B, T) 1/0 attention_mask) -> TextOutput; last_hidden_state (B, T, D)."""
-        x = self.embed(input_ids)
-        B, T = input_ids.shape
-        name = "CausalTextEncoder"
-        mask = _merge(
-            causal_mask(T, device=x.device),  # (T, T)
-            _key_mask(name, attention_mask, B, T, "attention_mask"),  # (B, 1, 1, T)
-        )
-        S = encoder_hidden_states.shape[1] if encoder_hidden_states is not None else 0
-        ctx_mask = _key_mask(name, encoder_attention_mask, B, S, "encoder_attention_mask")
-        x, hidden, attns, cross = _run_blocks(
-            self.blocks, x, mask, encoder_hidden_states, ctx_mask, need_weights,
-            output_hidden_states, name,
-        )  # fmt: skip
-        return TextOutput(self.final_norm(x), None, hidden, attns, cross)
-
-    def pool(self, hidden: Tensor, input_ids: Tensor) -> Tensor:
-        """(B, T, D) -> (B, D) at [EOS] using ``config.eos_token_id`` (see :func:`pool_eos`)."""
-        return pool_eos(hidden, input_ids, self.config.eos_token_id)
-
-    @classmethod
-    def from_hf(cls, model: nn.Module) -> CausalTextEncoder:
-        """Copy a ``transformers.CLIPTextModel`` (or a model holding one as ``.text_model``).
-
-        ``enc(ids, mask).last_hidden_state`` then equals HF's ``last_hidden_state`` and
-        ``enc.pool(...)`` its ``pooler_output``; an HF ``eos_token_id`` of 2 (old configs)
-        becomes ``eos_token_id=None``, the legacy argmax rule of :func:`pool_eos`.
-        """
-        tm = model
-        while hasattr(tm, "text_model"):
-            tm = tm.text_model
-        if not (hasattr(tm, "embeddings") and hasattr(tm, "final_layer_norm")):
-            raise TypeError(
-                "CausalTextEncoder.from_hf: expected a transformers CLIPTextModel, got "
-                f"{type(model).__name__}"
-            )
-        hc = tm.config
-        act = _HF_ACTS.get(hc.hidden_act)
-        if act is None:
-            raise ValueError(f"CausalTextEncoder.from_hf: unsupported hidden_act {hc.hidden_act!r}")
-        eos = getattr(hc, "eos_token_id", None)
-        cfg = TextConfig.clip(
-            vocab_size=hc.vocab_size, max_len=hc.max_position_embeddings, dim=hc.hidden_size,
-            depth=hc.num_hidden_layers, num_heads=hc.num_attention_heads,
-            mlp_hidden=hc.intermediate_size, mlp_ratio=hc.intermediate_size / hc.hidden_size,
-            act=act, eps=hc.layer_norm_eps, eos_token_id=None if eos == 2 else eos,
-        )  # fmt: skip
-        emb = tm.embeddings
-        sd: dict[str, Tensor] = {
-            "token_embedding.weight": emb.token_embedding.weight,
-            "position_embedding.weight": emb.position_embedding.weight,
-            "final_norm.weight": tm.final_layer_norm.weight,
-            "final_norm.bias": tm.final_layer_norm.bias,
-        }
-        names = {"self_attn.q_proj": "attn.q_proj", "self_attn.k_proj": "attn.k_proj",
-                 "self_attn.v_proj": "attn.v_proj", "self_attn.out_proj": "attn.out_proj",
-                 "layer_norm1": "norm1", "layer_norm2": "norm2", "mlp.fc1": "mlp.fc1",
-                 "mlp.fc2": "mlp.fc2"}  # fmt: skip
-        for i, layer in enumerate(tm.encoder.layers):
-            for src, dst in names.items():
-                mod = layer.get_submodule(src)
-                sd[f"blocks.{i}.{dst}.weight"] = mod.weight
-                sd[f"blocks.{i}.{dst}.bias"] = mod.bias
-        enc = cls(cfg)
-        ref = emb.token_embedding.weight
-        enc.to(device=ref.device, dtype=ref.dtype)
-        enc.load_state_dict({k: v.detach().clone() for k, v in sd.items()}, strict=True)
-        return enc.train(tm.training)
-
-
-# ---------------------------------------------------------------------------
-# Presets
-# ---------------------------------------------------------------------------
-
-_BERT_PRESETS: dict[str, dict] = {
-    # 2 layers of width 128 (the size of Turc et al. 2019's "BERT-Tiny"), small vocabulary;
-    # [PAD] = 0 as in minivlm.data.tokenizer; pass vocab_size=tok.vocab_size
-    "bert_tiny": dict(vocab_size=1000, max_len=64, dim=128, depth=2, num_heads=2),
-    # BERT-base (Devlin et al. 2019, §3): 110M parameters with the pooler
-    "bert_base": dict(pooler=True),
-}
-_CAUSAL_PRESETS: dict[str, dict] = {
-    # [EOS] = 6 in minivlm.data.tokenizer; pass vocab_size=tok.vocab_size
-    "causal_text_tiny": dict(vocab_size=1000, max_len=32, dim=128, depth=2, num_heads=4,
-                             eos_token_id=6),  # fmt: skip
-    # CLIP ViT-B/32's text transformer (63M parameters)
-    "causal_text_b": dict(),
-}
-
-
-def _bert_factory(name: str):
-    def factory(**overrides) -> BertEncoder:
-        return BertEncoder(TextConfig(**{**_BERT_PRESETS[name], **overrides}))
-
-    factory.__name__ = name
-    factory.__doc__ = f"BertEncoder preset {name!r}: {_BERT_PRESETS[name]}."
-    return factory
-
-
-def _causal_factory(name: str):
-    def factory(**overrides) -> CausalTextEncoder:
-        return CausalTextEncoder(TextConfig.clip(**{**_CAUSAL_PRESETS[name], **overrides}))
-
-    factory.__name__ = name
-    factory.__doc__ = (
-        f"CausalTextEncoder preset {name!r}: TextConfig.clip() with {_CAUSAL_PRESETS[name]}."
-    )
-    return factory
-
-
-for _name in _BERT_PRESETS:
-    register_model(_name)(_bert_factory(_name))
-for _name in _CAUSAL_PRESETS:
-    register_model(_name)(_causal_factory(_name))
+        return bert_mlm_head_from_hf(cls, model, encoder)

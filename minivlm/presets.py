@@ -1,0 +1,313 @@
+"""Every preset of every model, in the style of ``timm.create_model``.
+
+    >>> import minivlm
+    >>> minivlm.list_models("clip*")
+    ['clip_tiny', 'clip_tiny_cnn', 'clip_vit_b16', 'clip_vit_b32', 'clip_vit_l14']
+    >>> model = minivlm.create_model("clip_tiny", vocab_size=81, text_depth=2)
+
+A preset is a family (which model class and config it builds, :data:`FAMILIES`) plus the
+values that differ from the config's defaults (:data:`PRESETS`). Keyword overrides go through
+one router (:func:`preset_config`): a config field, ``<part>_<field>`` for a model made of parts
+(``vision_depth=2``, ``text_vocab_size=99``), a nested ``<part>=dict(...)`` merged into the
+preset's, or a family's shortcut (``image_size`` goes to the vision part). Published sizes
+keep the original's parameter count (the tests count them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch.nn as nn
+
+__all__ = ["FAMILIES", "PRESETS", "create_model", "list_models", "preset_config"]
+
+
+def _load(path: str) -> Any:
+    """``"package.module:attr.sub"`` -> the object (imported on first use)."""
+    module, _, attr = path.partition(":")
+    obj: Any = importlib.import_module(module)
+    for name in attr.split("."):
+        obj = getattr(obj, name)
+    return obj
+
+
+@dataclass(frozen=True)
+class Lazy:
+    """A preset value computed when the model is built, unless an override replaces it."""
+
+    fn: Callable[[], Any]
+    about: str
+
+
+def _shapes_answers() -> int:
+    from minivlm.data.shapes import ANSWERS
+
+    return len(ANSWERS)
+
+
+def _shapes_vocab() -> int:
+    from minivlm.data.tokenizer import shapes_tokenizer
+
+    return len(shapes_tokenizer())
+
+
+@dataclass(frozen=True)
+class Family:
+    """How a family's presets become a model.
+
+    model / config: ``"module:Name"`` of the model class and its config dataclass.
+    parts: part name -> ``"module:builder"`` of the part's config (a model built of parts);
+        a preset may name another builder with ``"<part>_builder"``.
+    shortcuts: flat key -> the parts it goes to (``image_size`` -> vision).
+    optional: parts that may be ``None`` (BLIP-2 without a language model).
+    """
+
+    model: str
+    config: str
+    parts: dict[str, str] = field(default_factory=dict)
+    shortcuts: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    optional: tuple[str, ...] = ()
+
+
+_VISION = ("vision",)
+FAMILIES: dict[str, Family] = {
+    "vit": Family("minivlm.nn.vit:ViT", "minivlm.nn.vit:ViTConfig"),
+    "bert": Family("minivlm.nn.bert:BertEncoder", "minivlm.nn.bert:TextConfig"),
+    "causal_text": Family(
+        "minivlm.nn.causal_text:CausalTextEncoder", "minivlm.nn.bert:TextConfig.clip"
+    ),
+    "lm": Family("minivlm.nn.lm:DecoderLM", "minivlm.nn.lm:LMConfig"),
+    "clip": Family(
+        "minivlm.models.clip:CLIP", "minivlm.models.clip:CLIPConfig",
+        parts={"vision": "minivlm.nn.vit:clip_vision_config",
+               "text": "minivlm.nn.bert:TextConfig.clip"},
+        shortcuts={"vocab_size": ("text",), "max_len": ("text",), "image_size": _VISION,
+                   "patch_size": _VISION, "in_chans": _VISION},
+    ),  # fmt: skip
+    "vilt": Family("minivlm.models.vilt:ViLT", "minivlm.models.vilt:ViLTConfig"),
+    "albef": Family(
+        "minivlm.models.albef:ALBEF", "minivlm.models.albef:ALBEFConfig",
+        parts={"vision": "minivlm.models.albef:albef_vision_config",
+               "text": "minivlm.nn.bert:TextConfig"},
+        shortcuts={"max_len": ("text",), "image_size": _VISION, "patch_size": _VISION,
+                   "in_chans": _VISION},
+    ),  # fmt: skip
+    "blip2": Family(
+        "minivlm.models.blip2:Blip2", "minivlm.models.blip2:Blip2Config",
+        parts={"vision": "minivlm.models.blip2:blip2_vision_config",
+               "qformer": "minivlm.models.blip2:QFormerConfig",
+               "lm": "minivlm.nn.lm:LMConfig"},
+        shortcuts={"image_size": _VISION, "patch_size": _VISION, "in_chans": _VISION,
+                   "num_query_tokens": ("qformer",), "max_len": ("qformer",),
+                   "vocab_size": ("qformer", "lm")},
+        optional=("lm",),
+    ),  # fmt: skip
+    "llava": Family(
+        "minivlm.models.llava:LLaVA", "minivlm.models.llava:LlavaConfig",
+        parts={"vision": "minivlm.nn.vit:clip_vision_config", "text": "minivlm.nn.lm:LMConfig"},
+        shortcuts={"vocab_size": ("text",), "image_size": _VISION},
+    ),
+}
+
+# the shapes-world text tower of both tiny CLIP presets ([EOS] = 6 in minivlm.data.tokenizer)
+_CLIP_TINY_TEXT = dict(
+    vocab_size=256, max_len=32, dim=128, depth=3, num_heads=4, mlp_hidden=256, eos_token_id=6
+)
+# clip_tiny's image encoder (64 px shapes-world images, 8x8 patches of 8 px), also LLaVA's
+_CLIP_TINY_VISION = dict(image_size=64, patch_size=8, dim=128, depth=3, num_heads=4,
+                         mlp_hidden=256)  # fmt: skip
+# Llama-2-7B's shape (Touvron et al. 2023b): 6,738,415,616 parameters
+_LLAMA2_7B = dict(vocab_size=32000, dim=4096, depth=32, num_heads=32, num_kv_heads=32,
+                  mlp_hidden=11008, max_len=4096, eps=1e-5, pad_id=None, bos_id=1, eos_id=2)
+
+# name -> (family, values that differ from the config's defaults)
+PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    # ---- ViT (Dosovitskiy et al. 2021)
+    # 64x64 shapes-world images: 8x8 grid of 8-px patches, a few seconds per epoch on a CPU
+    "vit_tiny_shapes": ("vit", dict(image_size=64, patch_size=8, dim=128, depth=4, num_heads=4)),
+    # the published sizes (ViT Table 1); ViT-B/16 has 85.8M parameters without a head
+    "vit_b16": ("vit", dict(image_size=224, patch_size=16, dim=768, depth=12, num_heads=12)),
+    "vit_b32": ("vit", dict(image_size=224, patch_size=32, dim=768, depth=12, num_heads=12)),
+    "vit_l14": ("vit", dict(image_size=224, patch_size=14, dim=1024, depth=24, num_heads=16)),
+    # ---- text encoders
+    # 2 layers of width 128 (the size of Turc et al. 2019's "BERT-Tiny"), small vocabulary;
+    # [PAD] = 0 as in minivlm.data.tokenizer; pass vocab_size=tok.vocab_size
+    "bert_tiny": ("bert", dict(vocab_size=1000, max_len=64, dim=128, depth=2, num_heads=2)),
+    # BERT-base (Devlin et al. 2019, §3): 110M parameters with the pooler
+    "bert_base": ("bert", dict(pooler=True)),
+    # [EOS] = 6 in minivlm.data.tokenizer; pass vocab_size=tok.vocab_size
+    "causal_text_tiny": ("causal_text", dict(vocab_size=1000, max_len=32, dim=128, depth=2,
+                                             num_heads=4, eos_token_id=6)),  # fmt: skip
+    # CLIP ViT-B/32's text transformer (63M parameters)
+    "causal_text_b": ("causal_text", dict()),
+    # ---- decoder-only LMs
+    # tiny Llama-style LM for the shapes world (vocab 256 by default; override vocab_size)
+    "lm_tiny": ("lm", dict()),
+    # build it on the meta device to inspect it without memory:
+    # ``with torch.device("meta"): m = create_model("llama2_7b")``
+    "llama2_7b": ("lm", _LLAMA2_7B),
+    # ---- CLIP (Radford et al. 2021)
+    # 64x64 shapes-world images (8x8 patches of 8 px), MLPs 2x wide (not 4x): 14 GFLOP per
+    # training step at batch 64 (captions of ~24 tokens), about 0.1 s on 2 CPU cores.
+    "clip_tiny": ("clip", dict(vision=_CLIP_TINY_VISION, text=_CLIP_TINY_TEXT, embed_dim=128)),
+    # clip_tiny's text tower with a 3-stage CNN image tower (ConvNetConfig; CLIP's ResNets,
+    # §2.4, at shapes-world size): it learns shape, which the tiny ViT does not (notebook 01)
+    "clip_tiny_cnn": ("clip", dict(
+        vision=dict(image_size=64, widths=(32, 32, 64)), text=_CLIP_TINY_TEXT, embed_dim=128,
+        vision_builder="minivlm.nn.convnet:ConvNetConfig",
+    )),  # fmt: skip
+    # the published models (widths and depths: CLIP Table 20); parameters, as counted by
+    # transformers.CLIPModel: ViT-B/32 151,277,313, ViT-B/16 149,620,737, ViT-L/14 427,616,513
+    "clip_vit_b32": ("clip", dict()),
+    "clip_vit_b16": ("clip", dict(vision=dict(patch_size=16))),
+    "clip_vit_l14": ("clip", dict(
+        vision=dict(patch_size=14, dim=1024, depth=24, num_heads=16),
+        text=dict(dim=768, depth=12, num_heads=12), embed_dim=768,
+    )),  # fmt: skip
+    # ---- ViLT (Kim et al. 2021)
+    # shapes world: 64x64 images -> 8x8 patches of 8 px, captions of at most 32 tokens;
+    # vocab_size covers minivlm's shapes tokenizer (pass vocab_size=tok.vocab_size);
+    # num_answers defaults to the shapes world's answer list (minivlm.data.shapes.ANSWERS).
+    "vilt_tiny": ("vilt", dict(
+        vocab_size=256, max_text_len=32, image_size=64, patch_size=8, dim=128, depth=4,
+        num_heads=4, num_answers=Lazy(_shapes_answers, "len(minivlm.data.shapes.ANSWERS)"),
+    )),  # fmt: skip
+    # ViLT-B/32 (§4): ViT-B/32 width and depth, 40 text positions, 384 px images. The
+    # backbone alone (HF ViltModel(ViltConfig()), pooler included); add heads with
+    # create_model("vilt_b32", itm_head=True, mlm_head=True) for pre-training.
+    "vilt_b32": ("vilt", dict(itm_head=False, mlm_head=False, num_answers=0)),
+    # ---- ALBEF (Li et al. 2021)
+    # shapes world: 64x64 images -> 8x8 patches of 8 px; BERT of width 128 with 2 text + 2
+    # fusion layers; MLPs 2x wide as in clip_tiny. vocab_size covers minivlm's shapes
+    # tokenizer (pass vocab_size=tok.vocab_size), whose [MASK] is 4 and whose special tokens
+    # are ids 0..7. α ramps over the first 30 steps (~one epoch of 2000 scenes at batch 64).
+    "albef_tiny": ("albef", dict(
+        vision=dict(image_size=64, patch_size=8, dim=128, depth=3, num_heads=4, mlp_hidden=256),
+        text=dict(vocab_size=256, max_len=64, dim=128, depth=4, num_heads=4, mlp_hidden=256),
+        fusion_from=2, embed_dim=64, queue_size=1024, alpha_warmup_steps=30, mask_token_id=4,
+        special_token_ids=tuple(range(8)),
+    )),  # fmt: skip
+    # the paper's model (§4): ViT-B/16 at 256 px + BERT-base (6 text + 6 fusion layers),
+    # E = 256, a queue of 65,536; ~210M trainable parameters (plus as many in the EMA copy)
+    "albef_base": ("albef", dict()),
+    # ---- BLIP-2 (Li et al. 2023)
+    # shapes world: 64x64 images -> 8x8 patches of 8 px; a frozen ViT of width 96; a Q-Former
+    # of width 96 with 4 layers (cross-attention in layers 0 and 2) and 8 queries; a frozen
+    # lm_tiny-sized LM. vocab_size covers minivlm's shapes tokenizer (pass
+    # vocab_size=tok.vocab_size): [PAD] 0, [CLS] 2 starts Q-Former text, [BOS] 5 is [DEC].
+    "blip2_tiny": ("blip2", dict(
+        vision=dict(image_size=64, patch_size=8, dim=96, depth=2, num_heads=4, mlp_hidden=192),
+        qformer=dict(dim=96, depth=4, num_heads=4, mlp_hidden=192, cross_attention_freq=2,
+                     num_query_tokens=8, vocab_size=256, max_len=64),
+        lm=dict(vocab_size=256, dim=128, depth=2, num_heads=4, num_kv_heads=2, mlp_hidden=256,
+                max_len=128),
+        embed_dim=64, dec_token_id=5,
+    )),  # fmt: skip
+    # the paper's stage-1 model (§3.1, §4): frozen ViT-g/14 (HF's 39 layers) + the Q-Former
+    # initialised from BERT-base (12 layers, cross-attention every 2nd) with 32 queries; no
+    # LM. Without its text side (qformer_text=False) the Q-Former has exactly the 105,137,664
+    # parameters of transformers.Blip2QFormerModel(Blip2QFormerConfig()).
+    "blip2_qformer_base": ("blip2", dict(lm=None)),
+    # ---- LLaVA (Liu et al. 2023, 2024)
+    # shapes world: clip_tiny's ViT (64 px, 64 patches -> N = 64 image tokens), lm_tiny's LM
+    # (dim 128, 4 layers, GQA 4/2 heads); vocab_size = len(shapes_tokenizer()) unless overridden
+    "llava_tiny": ("llava", dict(
+        vision=_CLIP_TINY_VISION,
+        text=dict(vocab_size=Lazy(_shapes_vocab, "len(shapes_tokenizer())")),
+    )),  # fmt: skip
+    # LLaVA-1.5-7B (§3.2, Table 1): CLIP ViT-L/14 at 336 px (N = 576), Vicuna-7B (Llama-2-7B
+    # shape, vocabulary 32,064 in llava-hf with <image> = 32000, pad = 32001), MLP projector
+    "llava_1_5_7b": ("llava", dict(
+        vision=dict(image_size=336, patch_size=14, dim=1024, depth=24, num_heads=16,
+                    mlp_hidden=4096),
+        text=dict(_LLAMA2_7B, vocab_size=32064, pad_id=32001),
+        image_token_id=32000,
+    )),  # fmt: skip
+}
+
+
+def _fields(obj: Any) -> set[str]:
+    return {f.name for f in dataclasses.fields(obj)}
+
+
+def _as_dict(name: str, key: str, value: Any) -> dict[str, Any]:
+    """A nested override: a dict, or a config dataclass turned into one."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if not isinstance(value, dict):
+        raise TypeError(
+            f"{name}: override {key!r} must be a dict or a config dataclass, "
+            f"got {type(value).__name__}"
+        )
+    return value
+
+
+def _resolve(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.fn() if isinstance(v, Lazy) else v for k, v in values.items()}
+
+
+def preset_config(name: str, **overrides: Any) -> Any:
+    """The config of preset ``name`` with keyword ``overrides`` applied (see module doc)."""
+    family = FAMILIES[PRESETS[name][0]]
+    preset = dict(PRESETS[name][1])
+    config_cls = _load(family.config)
+    builders = {p: _load(preset.pop(f"{p}_builder", b)) for p, b in family.parts.items()}
+    parts = {p: dict(preset.pop(p, None) or {}) for p in family.parts}
+    present = {p: PRESETS[name][1].get(p, {}) is not None for p in family.parts}
+    top = preset
+    top_fields = (_fields(config_cls) if dataclasses.is_dataclass(config_cls)
+                  else _fields(config_cls())) - set(family.parts)  # fmt: skip
+    part_fields = {p: _fields(b()) for p, b in builders.items()}
+    for key, value in overrides.items():
+        if key in parts:
+            if value is None and key in family.optional:
+                present[key] = False
+                continue
+            parts[key].update(_as_dict(name, key, value))
+            present[key] = True
+        elif key in top_fields:
+            top[key] = value
+        elif key in family.shortcuts:
+            for p in family.shortcuts[key]:
+                parts[p][key] = value
+        elif any(key.startswith(p + "_") and key[len(p) + 1 :] in part_fields[p] for p in parts):
+            part, sub = key.split("_", 1)
+            parts[part][sub] = value
+            present[part] = True
+        else:
+            raise ValueError(
+                f"{name}: unknown override {key!r}; expected a {family.config.split(':')[1]} field "
+                f"{sorted(top_fields)}"
+                + "".join(f", {p}_<field of {p}>" for p in parts)
+                + (f", or one of {sorted(family.shortcuts)}" if family.shortcuts else "")
+            )
+    if not parts:
+        return config_cls(**_resolve(top))
+    try:
+        built = {p: builders[p](**_resolve(parts[p])) if present[p] else None for p in parts}
+        return config_cls(**built, **_resolve(top))
+    except TypeError as e:
+        raise ValueError(f"{name}: bad override ({e})") from e
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Sorted names of the presets matching a shell-style ``pattern``."""
+    return sorted(n for n in PRESETS if fnmatch.fnmatch(n, pattern))
+
+
+def create_model(name: str, **overrides: Any) -> nn.Module:
+    """Build preset ``name``; keyword ``overrides`` change its config (:func:`preset_config`)."""
+    if name not in PRESETS:
+        close = [n for n in PRESETS if name.split("_")[0] in n]
+        hint = f" Did you mean one of {close}?" if close else ""
+        raise ValueError(
+            f"unknown model {name!r}; expected one of minivlm.list_models() "
+            f"({len(PRESETS)} registered).{hint}"
+        )
+    return _load(FAMILIES[PRESETS[name][0]].model)(preset_config(name, **overrides))
+
