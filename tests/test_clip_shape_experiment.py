@@ -6,6 +6,8 @@ import json
 
 from script_helpers import assert_keeps_existing, load_script, restored_threads
 
+from minivlm.recipes import clip_shape as recipe
+
 
 def _load():
     return load_script("experiments/clip_shape.py")
@@ -27,8 +29,7 @@ def test_clip_shape_experiment_writes_results_and_keeps_existing(tmp_path, capsy
 
 
 def test_prompt_ensemble_covers_every_other_attribute():
-    exp = _load()
-    shape_prompts = [t("circle") for t in exp.prompt_templates("shape")]
+    shape_prompts = [t("circle") for t in recipe.prompt_templates("shape")]
     assert "a red circle" in shape_prompts and "a small red circle" in shape_prompts
     assert len(shape_prompts) == len(set(shape_prompts)) == 6 * 3  # 6 colours x (none, 2 sizes)
-    assert len(exp.prompt_templates("color")) == 5 * 3
+    assert len(recipe.prompt_templates("color")) == 5 * 3

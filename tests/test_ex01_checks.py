@@ -212,15 +212,48 @@ def test_broken_solutions_fail_with_a_pointed_message(name, fn, words):
 
 def test_exercise_01_registers_its_checks():
     names = [c.name for c in list_checks(EXERCISE)]
-    assert names == ["clip_loss", "zero_shot_classifier", "zero_shot_predict"]
-    assert sum(c.points for c in list_checks(EXERCISE)) == 6
-    for c in list_checks(EXERCISE):
-        assert c.grad, c.name  # every check compares gradients too
+    assert names == ["clip_loss", "zero_shot_classifier", "zero_shot_predict", "tau_sweep"]
+    assert sum(c.points for c in list_checks(EXERCISE)) == 9
+    for c in list_checks(EXERCISE)[:3]:
+        assert c.grad, c.name  # every function check compares gradients too
+
+
+# ----------------------------------------------------------------------------- tau_sweep
+# "implement, train, explain": graded on what the learner's trained models achieve
+def test_tau_sweep_right_passes_and_shows_the_temperature_effect():
+    from minivlm.grading.checks.ex01_tau_sweep import _ref_tau_sweep
+
+    r = check("tau_sweep", _ref_tau_sweep, seed=SEED, timeout=60)
+    assert r.passed and r.points == 3, str(r)
+    acc = _ref_tau_sweep(torch.tensor([1.0, 0.1, 0.01]), 0)
+    assert acc[1] > acc[0] + 0.1 and acc[1] > acc[2] and acc[0] > 5 / 60  # τ matters, learns
+
+
+@pytest.mark.parametrize("variant,words", [
+    (dict(sign=-1.0), ["values differ", "none of your models learned", "flipped sign"]),
+    (dict(tau="fixed"), ["values differ", "hardly depend on τ"]),
+    (dict(zero_grad=False), ["values differ", "at τ =", "a correct sweep"]),
+], ids=["sign", "fixed-tau", "no-zero-grad"])
+def test_tau_sweep_broken_fails(variant, words):
+    from minivlm.grading.checks.ex01_tau_sweep import _sweep_variant
+
+    r = check("tau_sweep", _sweep_variant(**variant), seed=SEED, timeout=60)
+    assert not r.passed and r.points == 0, str(r)
+    for w in words:
+        assert w in r.message, f"{w!r} not in:\n{r.message}"
+
+
+def test_tau_sweep_untouched_is_not_attempted():
+    def tau_sweep(taus, seed):
+        raise NotImplementedError("replace this line with your solution")
+
+    r = check("tau_sweep", tau_sweep, seed=SEED)
+    assert r.status == "not attempted" and r.points == 0, str(r)
 
 
 # ----------------------------------------------------------------------------- the notebooks
 def test_source_passes_all_checks_and_student_fails_them_cleanly():
-    stu_code = assert_source_passes_student_fails(SOURCE, EXERCISE, 3)
+    stu_code = assert_source_passes_student_fails(SOURCE, EXERCISE, 4)
     assert "BEGIN SOLUTION" not in stu_code and "logit_scale.exp()" not in stu_code
     assert "def clip_loss(image_embeds" in stu_code and "symmetric contrastive loss" in stu_code
     assert "clip_loss_by_hand" not in stu_code  # the solution-tagged cell is dropped

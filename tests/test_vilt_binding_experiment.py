@@ -9,6 +9,7 @@ import torch
 from script_helpers import assert_keeps_existing, load_script, restored_threads
 
 from minivlm.data import QTYPES, ShapesWorld, caption_truth, shapes_tokenizer
+from minivlm.recipes import vilt_binding as recipe
 
 
 def _load():
@@ -27,9 +28,9 @@ def test_vilt_binding_experiment_writes_results_and_keeps_existing(tmp_path, cap
             ("vilt warm-up", 2), ("vilt cold", 0), ("clip", 0)
         ]  # fmt: skip
         for r in res["runs"]:
-            assert all(0.0 <= r[k] <= 1.0 for k in exp.KINDS)
+            assert all(0.0 <= r[k] <= 1.0 for k in recipe.KINDS)
             assert ("vqa" in r) == (r["arm"] != "clip")  # the ViLTs are also fine-tuned on VQA
-        assert set(res["summary"]) == set(exp.ARMS)
+        assert set(res["summary"]) == set(recipe.ARMS)
         vqa = res["summary"]["vilt cold"]["vqa"]
         assert set(vqa) == set(QTYPES) | {"all"} and 0 < vqa["all"]["majority"][0] < 1
         assert_keeps_existing(exp.main, argv, out, capsys)
@@ -40,9 +41,8 @@ def _words(text):
 
 
 def test_binding_pairs_use_the_images_words_bound_differently():
-    exp = _load()
     data = ShapesWorld(min_objects=2, max_objects=2).generate(120, seed=5)
-    pairs = exp.test_pairs(data, exp.KINDS + ("swap_attribute",))
+    pairs = recipe.test_pairs(data, recipe.KINDS + ("swap_attribute",))
     assert all(len(pairs[k]) > 10 for k in pairs)
     for kind, rows in pairs.items():
         for i, pos, neg in rows:
@@ -53,20 +53,19 @@ def test_binding_pairs_use_the_images_words_bound_differently():
                 assert changed <= {o.color for o in scene.objects} | {"a", "an"}, (pos, neg)
             else:  # the same words, bound differently
                 assert sorted(_words(pos)) == sorted(_words(neg)), (kind, pos, neg)
-    assert "swap_attribute" not in exp.test_pairs(data)  # the default kinds leave shape out
-    assert exp.recolour("an orange circle left of a red square", "orange", "blue") == (
+    assert "swap_attribute" not in recipe.test_pairs(data)  # the default kinds leave shape out
+    assert recipe.recolour("an orange circle left of a red square", "orange", "blue") == (
         "a blue circle left of a red square"
     )
     with pytest.raises(ValueError, match="arm must be one of"):
-        exp.run("vilt", seed=0, steps=1)
+        recipe.run("vilt", seed=0, steps=1)
 
 
 def test_answer_slot_is_appended_after_the_last_real_token():
-    exp = _load()
     tok = shapes_tokenizer()
     ids = torch.tensor([[5, 9, 9, 0], [5, 9, 0, 0]])  # two questions, right-padded
     am = (ids != 0).long()
-    b = exp.with_answer_slot({"input_ids": ids, "attention_mask": am,
+    b = recipe.with_answer_slot({"input_ids": ids, "attention_mask": am,
                               "pixel_values": torch.zeros(2, 3, 8, 8),
                               "answer": torch.tensor([1, 2])}, tok.mask_id)  # fmt: skip
     assert b["slot"].tolist() == [3, 2]

@@ -37,7 +37,7 @@ def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 def test_components_and_unknown_name() -> None:
-    assert zoo.list_components() == ["shapes_clip", "shapes_lm"]
+    assert zoo.list_components() == ["shapes_clip", "shapes_lm", "shapes_vilt"]
     with pytest.raises(ValueError, match="unknown component 'clip'.*shapes_clip"):
         zoo.load("clip")
     with pytest.raises(ValueError, match="steps must be a positive int"):
@@ -186,7 +186,7 @@ def test_cli_list_and_build(built, tmp_path, capsys) -> None:
     root, models = built
     assert main(["zoo", "list", "--cache-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert str(tmp_path) in out and out.count("not built") == 2
+    assert str(tmp_path) in out and out.count("not built") == len(zoo.list_components())
     args = ["zoo", "build", "--name", "shapes_lm", "--cache-dir", str(tmp_path), "--steps", "3"]
     assert main(args) == 0
     assert "shapes_lm: built in" in capsys.readouterr().out
@@ -218,3 +218,24 @@ def test_cache_dir_from_environment(built, tmp_path, monkeypatch) -> None:
     _copy_cache(root, tmp_path / "env", "shapes_clip")
     clip = zoo.load("shapes_clip", steps=STEPS)  # found through $MINIVLM_CACHE
     assert _equal(_state(clip), _state(models["shapes_clip"]))
+
+
+def test_shapes_vilt_is_lecture_2_recipe(built) -> None:
+    """shapes_vilt = recipes.vilt_binding's warm-up arm (same draw, same steps), bit for bit,
+    with held-out binding accuracy per kind stored in its description."""
+    import minivlm
+    from minivlm.recipes import vilt_binding as vb
+
+    root, models = built
+    rec = zoo.info("shapes_vilt", root, steps=STEPS)
+    assert rec["recipe"]["where_steps"] == 400
+    assert set(rec["metrics"]) >= {"binding_region", "binding_relation", "binding_size"}
+    assert all(0.0 <= rec["metrics"][f"binding_{k}"] <= 1.0 for k in vb.KINDS)
+    minivlm.seed_everything(0)
+    ref = vb.make_model("vilt warm-up", vb.Text())
+    data = ShapesWorld(min_objects=2, max_objects=2).generate(
+        zoo._recipe("shapes_vilt").scenes_for(STEPS), seed=zoo.DATA_SEED
+    )
+    vb.pretrain(ref, data, 0, STEPS, warmup=min(400, STEPS))
+    assert _equal(_state(ref), _state(models["shapes_vilt"]))
+    assert models["shapes_vilt"].pos_embed.std() > 0.3  # positions drawn with std 0.5
