@@ -55,6 +55,8 @@ class Isolation:
             return [sys.executable, REAPER_SCRIPT, *argv]
         cmd = [_bwrap(), "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
                "--tmpfs", "/tmp", "--tmpfs", "/var/tmp", "--tmpfs", "/run"]
+        for p in _reexposed():  # Python or this package under /tmp (a clone there, say)
+            cmd += ["--ro-bind", str(p), str(p)]
         folders = _hideable(self.hide, workdir)
         for p in folders:
             cmd += ["--tmpfs", str(p)]
@@ -88,11 +90,25 @@ def _hideable(paths: Iterable[Path], workdir: Path) -> list[Path]:
             continue
         if any(k == p or p in k.parents for k in keep) or p in workdir.resolve().parents:
             continue
-        if str(p).startswith(("/tmp/", "/var/tmp/", "/run/")) or str(p) in (
-                "/tmp", "/var/tmp", "/run"):
+        if _under_tmpfs(p) and not any(r in p.parents for r in _reexposed()):
             continue  # already replaced by an empty tmpfs
         out.append(p)
     return out
+
+
+_TMPFS = (Path("/tmp"), Path("/var/tmp"), Path("/run"))
+
+
+def _under_tmpfs(p: Path) -> bool:
+    return any(p == t or t in p.parents for t in _TMPFS)
+
+
+def _reexposed() -> list[Path]:
+    """Needed folders that the sandbox's empty /tmp, /var/tmp or /run would cover, outermost
+    first (bound read-only again on top of the tmpfs)."""
+    found = sorted({k for k in _needed() if _under_tmpfs(k) and k.exists()},
+                   key=lambda k: len(k.parts))
+    return [k for i, k in enumerate(found) if not any(o in k.parents for o in found[:i])]
 
 
 @functools.lru_cache(maxsize=1)
