@@ -1,0 +1,597 @@
+"""One training step of every course model: minivlm versus its reference implementation.
+
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/train_step.py              # CPU, size "small"
+    python benchmarks/train_step.py --device cuda --size base                 # a GPU
+    python benchmarks/train_step.py --device cpu --quick                      # dry run (seconds)
+
+For each model the reference (``transformers``) is built first from one shared size (width,
+depth, heads, image, vocabulary, batch: :data:`SIZES`) with dropout off, and minivlm's model is
+copied from it with ``from_hf``: same config, same weights, same batch, same parameters
+trainable (the parts the lecture freezes are frozen on both sides and the counts compared).
+A step is forward with the model's own training loss, backward and AdamW. Both first losses
+are printed: they agree, which shows the two steps compute the same thing.
+
+Timing interleaves the two implementations (each repeat times ``--steps`` steps of one, then
+of the other, the order alternating) and reports medians over repeats, so load from other
+processes hits both alike. FLOPs of one step (forward + backward) are counted with
+``torch.utils.flop_counter``; the achieved FLOP/s is compared with the machine's matmul peak,
+measured here by timing large matrix products in the same precision. On a CPU, FLOP/s are per
+second of this process's CPU time (insensitive to waiting for a core on a shared machine; the
+peak is measured the same way); on a GPU, per second of wall time.
+
+Precisions: ``fp32`` (on CUDA with TF32 matmuls) and ``bf16`` (autocast; weights, optimizer
+and reductions stay fp32; fused AdamW). bf16 runs where the device has it natively
+(:func:`minivlm.train.fast.bf16_support`); elsewhere the row says why it was not run, unless
+``--emulate-bf16`` forces it (slow: for checking the path, not for speed).
+
+A new model plugs in with one entry: a function ``(size, device) -> Pair`` decorated with
+``@register("name")`` that builds the reference at ``size``, converts it and returns the two
+loss closures (see :func:`clip` for the smallest one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling clip_train module
+import clip_train  # noqa: E402
+
+from minivlm.train.fast import bf16_support, fused_adamw_ok  # noqa: E402
+from minivlm.utils import atomic_write, count_parameters, write_json  # noqa: E402
+
+
+# --------------------------------------------------------------------------- sizes and registry
+
+
+@dataclass(frozen=True)
+class Size:
+    """One size for every model: each tower (vision, text, Q-Former, LM) gets ``depth`` layers
+    of width ``dim``; images ``image`` px in ``patch`` px patches; ``text_len`` text tokens."""
+
+    dim: int
+    depth: int
+    heads: int
+    mlp: int
+    image: int
+    patch: int
+    vocab: int
+    text_len: int
+    batch: int
+    queries: int  # BLIP-2 queries / Flamingo resampler latents
+
+
+SIZES = {
+    "quick": Size(dim=32, depth=2, heads=2, mlp=64, image=32, patch=8, vocab=100, text_len=10,
+                  batch=2, queries=4),
+    # the CPU table: 64 image patches + 32 text tokens, width 256, 4 layers per tower
+    "small": Size(dim=256, depth=4, heads=4, mlp=1024, image=64, patch=8, vocab=1024, text_len=32,
+                  batch=16, queries=16),
+    # a GPU: ViT-B/16-sized towers (196 patches, width 768, 12 layers), 77 text tokens
+    "base": Size(dim=768, depth=12, heads=12, mlp=3072, image=224, patch=16, vocab=32000,
+                 text_len=77, batch=32, queries=32),
+}  # fmt: skip
+
+
+@dataclass
+class Pair:
+    """The two sides of one benchmark row; ``ref`` None when no reference exists."""
+
+    ours: nn.Module
+    ours_loss: Callable[[], Tensor]
+    ref: nn.Module | None
+    ref_loss: Callable[[], Tensor] | None
+    reference: str  # what the reference is (or why there is none)
+
+
+Builder = Callable[[Size, torch.device], Pair]
+MODELS: dict[str, Builder] = {}
+
+
+def register(name: str) -> Callable[[Builder], Builder]:
+    def deco(fn: Builder) -> Builder:
+        if name in MODELS:
+            raise ValueError(f"train_step: model {name!r} is registered twice")
+        MODELS[name] = fn
+        return fn
+
+    return deco
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _text(s: Size, device: torch.device, T: int | None = None, low: int = 4,
+          high: int | None = None, seed: int = 1) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """Right-padded token ids (B, T) in [low, high) and their 0/1 mask; row lengths T/2..T."""
+    T = T or s.text_len
+    g = _gen(seed)
+    ids = torch.randint(low, high or s.vocab, (s.batch, T), generator=g)
+    lengths = torch.randint(T // 2, T + 1, (s.batch,), generator=g)
+    lengths[0] = T
+    mask = (torch.arange(T)[None] < lengths[:, None]).long()
+    return (ids * mask).to(device), mask.to(device)
+
+
+def _images(s: Size, device: torch.device, *lead: int, seed: int = 2) -> Tensor:
+    return torch.randn(*(lead or (s.batch,)), 3, s.image, s.image, generator=_gen(seed)).to(device)
+
+
+def _freeze(model: nn.Module, keep: Callable[[str], bool]) -> None:
+    for name, p in model.named_parameters():
+        p.requires_grad_(keep(name))
+
+
+def _same_trainable(pair: Pair, name: str) -> Pair:
+    """Refuse to compare steps that update different numbers of parameters."""
+    if pair.ref is not None:
+        a = count_parameters(pair.ours, trainable_only=True)
+        b = count_parameters(pair.ref, trainable_only=True)
+        if a != b:
+            raise RuntimeError(f"train_step[{name}]: minivlm trains {a:,} parameters, the "
+                               f"reference {b:,}; the freezing rules differ")  # fmt: skip
+    return pair
+
+
+def _convert(hf: nn.Module, cls: Any, device: torch.device, **kw: Any) -> tuple[nn.Module, ...]:
+    ours = cls.from_hf(hf, **kw)
+    return hf.to(device).train(), ours.to(device).train()
+
+
+# --------------------------------------------------------------------------- the models
+
+
+@register("clip")
+def clip(s: Size, device: torch.device) -> Pair:
+    from transformers import CLIPConfig, CLIPModel
+
+    from minivlm.models.clip import CLIP
+
+    torch.manual_seed(0)
+    tower = dict(hidden_size=s.dim, intermediate_size=s.mlp, num_hidden_layers=s.depth,
+                 num_attention_heads=s.heads)  # fmt: skip
+    cfg = CLIPConfig(
+        vision_config=dict(tower, image_size=s.image, patch_size=s.patch),
+        text_config=dict(tower, vocab_size=s.vocab, max_position_embeddings=s.text_len,
+                         eos_token_id=2, bos_token_id=1, pad_token_id=0),
+        projection_dim=s.dim, attn_implementation="sdpa",
+    )  # fmt: skip
+    hf, ours = _convert(CLIPModel(cfg), CLIP, device)
+    b = clip_train.make_batch(hf, s.batch, device, seed=1)
+    return Pair(
+        ours, lambda: ours(b["pixel_values"], b["input_ids"], b["attention_mask"]).loss,
+        hf, lambda: hf(**b, return_loss=True).loss,
+        "transformers CLIPModel (SDPA): contrastive loss",
+    )  # fmt: skip
+
+
+@register("vilt")
+def vilt(s: Size, device: torch.device) -> Pair:
+    from transformers import ViltConfig, ViltForMaskedLM
+
+    from minivlm.models.vilt import ViLT
+
+    torch.manual_seed(0)
+    cfg = ViltConfig(vocab_size=s.vocab, hidden_size=s.dim, num_hidden_layers=s.depth,
+                     num_attention_heads=s.heads, intermediate_size=s.mlp, image_size=s.image,
+                     patch_size=s.patch, max_position_embeddings=s.text_len,
+                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # fmt: skip
+    hf, ours = _convert(ViltForMaskedLM(cfg), ViLT, device)
+    ids, mask = _text(s, device)
+    px = _images(s, device)
+    g = _gen(3)
+    labels = torch.where((torch.rand(ids.shape, generator=g) < 0.15).to(device) & (mask == 1),
+                         ids, torch.full_like(ids, -100))  # fmt: skip
+    labels[:, 1] = ids[:, 1]  # at least one target per row
+    return Pair(
+        ours, lambda: ours(ids, px, mask, mlm_labels=labels).loss,
+        hf, lambda: hf(input_ids=ids, attention_mask=mask, pixel_values=px, labels=labels).loss,
+        "transformers ViltForMaskedLM (eager attention): MLM loss",
+    )  # fmt: skip
+
+
+@register("albef")
+def albef(s: Size, device: torch.device) -> Pair:
+    import minivlm
+
+    torch.manual_seed(0)
+    tower = dict(dim=s.dim, depth=s.depth, num_heads=s.heads, mlp_hidden=s.mlp)
+    ours = minivlm.create_model(
+        "albef_tiny", vision=dict(tower, image_size=s.image, patch_size=s.patch),
+        text=dict(tower, depth=2 * s.depth, vocab_size=s.vocab, max_len=s.text_len),
+        fusion_from=s.depth, embed_dim=s.dim, queue_size=4 * s.batch, alpha_warmup_steps=0,
+    ).to(device).train()  # fmt: skip
+    ids, mask = _text(s, device, low=8)
+    ids[:, 0] = 2  # [CLS]
+    px = _images(s, device)
+    return Pair(ours, lambda: ours(px, ids, mask).loss, None, None,
+                "none: ALBEF has no transformers/timm implementation")  # fmt: skip
+
+
+@register("blip2")
+def blip2(s: Size, device: torch.device) -> Pair:
+    from transformers import Blip2Config, Blip2ForConditionalGeneration
+
+    from minivlm.models.blip2 import Blip2
+
+    torch.manual_seed(0)
+    tower = dict(hidden_size=s.dim, intermediate_size=s.mlp, num_hidden_layers=s.depth,
+                 num_attention_heads=s.heads)  # fmt: skip
+    image_token = s.vocab - 1
+    cfg = Blip2Config(
+        vision_config=dict(tower, image_size=s.image, patch_size=s.patch),
+        qformer_config=dict(tower, cross_attention_frequency=2, encoder_hidden_size=s.dim,
+                            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+        text_config=dict(tower, model_type="llama", vocab_size=s.vocab,
+                         num_key_value_heads=s.heads, max_position_embeddings=2 * s.text_len
+                         + s.queries),
+        num_query_tokens=s.queries, image_token_id=image_token,
+    )  # fmt: skip
+    hf = Blip2ForConditionalGeneration(cfg)
+    # stage 2 (§3.3): the image encoder and the LM frozen; queries, Q-Former, projection learn
+    _freeze(hf, lambda n: not n.startswith(("vision_model.", "language_model.", "model.vision",
+                                            "model.language")))  # fmt: skip
+    hf, ours = _convert(hf, Blip2, device)
+    ids, mask = _text(s, device, high=image_token)
+    px = _images(s, device)
+    labels = ids.masked_fill(mask == 0, -100)
+    Q = s.queries
+    hf_ids = torch.cat([torch.full((s.batch, Q), image_token, device=device), ids], 1)
+    hf_mask = torch.cat([torch.ones_like(hf_ids[:, :Q]), mask], 1)
+    hf_labels = torch.cat([torch.full_like(hf_ids[:, :Q], -100), labels], 1)
+    pair = Pair(
+        ours, lambda: ours.stage2(px, ids, mask, labels=labels).loss,
+        hf, lambda: hf(pixel_values=px, input_ids=hf_ids, attention_mask=hf_mask,
+                       labels=hf_labels).loss,
+        "transformers Blip2ForConditionalGeneration, Llama LM: stage-2 LM loss",
+    )  # fmt: skip
+    return _same_trainable(pair, "blip2")
+
+
+@register("llava")
+def llava(s: Size, device: torch.device) -> Pair:
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+    from transformers import LlavaForConditionalGeneration
+
+    from minivlm.models.llava import LLaVA
+
+    torch.manual_seed(0)
+    tower = dict(hidden_size=s.dim, intermediate_size=s.mlp, num_hidden_layers=s.depth,
+                 num_attention_heads=s.heads)  # fmt: skip
+    N = (s.image // s.patch) ** 2
+    image_token = s.vocab - 1
+    cfg = LlavaConfig(
+        vision_config=CLIPVisionConfig(**tower, image_size=s.image, patch_size=s.patch),
+        text_config=LlamaConfig(**tower, vocab_size=s.vocab, num_key_value_heads=s.heads,
+                                max_position_embeddings=N + s.text_len, pad_token_id=0),
+        image_token_index=image_token, vision_feature_layer=-2,
+        vision_feature_select_strategy="default", projector_hidden_act="gelu",
+    )  # fmt: skip
+    hf = LlavaForConditionalGeneration(cfg)
+    _freeze(hf, lambda n: "vision_tower" not in n)  # stage 2 (§4.2): projector and LM learn
+    hf, ours = _convert(hf, LLaVA, device)
+    ours.freeze_for_stage(2)
+    text, tmask = _text(s, device, high=image_token)
+    ids = torch.cat([text[:, :2], torch.full((s.batch, N), image_token, device=device),
+                     text[:, 2:]], 1)  # fmt: skip
+    mask = torch.cat([tmask[:, :2], torch.ones_like(ids[:, :N]), tmask[:, 2:]], 1)
+    labels = ids.masked_fill((mask == 0) | (ids == image_token), -100)
+    px = _images(s, device)
+    pair = Pair(
+        ours, lambda: ours(ids, px, mask, labels=labels).loss,
+        hf, lambda: hf(input_ids=ids, pixel_values=px, attention_mask=mask, labels=labels).loss,
+        "transformers LlavaForConditionalGeneration (CLIP ViT + Llama): LM loss",
+    )  # fmt: skip
+    return _same_trainable(pair, "llava")
+
+
+@register("mae")
+def mae(s: Size, device: torch.device) -> Pair:
+    from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
+    from minivlm.models.mae import MAE
+
+    torch.manual_seed(0)
+    cfg = ViTMAEConfig(image_size=s.image, patch_size=s.patch, hidden_size=s.dim,
+                       num_hidden_layers=s.depth, num_attention_heads=s.heads,
+                       intermediate_size=s.mlp, decoder_hidden_size=s.dim // 2,
+                       decoder_num_hidden_layers=max(1, s.depth // 2),
+                       decoder_num_attention_heads=s.heads, decoder_intermediate_size=s.mlp // 2,
+                       mask_ratio=0.75, norm_pix_loss=True)  # fmt: skip
+    hf, ours = _convert(ViTMAEForPreTraining(cfg), MAE, device)
+    px = _images(s, device)
+    noise = torch.rand(s.batch, (s.image // s.patch) ** 2, generator=_gen(3)).to(device)
+    return Pair(ours, lambda: ours(px, noise=noise).loss,
+                hf, lambda: hf(px, noise=noise).loss,
+                "transformers ViTMAEForPreTraining: masked-pixel loss")  # fmt: skip
+
+
+@register("beit")
+def beit(s: Size, device: torch.device) -> Pair:
+    from transformers import BeitConfig, BeitForMaskedImageModeling
+
+    from minivlm.models.beit import Beit, blockwise_mask_batch
+
+    torch.manual_seed(0)
+    cfg = BeitConfig(image_size=s.image, patch_size=s.patch, hidden_size=s.dim,
+                     num_hidden_layers=s.depth, num_attention_heads=s.heads,
+                     intermediate_size=s.mlp, vocab_size=s.vocab, use_mask_token=True,
+                     use_shared_relative_position_bias=True, drop_path_rate=0.0,
+                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # fmt: skip
+    hf, ours = _convert(BeitForMaskedImageModeling(cfg), Beit, device)
+    grid = s.image // s.patch
+    px = _images(s, device)
+    masked = blockwise_mask_batch(s.batch, grid, 0.4, seed=0, min_block=2).to(device)
+    labels = torch.randint(0, s.vocab, (s.batch, grid * grid), generator=_gen(3)).to(device)
+    return Pair(ours, lambda: ours(px, masked, labels).loss,
+                hf, lambda: hf(px, bool_masked_pos=masked, labels=labels[masked]).loss,
+                "transformers BeitForMaskedImageModeling: masked-token loss")  # fmt: skip
+
+
+@register("flamingo")
+def flamingo(s: Size, device: torch.device) -> Pair:
+    from transformers import IdeficsConfig, IdeficsForVisionText2Text
+
+    from minivlm.models.flamingo import Flamingo
+
+    torch.manual_seed(0)
+    cfg = IdeficsConfig(
+        vocab_size=s.vocab, additional_vocab_size=0, hidden_size=s.dim, intermediate_size=s.mlp,
+        num_hidden_layers=s.depth, num_attention_heads=s.heads,
+        max_position_embeddings=2 * s.text_len, cross_layer_interval=2, use_resampler=True,
+        vision_config=dict(embed_dim=s.dim, image_size=s.image, patch_size=s.patch,
+                           intermediate_size=s.mlp, num_hidden_layers=s.depth,
+                           num_attention_heads=s.heads),
+        perceiver_config=dict(use_resampler=True, resampler_n_latents=s.queries,
+                              resampler_depth=2, resampler_n_heads=s.heads,
+                              resampler_head_dim=s.dim // s.heads),
+    )  # fmt: skip
+    hf = IdeficsForVisionText2Text(cfg)
+    with torch.no_grad():  # open the tanh gates a little (HF starts them at 0) so the image path
+        for n, p in hf.named_parameters():  # shapes the loss on both sides
+            if "alpha" in n:
+                p.fill_(0.5)
+    # Flamingo trains the resampler and the gated cross-attention; vision and LM stay frozen
+    _freeze(hf, lambda n: "perceiver_resampler" in n or "gated_cross_attn" in n)
+    hf, ours = _convert(hf, Flamingo, device)
+    ours.freeze_pretrained()
+    ids, mask = _text(s, device)
+    px = _images(s, device, s.batch, 1)  # (B, 1 image, C, H, W)
+    img_mask = torch.ones(s.batch, s.text_len, 1, dtype=torch.long, device=device)
+    labels = ids.masked_fill(mask == 0, -100)
+    pair = Pair(
+        ours, lambda: ours(ids, px, img_mask, attention_mask=mask, labels=labels).loss,
+        hf, lambda: hf(input_ids=ids, pixel_values=px, image_attention_mask=img_mask,
+                       attention_mask=mask, labels=labels).loss,
+        "transformers IdeficsForVisionText2Text: LM loss",
+    )  # fmt: skip
+    return _same_trainable(pair, "flamingo")
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def make_step(model: nn.Module, loss_fn: Callable[[], Tensor], device: torch.device,
+              bf16: bool) -> Callable[[], Tensor]:  # fmt: skip
+    """One training step (forward + loss under autocast when ``bf16``, backward, AdamW)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = fused_adamw_ok(device, bf16)
+    opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.05, **({"fused": True} if fused else {}))
+
+    def step() -> Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return step
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 7) -> float:
+    """The best of ``repeats`` timings of an (n x n) @ (n x n) product, in FLOP/s (per CPU
+    second on a CPU, per wall second on a GPU)."""
+    g = _gen(0)
+    a = torch.randn(n, n, generator=g).to(device, dtype)
+    b = torch.randn(n, n, generator=g).to(device, dtype)
+    inner = 1 if device.type == "cpu" else 20
+    best = 0.0
+    for _ in range(repeats + 1):  # the first is a warm-up
+        clip_train._sync(device)
+        t0, c0 = time.perf_counter(), time.process_time()
+        for _ in range(inner):
+            a @ b
+        clip_train._sync(device)
+        dt = (time.process_time() - c0) if device.type == "cpu" else time.perf_counter() - t0
+        best = max(best, inner * 2 * n**3 / max(dt, 1e-9))
+    return best
+
+
+def time_interleaved(steps: dict[str, Callable[[], Tensor]], n: int, repeats: int,
+                     device: torch.device) -> dict[str, dict[str, list[float]]]:  # fmt: skip
+    """Per-step wall and CPU seconds of each side, one value per repeat, sides alternating."""
+    out = {k: {"wall": [], "cpu": []} for k in steps}
+    names = list(steps)
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            wall, cpu = clip_train.time_steps(steps[name], n, device)
+            out[name]["wall"].append(wall)
+            out[name]["cpu"].append(cpu)
+    return out
+
+
+def bench_model(name: str, size: Size, device: torch.device, precision: str,
+                args: argparse.Namespace, peak: float | None) -> dict[str, Any]:  # fmt: skip
+    pair = MODELS[name](size, device)
+    bf16 = precision == "bf16"
+    sides = {"minivlm": (pair.ours, pair.ours_loss)}
+    if pair.ref is not None:
+        sides["reference"] = (pair.ref, pair.ref_loss)
+    steps = {k: make_step(m, fn, device, bf16) for k, (m, fn) in sides.items()}
+    first = {k: float(step()) for k, step in steps.items()}  # before either has changed
+    for step in steps.values():
+        for _ in range(args.warmup):
+            step()
+    flops = {k: clip_train.count_flops(step) for k, step in steps.items()}
+    t = time_interleaved(steps, args.steps, args.repeats, device)
+    clock = "cpu" if device.type == "cpu" else "wall"
+    row: dict[str, Any] = {
+        "model": name, "precision": precision, "reference_impl": pair.reference,
+        "parameters": count_parameters(pair.ours),
+        "trainable": count_parameters(pair.ours, trainable_only=True),
+        "first_loss": first, "flops_per_step": flops["minivlm"], "flops": flops,
+        "clock_for_flops": clock, "times": t,
+    }  # fmt: skip
+    for k in steps:
+        wall = statistics.median(t[k]["wall"])
+        per_s = flops["minivlm"] / statistics.median(t[k][clock])  # model FLOPs, both sides
+        row[k] = {"steps_per_s": 1 / wall, "step_ms": 1e3 * wall, "flop_per_s": per_s,
+                  "fraction_of_peak": per_s / peak if peak else None}  # fmt: skip
+    if "reference" in steps:
+        for clk in ("wall", "cpu"):
+            ratios = [r / m for r, m in zip(t["reference"][clk], t["minivlm"][clk])]
+            row[f"ratio_{clk}"] = statistics.median(ratios)  # > 1: minivlm is faster
+            row[f"ratio_{clk}_per_repeat"] = ratios
+    return row
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _fmt_row(r: dict[str, Any]) -> str:
+    name = f"{r['model']} | {r['precision']}"
+    m, ref = r["minivlm"], r.get("reference")
+    pct = f"{100 * m['fraction_of_peak']:.0f}%" if m["fraction_of_peak"] else "-"
+    rsteps = f"{ref['steps_per_s']:.2f}" if ref else "-"
+    ratio = f"{r['ratio_wall']:.2f}x / {r['ratio_cpu']:.2f}x" if ref else "no reference"
+    loss = (f"{r['first_loss']['minivlm']:.4f} / {r['first_loss']['reference']:.4f}" if ref
+            else f"{r['first_loss']['minivlm']:.4f}")  # fmt: skip
+    return (f"| {name} | {r['parameters'] / 1e6:.1f}M | {r['flops_per_step'] / 1e9:.2f} | "
+            f"{m['steps_per_s']:.2f} | {rsteps} | {ratio} | {m['flop_per_s'] / 1e9:.1f} | {pct} | "
+            f"{loss} |")  # fmt: skip
+
+
+def table(res: dict[str, Any]) -> str:
+    unit = "per CPU-second" if res["device_type"] == "cpu" else "per second"
+    head = [
+        f"Training step, size {res['size_name']} ({res['size']}), {res['device']}, "
+        f"{res['threads']} thread(s), torch {res['torch']}, transformers {res['transformers']}; "
+        f"medians of {res['repeats']} interleaved repeats of {res['steps']} step(s)",
+        "matmul peak measured here: " + ", ".join(
+            f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in res["peak_flop_per_s"].items()),
+        f"bf16: {res['bf16_note']}",
+        "",
+        f"| model | precision | params | GFLOP/step | minivlm steps/s | reference steps/s | "
+        f"speed vs reference (wall / CPU time) | minivlm GFLOP/s ({unit}) | of matmul peak | "
+        f"first loss minivlm / reference |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]  # fmt: skip
+    body, skipped = [], {}
+    for r in res["rows"]:
+        if "skipped" in r:  # one line per precision not run, not one per model
+            skipped.setdefault((r["precision"], r["skipped"]), []).append(r["model"])
+        else:
+            body.append(_fmt_row(r))
+    for (prec, why), names in skipped.items():
+        body.append(f"| {', '.join(names)} | {prec} | not run: {why} |" + " |" * 7)
+    return "\n".join(head + body)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", nargs="+", default=None, help=f"default: all of {list(MODELS)}")
+    ap.add_argument("--size", choices=sorted(SIZES), default=None,
+                    help="default: small on a CPU, base on a GPU (quick with --quick)")
+    ap.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
+    ap.add_argument("--emulate-bf16", action="store_true",
+                    help="run bf16 even where the device has no native bf16 (slow)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--steps", type=int, default=2, help="timed steps per repeat and side")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    ap.add_argument("--quick", action="store_true",
+                    help="dry run: size quick, 1 step x 2 repeats, no warm-up, small peak matmul")
+    ap.add_argument("--out", default="runs/train_step", help="folder for the JSON and table")
+    args = ap.parse_args(argv)
+    models = args.models or list(MODELS)
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        ap.error(f"unknown model(s) {unknown}; known: {list(MODELS)}")
+    if args.quick:
+        args.size = args.size or "quick"
+        args.steps, args.repeats, args.warmup = 1, 2, 0
+    for name in ("steps", "repeats"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name} must be >= 1")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA GPU is visible to torch here")
+    args.size = args.size or ("base" if device.type == "cuda" else "small")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 rows use TF32 tensor cores
+        torch.backends.cudnn.allow_tf32 = True
+    size = SIZES[args.size]
+
+    native, why = bf16_support(device)
+    run_bf16 = native or args.emulate_bf16
+    bf16_note = (f"native ({why})" if native else
+                 f"no native bf16 here ({why})" + ("; rows run EMULATED (--emulate-bf16), "
+                                                    "their speed means nothing"
+                                                    if args.emulate_bf16 else "; rows not run"))
+    n = (256 if args.quick else 1024) if device.type == "cpu" else 8192
+    peaks = {"fp32": matmul_peak(device, torch.float32, n, 3 if args.quick else 7)}
+    if "bf16" in args.precision:  # measured even when emulated: it shows why bf16 is not run
+        peaks["bf16"] = matmul_peak(device, torch.bfloat16, n, 3 if args.quick else 7)
+    dev_name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+                else f"{platform.processor() or platform.machine()} CPU")  # fmt: skip
+    print(f"device {dev_name}; bf16: {bf16_note}", flush=True)
+
+    rows = []
+    for precision in args.precision:
+        for name in models:
+            if precision == "bf16" and not run_bf16:
+                rows.append({"model": name, "precision": precision, "skipped": why})
+                continue
+            row = bench_model(name, size, device, precision, args, peaks.get(precision))
+            rows.append(row)
+            print(_fmt_row(row), flush=True)
+    res = {
+        "size_name": args.size, "size": asdict(size), "device": dev_name,
+        "device_type": device.type, "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "transformers": sys.modules["transformers"].__version__
+        if "transformers" in sys.modules else None, "steps": args.steps,
+        "repeats": args.repeats, "warmup": args.warmup, "peak_flop_per_s": peaks,
+        "bf16_native": native, "bf16_note": bf16_note, "rows": rows,
+    }  # fmt: skip
+    text = table(res)
+    print(text)
+    stem = Path(args.out) / f"train_step_{args.size}_{device.type}"
+    write_json(stem.with_suffix(".json"), res)
+    atomic_write(stem.with_suffix(".md"), lambda p: p.write_text(text + "\n"))
+    print(f"wrote {stem}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
