@@ -44,12 +44,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from minivlm.train.fast import bf16_support, fused_adamw_ok
+from minivlm.utils import atomic_write, count_parameters, write_json
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling clip_train module
 import clip_train  # noqa: E402
-
-from minivlm.train.fast import bf16_support, fused_adamw_ok  # noqa: E402
-from minivlm.utils import atomic_write, count_parameters, write_json  # noqa: E402
-
 
 # --------------------------------------------------------------------------- sizes and registry
 
@@ -264,8 +263,12 @@ def blip2(s: Size, device: torch.device) -> Pair:
 
 @register("llava")
 def llava(s: Size, device: torch.device) -> Pair:
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
-    from transformers import LlavaForConditionalGeneration
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
 
     from minivlm.models.llava import LLaVA
 
@@ -390,7 +393,8 @@ def make_step(model: nn.Module, loss_fn: Callable[[], Tensor], device: torch.dev
     """One training step (forward + loss under autocast when ``bf16``, backward, AdamW)."""
     params = [p for p in model.parameters() if p.requires_grad]
     fused = fused_adamw_ok(device, bf16)
-    opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.05, **({"fused": True} if fused else {}))
+    kw = {"fused": True} if fused else {}
+    opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.05, **kw)
 
     def step() -> Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -422,6 +426,18 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int =
     return best
 
 
+def peak_memory(step: Callable[[], Tensor], device: torch.device) -> float | None:
+    """GiB allocated at the peak of one step beyond what was held before it (CUDA only)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**30
+
+
 def time_interleaved(steps: dict[str, Callable[[], Tensor]], n: int, repeats: int,
                      device: torch.device) -> dict[str, dict[str, list[float]]]:  # fmt: skip
     """Per-step wall and CPU seconds of each side, one value per repeat, sides alternating."""
@@ -448,6 +464,7 @@ def bench_model(name: str, size: Size, device: torch.device, precision: str,
         for _ in range(args.warmup):
             step()
     flops = {k: clip_train.count_flops(step) for k, step in steps.items()}
+    mem = {k: peak_memory(step, device) for k, step in steps.items()}
     t = time_interleaved(steps, args.steps, args.repeats, device)
     clock = "cpu" if device.type == "cpu" else "wall"
     row: dict[str, Any] = {
@@ -461,7 +478,8 @@ def bench_model(name: str, size: Size, device: torch.device, precision: str,
         wall = statistics.median(t[k]["wall"])
         per_s = flops["minivlm"] / statistics.median(t[k][clock])  # model FLOPs, both sides
         row[k] = {"steps_per_s": 1 / wall, "step_ms": 1e3 * wall, "flop_per_s": per_s,
-                  "fraction_of_peak": per_s / peak if peak else None}  # fmt: skip
+                  "fraction_of_peak": per_s / peak if peak else None,
+                  "peak_memory_gib": mem[k]}  # fmt: skip
     if "reference" in steps:
         for clk in ("wall", "cpu"):
             ratios = [r / m for r, m in zip(t["reference"][clk], t["minivlm"][clk])]
@@ -481,6 +499,9 @@ def _fmt_row(r: dict[str, Any]) -> str:
     ratio = f"{r['ratio_wall']:.2f}x / {r['ratio_cpu']:.2f}x" if ref else "no reference"
     loss = (f"{r['first_loss']['minivlm']:.4f} / {r['first_loss']['reference']:.4f}" if ref
             else f"{r['first_loss']['minivlm']:.4f}")  # fmt: skip
+    if m.get("peak_memory_gib") is not None:
+        loss += f" (peak memory {m['peak_memory_gib']:.1f} / {ref['peak_memory_gib']:.1f} GiB)" \
+            if ref else f" (peak memory {m['peak_memory_gib']:.1f} GiB)"
     return (f"| {name} | {r['parameters'] / 1e6:.1f}M | {r['flops_per_step'] / 1e9:.2f} | "
             f"{m['steps_per_s']:.2f} | {rsteps} | {ratio} | {m['flop_per_s'] / 1e9:.1f} | {pct} | "
             f"{loss} |")  # fmt: skip
@@ -562,7 +583,8 @@ def main(argv: list[str] | None = None) -> int:
     n = (256 if args.quick else 1024) if device.type == "cpu" else 8192
     peaks = {"fp32": matmul_peak(device, torch.float32, n, 3 if args.quick else 7)}
     if "bf16" in args.precision:  # measured even when emulated: it shows why bf16 is not run
-        peaks["bf16"] = matmul_peak(device, torch.bfloat16, n, 3 if args.quick else 7)
+        n_bf16 = n if native else 256  # emulated bf16 is ~50x slower here: a small product
+        peaks["bf16"] = matmul_peak(device, torch.bfloat16, n_bf16, 3 if args.quick else 7)
     dev_name = (torch.cuda.get_device_name(device) if device.type == "cuda"
                 else f"{platform.processor() or platform.machine()} CPU")  # fmt: skip
     print(f"device {dev_name}; bf16: {bf16_note}", flush=True)

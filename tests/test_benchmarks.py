@@ -8,9 +8,11 @@ starting from the same weights.
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
 
 import pytest
-from script_helpers import load_script
+from script_helpers import ROOT, load_script
 
 
 def _load(name: str):
@@ -45,3 +47,94 @@ def test_attention_benchmark_runs(tmp_path):
     assert [r["T"] for r in rows if r["device"] == "cpu"] == [16, 32]
     assert all(r["explicit_ms"] > 0 and r["sdpa_ms"] > 0 for r in rows)
     assert (tmp_path / "results.md").read_text().startswith("|")
+
+
+# --------------------------------------------------------------------------- train_step
+
+
+def _gpu_check_commands(*args: str) -> dict[str, tuple[int, list[str]]]:
+    """What benchmarks/gpu_check.sh would run: {step: (time limit s, argv)}."""
+    out = subprocess.run(["bash", str(ROOT / "benchmarks/gpu_check.sh"), *args, "--print"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    steps = {}
+    for line in out.strip().splitlines():
+        name, limit, cmd = line.split("|", 2)
+        steps[name] = (int(limit), shlex.split(cmd))
+    return steps
+
+
+def test_gpu_check_script_plans_the_gpu_runs_within_its_budget():
+    steps = _gpu_check_commands()
+    assert list(steps) == ["tests", "clip_train", "train_step"]
+    assert sum(limit for limit, _ in steps.values()) <= 8 * 60
+    tests = steps["tests"][1]
+    assert tests[1:4] == ["-m", "pytest", "-m"] and tests[4] == "cuda"
+    assert "tests/test_cuda.py" in tests and all((ROOT / t).is_file() for t in tests[8:])
+    clip = " ".join(steps["clip_train"][1])
+    assert "--config b16 --batch 256" in clip and "--device cuda --dtype bf16" in clip
+    step = " ".join(steps["train_step"][1])
+    assert "--size base" in step and "--device cuda --precision fp32 bf16" in step
+    with pytest.raises(subprocess.CalledProcessError):
+        _gpu_check_commands("--device", "tpu")
+
+
+def test_gpu_check_dry_run_on_cpu_every_model_both_sides_compute_the_same_step(tmp_path, capsys):
+    """The commands gpu_check.sh runs, in its CPU dry run (here in-process, to keep it cheap):
+    every model's two sides start from the same loss."""
+    pytest.importorskip("transformers")
+    steps = _gpu_check_commands("--device", "cpu", "--quick")
+    for name in ("clip_train", "train_step"):
+        argv = steps[name][1]
+        assert argv[1] == f"benchmarks/{name}.py" and "--out" in argv
+        argv[argv.index("--out") + 1] = str(tmp_path)
+        assert _load(name).main(argv[2:]) == 0, name
+    assert (tmp_path / "clip_train_tiny_b4_cpu_fp32.json").exists()
+    bench = _load("train_step")
+    assert {"clip", "vilt", "albef", "blip2", "llava", "mae", "beit", "flamingo"} <= set(
+        bench.MODELS
+    )
+    res = json.loads((tmp_path / "train_step_quick_cpu.json").read_text())
+    assert res["peak_flop_per_s"]["fp32"] > 0
+    rows = {r["model"]: r for r in res["rows"] if r["precision"] == "fp32"}
+    assert set(rows) == set(bench.MODELS)
+    for name, r in rows.items():
+        assert r["flops_per_step"] > 0 and r["minivlm"]["steps_per_s"] > 0, name
+        assert 0 < r["trainable"] <= r["parameters"], name
+        if r["reference_impl"].startswith("none"):
+            continue
+        # same config, weights, batch and trainable parameters: the same first loss, and the
+        # reference's step counts (nearly) the same FLOPs
+        loss = r["first_loss"]
+        assert loss["minivlm"] == pytest.approx(loss["reference"], rel=1e-3), name
+        assert r["flops"]["reference"] == pytest.approx(r["flops_per_step"], rel=0.35), name
+        assert len(r["ratio_wall_per_repeat"]) == 2 and r["ratio_cpu"] > 0, name
+    if not res["bf16_native"]:  # this CPU: bf16 rows say why they were not run
+        assert all(r.get("skipped") for r in res["rows"] if r["precision"] == "bf16")
+    md = (tmp_path / "train_step_quick_cpu.md").read_text()
+    assert md.count("| fp32 |") == len(rows) and "matmul peak measured here" in md
+    assert "| clip | fp32 |" in capsys.readouterr().out
+
+
+def test_train_step_bf16_is_skipped_with_a_reason_or_emulated(tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    bench = _load("train_step")
+    monkeypatch.setattr(bench, "bf16_support", lambda dev: (False, "a test CPU without bf16"))
+    argv = ["--device", "cpu", "--quick", "--precision", "bf16", "--models", "clip", "--out"]
+    assert bench.main([*argv, str(tmp_path / "skip")]) == 0
+    res = json.loads((tmp_path / "skip" / "train_step_quick_cpu.json").read_text())
+    assert res["rows"] == [{"model": "clip", "precision": "bf16",
+                            "skipped": "a test CPU without bf16"}]  # fmt: skip
+    assert "not run: a test CPU without bf16" in (tmp_path / "skip" / "train_step_quick_cpu.md").read_text()
+    assert bench.main([*argv, str(tmp_path / "emu"), "--emulate-bf16"]) == 0
+    res = json.loads((tmp_path / "emu" / "train_step_quick_cpu.json").read_text())
+    (row,) = res["rows"]
+    assert "EMULATED" in res["bf16_note"] and row["precision"] == "bf16"
+    assert row["first_loss"]["minivlm"] == pytest.approx(row["first_loss"]["reference"], rel=2e-2)
+
+
+def test_train_step_rejects_unknown_models_and_duplicate_entries(tmp_path):
+    bench = _load("train_step")
+    with pytest.raises(SystemExit):
+        bench.main(["--models", "nonesuch", "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="registered twice"):
+        bench.register("clip")(lambda size, device: None)
