@@ -109,3 +109,50 @@ def test_detection_and_validation():
     assert fast.bf16_support(torch.device("meta"))[0] is False
     with pytest.raises(ValueError, match="precision"):
         TrainConfig(precision="fp16")
+
+
+# --------------------------------------------------------------------------- recipes in bf16
+
+
+def _tau_sweep(precision: str) -> tuple[torch.Tensor, set[torch.dtype]]:
+    from minivlm.grading.checks.ex01_clip import _ref_clip_loss
+    from minivlm.recipes import clip_tau
+
+    seen: set[torch.dtype] = set()
+
+    def loss_fn(img, txt, logit_scale):
+        seen.add(img.dtype)
+        return _ref_clip_loss(img, txt, logit_scale)
+
+    return clip_tau.sweep(loss_fn, torch.tensor([1.0, 0.1]), 0, precision=precision), seen
+
+
+def test_clip_tau_recipe_in_bf16_keeps_the_lesson_and_stays_fp32_where_not_native(monkeypatch):
+    """Lecture 1's τ recipe with precision="bf16": where bf16 is native (here emulated: this
+    CPU has none) the towers run in bf16 and τ = 0.1 still beats τ = 1 as in fp32; without
+    native bf16 it warns and gives the fp32 numbers exactly."""
+    fp32, seen = _tau_sweep("fp32")
+    assert seen == {torch.float32}
+    monkeypatch.setattr(fast, "cpu_bf16_support", lambda: (False, "this CPU has no bf16"))
+    with pytest.warns(UserWarning, match="stays in fp32"):
+        same, _ = _tau_sweep("bf16")
+    assert torch.equal(same, fp32)
+    monkeypatch.setattr(fast, "cpu_bf16_support", lambda: (True, "emulated for the test"))
+    bf16, seen = _tau_sweep("bf16")
+    assert seen == {torch.bfloat16}
+    assert (bf16 - fp32).abs().max() < 0.05  # seeds 0-3 x 3 τ: at most 0.016 apart
+    assert bf16[1] > bf16[0] + 0.1
+
+
+def test_llava_stages_fit_takes_the_bf16_path(monkeypatch):
+    from minivlm.recipes import llava_stages as ls
+
+    monkeypatch.setattr(fast, "cpu_bf16_support", lambda: (True, "emulated for the test"))
+    vit, lm = ls.random_parts(0)
+    setup = ls.Setup(vit, lm, 0, ls.Recipe(n_train=8, n_test=2, precision="bf16"))
+    model = setup.build("mlp2x_gelu")
+    seen: list[torch.dtype] = []
+    model.projector.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    losses = ls.fit(setup, model, setup.stage1, 2, 1, 0)
+    assert seen == [torch.bfloat16] * 2 and all(math.isfinite(v) for v in losses)
+    assert all(p.dtype == torch.float32 for p in model.parameters())

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minivlm.train.fast import precision_autocast
+
 COLOURS, SHAPES, SIZES = 6, 5, 2
 NUM_CLASSES = COLOURS * SHAPES * SIZES  # 60 distinct captions
 FEATURES, EMBED = 48, 16
@@ -94,9 +96,11 @@ def accuracy(model: TinyTowers, data: ToyPairs) -> float:
     return float(((img @ txt.T).argmax(1) == data.test_cls).float().mean())
 
 
-def sweep(loss_fn, taus: torch.Tensor, seed: int) -> torch.Tensor:
+def sweep(loss_fn, taus: torch.Tensor, seed: int, precision: str = "fp32") -> torch.Tensor:
     """Train one ``TinyTowers(seed)`` per τ with ``loss_fn(img, txt, logit_scale)`` (Adam, lr
-    2e-2, ``batches(seed, n)``, logit_scale = log(1/τ) fixed) and return the accuracies (T,)."""
+    2e-2, ``batches(seed, n)``, logit_scale = log(1/τ) fixed) and return the accuracies (T,).
+    ``precision="bf16"``: forward and loss under bf16 autocast where the CPU has native bf16
+    (:func:`minivlm.train.fast.precision_autocast`)."""
     data = toy_pairs(seed)
     out = []
     for tau in taus.tolist():
@@ -104,7 +108,8 @@ def sweep(loss_fn, taus: torch.Tensor, seed: int) -> torch.Tensor:
         opt = torch.optim.Adam(model.parameters(), lr=LR)
         logit_scale = torch.tensor(math.log(1.0 / tau))
         for idx in batches(seed, len(data.train_img)):
-            loss = loss_fn(*model(data.train_img[idx], data.train_txt[idx]), logit_scale)
+            with precision_autocast(precision):
+                loss = loss_fn(*model(data.train_img[idx], data.train_txt[idx]), logit_scale)
             opt.zero_grad()
             loss.backward()
             opt.step()

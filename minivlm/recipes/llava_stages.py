@@ -48,6 +48,7 @@ import torch
 import minivlm
 from minivlm.data import QTYPES, ShapesData, ShapesWorld, encode_chat, shapes_tokenizer
 from minivlm.models.llava import LLaVA, merge_image_features
+from minivlm.train.fast import precision_autocast
 
 SEEDS = (0, 1, 2, 3, 4)
 TEST_SEED = 10_000  # held-out scenes: world seed TEST_SEED + seed, as in the notebook
@@ -76,6 +77,7 @@ class Recipe:
     batch_size: int = 32
     warmup: int = 10
     max_new_tokens: int = 3
+    precision: str = "fp32"  # "bf16": autocast where the CPU has native bf16 (train.fast)
 
 
 class Setup:
@@ -188,9 +190,10 @@ def fit(setup: Setup, model: LLaVA, data: list | tuple[list, ...], steps: int, s
         batch = collate(setup.tok, [data[k][1] for k in idx])
         for group, lr in zip(opt.param_groups, base, strict=True):
             group["lr"] = lr * min(1.0, (step + 1) / r.warmup)
-        loss = forward_cached(model, batch["input_ids"], batch["attention_mask"],
-                              setup.feats_train[[data[k][0] for k in idx]],
-                              batch["labels"]).loss  # fmt: skip
+        with precision_autocast(r.precision):
+            loss = forward_cached(model, batch["input_ids"], batch["attention_mask"],
+                                  setup.feats_train[[data[k][0] for k in idx]],
+                                  batch["labels"]).loss  # fmt: skip
         opt.zero_grad()
         loss.backward()
         opt.step()

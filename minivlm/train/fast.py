@@ -15,6 +15,7 @@ numbers are then reproducible bit for bit on a CPU.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import torch
@@ -68,3 +69,15 @@ def use_bf16(config: TrainConfig, dev: torch.device) -> bool:
 def fused_adamw_ok(dev: torch.device, bf16: bool) -> bool:
     """Fused AdamW on CUDA (as always) and, on the bf16 fast path, on a CPU too."""
     return dev.type == "cuda" or (bf16 and dev.type == "cpu")
+
+
+def precision_autocast(precision: str, dev: torch.device | str = "cpu"
+                       ) -> contextlib.AbstractContextManager:  # fmt: skip
+    """The loop's precision rule for a hand-written training loop (the lecture recipes that
+    step their own optimizer): ``with precision_autocast("bf16", dev): loss = ...`` runs bf16
+    autocast where :func:`use_bf16` would (native bf16 only; else fp32 with the same warning),
+    and ``"fp32"`` is a no-op, so the default path stays bit for bit the plain one."""
+    dev = torch.device(dev)
+    if use_bf16(TrainConfig(precision=precision), dev):
+        return torch.autocast(dev.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
