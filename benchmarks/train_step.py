@@ -146,8 +146,18 @@ def _same_trainable(pair: Pair, name: str) -> Pair:
     return pair
 
 
+def _storages(model: nn.Module) -> set[int]:
+    tensors = [*model.parameters(), *model.buffers()]
+    return {t.untyped_storage().data_ptr() for t in tensors if t.numel()}
+
+
 def _convert(hf: nn.Module, cls: Any, device: torch.device, **kw: Any) -> tuple[nn.Module, ...]:
+    """``cls.from_hf(hf)``, both on ``device`` in training mode; they must share no tensor
+    (else one side's optimizer step would change the other's weights)."""
     ours = cls.from_hf(hf, **kw)
+    if _storages(ours) & _storages(hf):
+        raise RuntimeError(f"train_step: {cls.__name__}.from_hf shares tensors with the "
+                           "reference model; it must copy them")  # fmt: skip
     return hf.to(device).train(), ours.to(device).train()
 
 

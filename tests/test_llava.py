@@ -492,6 +492,9 @@ def test_from_hf_matches_transformers(name):
     hf = _random_hf(kw, seed=len(name))
     ours = LLaVA.from_hf(hf).eval()
     assert minivlm.count_parameters(ours) == sum(p.numel() for p in hf.parameters())
+    # a copy: no tensor shared with HF (training ours must leave the HF model as it was)
+    ptrs = {p.untyped_storage().data_ptr() for p in hf.parameters()}
+    assert not [n for n, p in ours.named_parameters() if p.untyped_storage().data_ptr() in ptrs]
     vc, V, image_id = kw["vision"], kw["text"]["vocab_size"], kw["image_token_index"]
     N = (vc["image_size"] // vc["patch_size"]) ** 2 + (kw["vision_feature_select_strategy"]
                                                         == "full")  # fmt: skip

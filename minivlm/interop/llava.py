@@ -77,8 +77,12 @@ def llava_from_hf(cls: type[nn.Module], config_cls: type, model: nn.Module) -> A
 
     with torch.device("meta"):  # no time spent on a random init that is overwritten
         llava = cls(cfg, language_model=lm)
-    llava.vision_tower.load_state_dict(vision_sd, strict=True, assign=True)
-    llava.projector.load_state_dict(proj_sd, strict=True, assign=True)
+    # assign=True takes the tensors themselves: clone, so that training the copy never
+    # changes the HF model (the projector's tensors would otherwise be HF's own)
+    llava.vision_tower.load_state_dict({k: t.detach().clone() for k, t in vision_sd.items()},
+                                       strict=True, assign=True)  # fmt: skip
+    llava.projector.load_state_dict({k: t.detach().clone() for k, t in proj_sd.items()},
+                                    strict=True, assign=True)  # fmt: skip
     dtype = next(model.parameters()).dtype
     return llava.to(dtype).train(model.training)
 
