@@ -487,7 +487,8 @@ def bench_model(name: str, size: Size, device: torch.device, precision: str,
     for k in steps:
         wall = statistics.median(t[k]["wall"])
         per_s = flops["minivlm"] / statistics.median(t[k][clock])  # model FLOPs, both sides
-        row[k] = {"steps_per_s": 1 / wall, "step_ms": 1e3 * wall, "flop_per_s": per_s,
+        row[k] = {"steps_per_s": 1 / wall, "step_ms": 1e3 * wall,
+                  "steps_per_cpu_s": 1 / statistics.median(t[k]["cpu"]), "flop_per_s": per_s,
                   "fraction_of_peak": per_s / peak if peak else None,
                   "peak_memory_gib": mem[k]}  # fmt: skip
     if "reference" in steps:
@@ -505,7 +506,11 @@ def _fmt_row(r: dict[str, Any]) -> str:
     name = f"{r['model']} | {r['precision']}"
     m, ref = r["minivlm"], r.get("reference")
     pct = f"{100 * m['fraction_of_peak']:.0f}%" if m["fraction_of_peak"] else "-"
-    rsteps = f"{ref['steps_per_s']:.2f}" if ref else "-"
+    def steps(side: dict[str, Any]) -> str:  # wall (and, on a CPU, per CPU-second)
+        cpu = f" / {side['steps_per_cpu_s']:.2f}" if r["clock_for_flops"] == "cpu" else ""
+        return f"{side['steps_per_s']:.2f}{cpu}"
+
+    rsteps = steps(ref) if ref else "-"
     ratio = f"{r['ratio_wall']:.2f}x / {r['ratio_cpu']:.2f}x" if ref else "no reference"
     loss = (f"{r['first_loss']['minivlm']:.4f} / {r['first_loss']['reference']:.4f}" if ref
             else f"{r['first_loss']['minivlm']:.4f}")  # fmt: skip
@@ -513,12 +518,14 @@ def _fmt_row(r: dict[str, Any]) -> str:
         loss += f" (peak memory {m['peak_memory_gib']:.1f} / {ref['peak_memory_gib']:.1f} GiB)" \
             if ref else f" (peak memory {m['peak_memory_gib']:.1f} GiB)"
     return (f"| {name} | {r['parameters'] / 1e6:.1f}M | {r['flops_per_step'] / 1e9:.2f} | "
-            f"{m['steps_per_s']:.2f} | {rsteps} | {ratio} | {m['flop_per_s'] / 1e9:.1f} | {pct} | "
+            f"{steps(m)} | {rsteps} | {ratio} | {m['flop_per_s'] / 1e9:.1f} | {pct} | "
             f"{loss} |")  # fmt: skip
 
 
 def table(res: dict[str, Any]) -> str:
-    unit = "per CPU-second" if res["device_type"] == "cpu" else "per second"
+    cpu = res["device_type"] == "cpu"
+    unit = "per CPU-second" if cpu else "per second"
+    sps = "steps/s (wall / per CPU-second)" if cpu else "steps/s"
     head = [
         f"Training step, size {res['size_name']} ({res['size']}), {res['device']}, "
         f"{res['threads']} thread(s), torch {res['torch']}, transformers {res['transformers']}; "
@@ -527,7 +534,7 @@ def table(res: dict[str, Any]) -> str:
             f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in res["peak_flop_per_s"].items()),
         f"bf16: {res['bf16_note']}",
         "",
-        f"| model | precision | params | GFLOP/step | minivlm steps/s | reference steps/s | "
+        f"| model | precision | params | GFLOP/step | minivlm {sps} | reference {sps} | "
         f"speed vs reference (wall / CPU time) | minivlm GFLOP/s ({unit}) | of matmul peak | "
         f"first loss minivlm / reference |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
