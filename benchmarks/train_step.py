@@ -209,7 +209,7 @@ def vilt(s: Size, device: torch.device) -> Pair:
     return Pair(
         ours, lambda: ours(ids, px, mask, mlm_labels=labels).loss,
         hf, lambda: hf(input_ids=ids, attention_mask=mask, pixel_values=px, labels=labels).loss,
-        "transformers ViltForMaskedLM (eager attention): MLM loss",
+        "transformers ViltForMaskedLM (eager attention: it has no SDPA path): MLM loss",
     )  # fmt: skip
 
 
@@ -479,6 +479,8 @@ def bench_model(name: str, size: Size, device: torch.device, precision: str,
     clock = "cpu" if device.type == "cpu" else "wall"
     row: dict[str, Any] = {
         "model": name, "precision": precision, "reference_impl": pair.reference,
+        "reference_attention": getattr(getattr(pair.ref, "config", None),
+                                       "_attn_implementation", None),
         "parameters": count_parameters(pair.ours),
         "trainable": count_parameters(pair.ours, trainable_only=True),
         "first_loss": first, "flops_per_step": flops["minivlm"], "flops": flops,
