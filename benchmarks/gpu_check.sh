@@ -45,7 +45,7 @@ if [ "$QUICK" = 1 ]; then
   STEP=(benchmarks/train_step.py --quick)
 else
   CLIP=(benchmarks/clip_train.py --config b16 --batch 256 --steps 5 --repeats 5 --warmup 2)
-  STEP=(benchmarks/train_step.py --size base --steps 5 --repeats 5 --warmup 2)
+  STEP=(benchmarks/train_step.py --size base --steps 3 --repeats 5 --warmup 2)
 fi
 DTYPE=bf16
 [ "$DEVICE" = cpu ] && DTYPE=fp32  # this CPU has no native bf16 (train_step says why)

@@ -608,28 +608,29 @@ def main(argv: list[str] | None = None) -> int:
                 else f"{platform.processor() or platform.machine()} CPU")  # fmt: skip
     print(f"device {dev_name}; bf16: {bf16_note}", flush=True)
 
-    rows = []
-    for precision in args.precision:
-        for name in models:
-            if precision == "bf16" and not run_bf16:
-                rows.append({"model": name, "precision": precision, "skipped": why})
-                continue
-            row = bench_model(name, size, device, precision, args, peaks.get(precision))
-            rows.append(row)
-            print(_fmt_row(row), flush=True)
+    rows: list[dict[str, Any]] = []
     res = {
         "size_name": args.size, "size": asdict(size), "device": dev_name,
         "device_type": device.type, "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "transformers": sys.modules["transformers"].__version__
-        if "transformers" in sys.modules else None, "steps": args.steps,
+        "torch": torch.__version__, "transformers": None, "steps": args.steps,
         "repeats": args.repeats, "warmup": args.warmup, "peak_flop_per_s": peaks,
-        "bf16_native": native, "bf16_note": bf16_note, "rows": rows,
+        "bf16_native": native, "bf16_note": bf16_note, "complete": False, "rows": rows,
     }  # fmt: skip
-    text = table(res)
-    print(text)
     stem = Path(args.out) / f"train_step_{args.size}_{device.type}"
-    write_json(stem.with_suffix(".json"), res)
-    atomic_write(stem.with_suffix(".md"), lambda p: p.write_text(text + "\n"))
+    todo = [(p, m) for p in args.precision for m in models]
+    for k, (precision, name) in enumerate(todo):
+        if precision == "bf16" and not run_bf16:
+            rows.append({"model": name, "precision": precision, "skipped": why})
+        else:
+            rows.append(bench_model(name, size, device, precision, args, peaks.get(precision)))
+            print(_fmt_row(rows[-1]), flush=True)
+        if "transformers" in sys.modules:
+            res["transformers"] = sys.modules["transformers"].__version__
+        res["complete"] = k == len(todo) - 1
+        text = table(res)  # written after every row: a run stopped at a time limit keeps them
+        write_json(stem.with_suffix(".json"), res)
+        atomic_write(stem.with_suffix(".md"), lambda p, text=text: p.write_text(text + "\n"))
+    print(text)
     print(f"wrote {stem}.json and .md")
     return 0
 

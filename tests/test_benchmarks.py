@@ -94,7 +94,7 @@ def test_gpu_check_dry_run_on_cpu_every_model_both_sides_compute_the_same_step(t
         bench.MODELS
     )
     res = json.loads((tmp_path / "train_step_quick_cpu.json").read_text())
-    assert res["peak_flop_per_s"]["fp32"] > 0
+    assert res["complete"] and res["peak_flop_per_s"]["fp32"] > 0
     rows = {r["model"]: r for r in res["rows"] if r["precision"] == "fp32"}
     assert set(rows) == set(bench.MODELS)
     for name, r in rows.items():
