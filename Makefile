@@ -32,7 +32,7 @@ lab: $(STAMP)
 test: $(STAMP) browser sandbox
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest tests -q $(UNIT_PAR)
-	$(PY) -m minivlm zoo build
+	$(PY) -m minivlm zoo build --jobs 2
 	$(PY) -m pytest --nbval-lax notebooks -q -p no:cacheprovider $(NB_PAR)
 
 lint: $(STAMP)
@@ -43,7 +43,7 @@ unit: $(STAMP)
 
 ## the BLIP-2 and LLaVA notebooks use the cached zoo components; build them first (~50 s once)
 notebooks: $(STAMP)
-	$(PY) -m minivlm zoo build
+	$(PY) -m minivlm zoo build --jobs 2
 	$(PY) -m pytest --nbval-lax notebooks -q $(NB_PAR)
 
 ## make student: regenerate student exercise notebooks (refuses to overwrite learner work)

@@ -784,13 +784,29 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_quietly(name: str, root: Path, steps: int | None, seed: int) -> str:
+    """Worker of ``zoo build --jobs N``: build one component in its own process."""
+    build(name, root, steps, seed)
+    return name
+
+
+def _report_built(name: str, root: Path, steps: int | None, seed: int) -> None:
+    rec = verify(name, root, steps, seed)
+    print(
+        f"{name}: built in {rec['build_seconds']:.1f} s, {rec['bytes'] / 1e6:.1f} MB; "
+        f"{_summary(rec)}",
+        flush=True,
+    )
+
+
 def _cmd_build(args: argparse.Namespace) -> int:
     root = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
     names = args.name or list_components()
+    todo = []
     for name in names:
         if not args.force:
             try:
-                rec = verify(name, root, args.steps, args.seed)
+                verify(name, root, args.steps, args.seed)
                 print(
                     f"{name}: up to date ({paths(name, root, args.steps, args.seed)[0]}); "
                     "--force rebuilds it"
@@ -798,12 +814,26 @@ def _cmd_build(args: argparse.Namespace) -> int:
                 continue
             except ZooCacheError:
                 pass
-        build(name, root, args.steps, args.seed)
-        rec = verify(name, root, args.steps, args.seed)
-        print(
-            f"{name}: built in {rec['build_seconds']:.1f} s, {rec['bytes'] / 1e6:.1f} MB; "
-            f"{_summary(rec)}"
-        )
+        todo.append(name)
+    if args.jobs < 1:
+        raise SystemExit(f"minivlm zoo build: --jobs must be at least 1, got {args.jobs}")
+    if args.jobs == 1 or len(todo) < 2:
+        for name in todo:
+            build(name, root, args.steps, args.seed)
+            _report_built(name, root, args.steps, args.seed)
+        return 0
+    # Components are independent and each build is single-threaded with its own seed, so
+    # building them in separate processes gives the same bits, one core each.
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(args.jobs, len(todo)), mp_context=ctx) as pool:
+        futures = [
+            pool.submit(_build_quietly, name, root, args.steps, args.seed) for name in todo
+        ]
+        for fut in as_completed(futures):
+            _report_built(fut.result(), root, args.steps, args.seed)
     return 0
 
 
@@ -831,6 +861,13 @@ def add_cli(subparsers: Any) -> None:
         help="training steps (default: the recipe's; other values are cached separately)",
     )
     b.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    b.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="build this many components at once, one process (and one core) each; the "
+        "weights are the same bits as a serial build (default 1)",
+    )
     b.set_defaults(func=_cmd_build)
     ls = sub.add_parser("list", help="show the components and their cache state")
     ls.add_argument("--cache-dir", default=None, help="cache folder (default: see above)")

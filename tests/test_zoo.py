@@ -202,6 +202,21 @@ def test_cli_list_and_build(built, tmp_path, capsys) -> None:
         main(["zoo", "build", "--name", "nope"])
 
 
+def test_cli_parallel_build_gives_the_serial_bits(built, tmp_path, capsys) -> None:
+    # --jobs builds components in separate processes; the weights must be the same bits as the
+    # serial build of the fixture (each build is single-threaded and seeded by itself)
+    root, models = built
+    names = ["shapes_clip", "shapes_lm"]
+    args = ["zoo", "build", "--cache-dir", str(tmp_path), "--steps", str(STEPS), "--jobs", "2"]
+    assert main([*args, *(a for n in names for a in ("--name", n))]) == 0
+    out = capsys.readouterr().out
+    assert all(f"{n}: built in" in out for n in names)
+    for n in names:
+        assert _equal(_state(zoo.load(n, cache_dir=tmp_path, steps=STEPS)), _state(models[n]))
+    with pytest.raises(SystemExit, match="--jobs"):
+        main(["zoo", "build", "--cache-dir", str(tmp_path), "--jobs", "0", "--force"])
+
+
 def test_cache_dir_from_environment(built, tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("MINIVLM_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
