@@ -10,7 +10,7 @@ import minivlm
 from minivlm.models.lxmert import Lxmert
 from minivlm.models.pixel_bert import sample_pixels
 from minivlm.models.uniter import mrc_kl_loss, mrc_loss, mrfr_loss
-from minivlm.nn.convnet import ResNet, box_position_features, roi_align
+from minivlm.nn.convnet import box_position_features, roi_align
 
 transformers = pytest.importorskip("transformers")
 
