@@ -70,9 +70,9 @@ def detect(scenes: list, max_regions: int = 2, jitter: float = 0.0, drop: float 
     if jitter > 0:
         side = (boxes[..., 2:] - boxes[..., :2]).repeat(1, 1, 2)  # (B, N, 4)
         boxes = boxes + jitter * side * torch.randn(boxes.shape, generator=gen)
-        x1, y1 = torch.minimum(boxes[..., 0], boxes[..., 2]), torch.minimum(boxes[..., 1], boxes[..., 3])
-        x2, y2 = torch.maximum(boxes[..., 0], boxes[..., 2]), torch.maximum(boxes[..., 1], boxes[..., 3])
-        boxes = torch.stack([x1, y1, x2, y2], -1)
+        lo = torch.minimum(boxes[..., :2], boxes[..., 2:])  # (B, N, 2) keep x1 <= x2
+        hi = torch.maximum(boxes[..., :2], boxes[..., 2:])
+        boxes = torch.cat([lo, hi], -1)
     if drop > 0:
         mask = mask * (torch.rand(B, N, generator=gen) >= drop).long()
     boxes = boxes * mask[..., None]
@@ -155,8 +155,8 @@ def make_model(arm: str, text: Text) -> nn.Module:
         raise ValueError(f"make_model: arm must be one of {ARMS}, got {arm!r}")
     V = text.tok.vocab_size
     if arm.startswith("uniter"):
-        return minivlm.create_model("uniter_tiny", vocab_size=V,
-                                    wra_weight=1.0 if arm.endswith("wra") else 0.0)  # fmt: skip
+        wra = 1.0 if arm.endswith("wra") else 0.0
+        return minivlm.create_model("uniter_tiny", vocab_size=V, wra_weight=wra)
     return minivlm.create_model("pixel_bert_tiny", vocab_size=V,
                                 sample_pixels=SAMPLED if arm.endswith("sampled") else 0)  # fmt: skip
 
@@ -170,8 +170,10 @@ def _mlm_logits(model: nn.Module, ids, am, data: dict, split: str, idx,
     return model(ids, data[split].pixel_values(idx), am).mlm_logits
 
 
-def train_binding(arm: str, data: dict, seed: int, steps: int = 300, lr: float = 1e-3,
-                  batch_size: int = 32, text: Text | None = None) -> tuple[nn.Module, dict]:  # fmt: skip
+def train_binding(
+    arm: str, data: dict, seed: int, steps: int = 300, lr: float = 1e-3, batch_size: int = 32,
+    text: Text | None = None,
+) -> tuple[nn.Module, dict]:  # fmt: skip
     """Train ``arm`` on colour-word MLM over one true binding caption per scene (every colour
     word hidden), AdamW with 30 warm-up steps and cosine decay, clipped at 1. The ``+itm``
     arms add image-text matching on the unmasked captions, half of them swapped for another
@@ -194,7 +196,8 @@ def train_binding(arm: str, data: dict, seed: int, steps: int = 300, lr: float =
         caps = []
         for i in idx:
             kinds = list(data["pairs"][i])
-            caps.append(data["pairs"][i][kinds[int(torch.randint(len(kinds), (1,), generator=gen))]][0])
+            k = kinds[int(torch.randint(len(kinds), (1,), generator=gen))]
+            caps.append(data["pairs"][i][k][0])  # the true caption of one binding kind
         ids, am = text.encode(caps)
         masked, labels = text.mask_colours(ids)
         logits = _mlm_logits(model, masked, am, data, "train", idx)
@@ -244,8 +247,9 @@ def binding_accuracy(model: nn.Module, data: dict, text: Text | None = None,
 
 
 @torch.no_grad()
-def wra_plans(model: nn.Module, data: dict, idx: list[int], captions: list[str],
-              text: Text | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+def wra_plans(
+    model: nn.Module, data: dict, idx: list[int], captions: list[str], text: Text | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """The IPOT plan (B, T, N) between word and region states of UNITER on the given test
     scenes and captions, with the token ids (B, T) and the region mask (B, N)."""
     text = text or Text()
