@@ -157,8 +157,8 @@ def make_model(arm: str, text: Text) -> nn.Module:
     if arm.startswith("uniter"):
         wra = 1.0 if arm.endswith("wra") else 0.0
         return minivlm.create_model("uniter_tiny", vocab_size=V, wra_weight=wra)
-    return minivlm.create_model("pixel_bert_tiny", vocab_size=V,
-                                sample_pixels=SAMPLED if arm.endswith("sampled") else 0)  # fmt: skip
+    k = SAMPLED if arm.endswith("sampled") else 0
+    return minivlm.create_model("pixel_bert_tiny", vocab_size=V, sample_pixels=k)
 
 
 def _mlm_logits(model: nn.Module, ids, am, data: dict, split: str, idx,
