@@ -36,6 +36,7 @@ from minivlm.data import COLORS, SHAPES, ShapesWorld
 from minivlm.data.shapes.scenes import SIZE_RADIUS
 from minivlm.models.uniter import word_region_plan
 from minivlm.nn.convnet import box_position_features, roi_align
+from minivlm.objectives import cost_matrix_cosine, wpa_loss
 from minivlm.recipes.vilt_binding import KINDS, Text, binding_pairs, test_pairs
 
 __all__ = ["ARMS", "detect", "region_features", "depth_run", "train_binding",
@@ -149,13 +150,14 @@ def make_data(seed: int, n_train: int = 1500, n_test: int = 400) -> dict[str, An
     return out
 
 
-def make_model(arm: str, text: Text) -> nn.Module:
-    """A fresh model for ``arm`` (seed the RNG first)."""
+def make_model(arm: str, text: Text, own_wra: bool = False) -> nn.Module:
+    """A fresh model for ``arm`` (seed the RNG first); ``own_wra``: the WRA loss is added by
+    the caller (with its own IPOT), not by the model."""
     if arm not in ARMS:
         raise ValueError(f"make_model: arm must be one of {ARMS}, got {arm!r}")
     V = text.tok.vocab_size
     if arm.startswith("uniter"):
-        wra = 1.0 if arm.endswith("wra") else 0.0
+        wra = 1.0 if arm.endswith("wra") and not own_wra else 0.0
         return minivlm.create_model("uniter_tiny", vocab_size=V, wra_weight=wra)
     k = SAMPLED if arm.endswith("sampled") else 0
     return minivlm.create_model("pixel_bert_tiny", vocab_size=V, sample_pixels=k)
@@ -170,17 +172,32 @@ def _mlm_logits(model: nn.Module, ids, am, data: dict, split: str, idx,
     return model(ids, data[split].pixel_values(idx), am).mlm_logits
 
 
+def wra_loss(text_h: torch.Tensor, region_h: torch.Tensor, text_mask: torch.Tensor,
+             region_mask: torch.Tensor, itm_labels: torch.Tensor, plan_fn: Any,
+             beta: float = 0.5, iters: int = 50) -> torch.Tensor:  # fmt: skip
+    """UNITER's WRA with a given IPOT ``plan_fn(cost, x_mask, y_mask, beta, iters)``: the
+    transport distance <C, P> (P held constant) of matching pairs goes down, of others up."""
+    cost = cost_matrix_cosine(text_h, region_h)  # (B, T, N)
+    joint = text_mask[:, :, None] & region_mask[:, None, :]
+    cost = cost.masked_fill(~joint, 0.0)
+    with torch.no_grad():
+        plan = plan_fn(cost.detach(), text_mask, region_mask, beta, iters)  # (B, T, N)
+    return wpa_loss((cost * plan).sum(dim=(1, 2)), itm_labels)
+
+
 def train_binding(
     arm: str, data: dict, seed: int, steps: int = 300, lr: float = 1e-3, batch_size: int = 32,
-    text: Text | None = None,
+    text: Text | None = None, plan_fn: Any = None,
 ) -> tuple[nn.Module, dict]:  # fmt: skip
     """Train ``arm`` on colour-word MLM over one true binding caption per scene (every colour
     word hidden), AdamW with 30 warm-up steps and cosine decay, clipped at 1. The ``+itm``
     arms add image-text matching on the unmasked captions, half of them swapped for another
-    scene's (and ``+wra`` its word-region alignment). Returns (model, {loss, cpu_per_step})."""
+    scene's (and ``+wra`` its word-region alignment, with ``plan_fn`` as the IPOT solver when
+    given). Returns (model, {loss, cpu_per_step})."""
     text = text or Text()
     minivlm.seed_everything(seed)
-    model = make_model(arm, text)
+    own = plan_fn is not None and arm.endswith("wra")
+    model = make_model(arm, text, own_wra=own)
     scenes = sorted(data["pairs"])
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -209,6 +226,12 @@ def train_binding(
             am2 = torch.where(swap[:, None], am[perm], am)
             out = model(ids2, feats[idx], pos[idx], am2, rm[idx], itm_labels=(~swap).long())
             loss = loss + out.loss
+            if own:
+                T, tm = ids2.shape[1], am2.bool().clone()
+                tm[:, 0] = False  # not [CLS]
+                h = out.last_hidden_state
+                loss = loss + wra_loss(h[:, :T], h[:, T:], tm, rm[idx].bool(), (~swap).long(),
+                                       plan_fn)  # fmt: skip
         opt.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
