@@ -271,13 +271,18 @@ def binding_accuracy(model: nn.Module, data: dict, text: Text | None = None,
 
 @torch.no_grad()
 def wra_plans(
-    model: nn.Module, data: dict, idx: list[int], captions: list[str], text: Text | None = None
+    model: nn.Module, data: dict, idx: list[int], captions: list[str], text: Text | None = None,
+    det: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """The IPOT plan (B, T, N) between word and region states of UNITER on the given test
-    scenes and captions, with the token ids (B, T) and the region mask (B, N)."""
+    scenes and captions, with the token ids (B, T) and the region mask (B, N); ``det``:
+    test-time detections instead of the clean ones."""
     text = text or Text()
-    feats, pos = data["test_regions"]
-    rm = data["test_det"]["mask"][idx]
+    if det is None:
+        det, (feats, pos) = data["test_det"], data["test_regions"]
+    else:
+        feats, pos = region_features(data["test"].pixel_values(), det)
+    rm = det["mask"][idx]
     ids, am = text.encode(captions)
     h = model(ids, feats[idx], pos[idx], am, rm).last_hidden_state  # (B, T+N, D)
     T = ids.shape[1]
@@ -288,15 +293,17 @@ def wra_plans(
 
 
 @torch.no_grad()
-def wra_accuracy(model: nn.Module, data: dict, text: Text | None = None) -> float:
+def wra_accuracy(model: nn.Module, data: dict, text: Text | None = None,
+                 det: dict | None = None) -> float:  # fmt: skip
     """For every colour word of the held-out binding captions (scenes with two colours): does
-    the region that receives most of the word's transport mass have that colour? (chance 0.5)"""
+    the region that receives most of the word's transport mass have that colour? (chance 0.5;
+    a word whose region the detector missed counts as wrong.)"""
     text = text or Text()
     rows = [r for rs in test_pairs(data["test"], KINDS).values() for r in rs]
     idx, caps = [r[0] for r in rows], [r[1] for r in rows]
-    plan, ids, _ = wra_plans(model, data, idx, caps, text)
+    plan, ids, rm = wra_plans(model, data, idx, caps, text, det)
     best = plan.argmax(-1)  # (B, T) the region each word sends most mass to
-    colours = data["test_det"]["colors"][idx]  # (B, N)
+    colours = data["test_det"]["colors"][idx].masked_fill(rm == 0, -1)  # (B, N), missed: -1
     word_col = torch.full_like(ids, -1)
     for c, tid in enumerate(text.colour_ids):
         word_col[ids == tid] = c
