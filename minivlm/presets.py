@@ -119,6 +119,11 @@ FAMILIES: dict[str, Family] = {
     ),
     "mae": Family("minivlm.models.mae:MAE", "minivlm.models.mae:MAEConfig"),
     "beit": Family("minivlm.models.beit:Beit", "minivlm.models.beit:BeitConfig"),
+    "resnet": Family("minivlm.nn.convnet:ResNet", "minivlm.nn.convnet:ResNetConfig"),
+    "lxmert": Family("minivlm.models.lxmert:Lxmert", "minivlm.models.lxmert:LxmertConfig"),
+    "uniter": Family("minivlm.models.uniter:Uniter", "minivlm.models.uniter:UniterConfig"),
+    "pixel_bert": Family("minivlm.models.pixel_bert:PixelBert",
+                         "minivlm.models.pixel_bert:PixelBertConfig"),
 }
 
 # the shapes-world text tower of both tiny CLIP presets ([EOS] = 6 in minivlm.data.tokenizer)
@@ -257,6 +262,28 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     # BEiT-B/16 pre-training layout: BeitForMaskedImageModeling(BeitConfig(use_mask_token=True,
     # use_shared_relative_position_bias=True)), 91,965,776 parameters
     "beit_base_pt": ("beit", dict()),
+    # ---- Lecture 11: before ViT (region and grid features)
+    # 64-px shapes world: a 13-conv ResNet (3 stages of 2 basic blocks, 8x8 output grid) and
+    # its plain twin of the same depth (He et al. 2016, §4.1)
+    "resnet_tiny": ("resnet", dict()),
+    "plain_cnn_tiny": ("resnet", dict(residual=False)),
+    # LXMERT (Tan & Bansal 2019): tiny for the shapes world (region features of 48 values:
+    # RoI-Align 2x2 over a 12-channel map); base = LxmertModel(LxmertConfig()), 207,936,768
+    "lxmert_tiny": ("lxmert", dict(vocab_size=256, max_len=32, dim=64, num_heads=4,
+                                   mlp_hidden=128, l_layers=2, r_layers=1, x_layers=2,
+                                   visual_feat_dim=48)),  # fmt: skip
+    "lxmert_base": ("lxmert", dict()),
+    # UNITER (Chen et al. 2020): tiny single stream of width 64 over words and shapes-world
+    # regions (48-d RoI features, 7-d boxes, 5 region classes = the shapes); base = §4's
+    # UNITER-base (BERT-base cased, 2048-d features, 1601 VG classes)
+    "uniter_tiny": ("uniter", dict(vocab_size=256, max_len=32, dim=64, depth=2, num_heads=4,
+                                   mlp_hidden=128, region_feat_dim=48,
+                                   num_region_classes=5)),  # fmt: skip
+    "uniter_base": ("uniter", dict()),
+    # Pixel-BERT (Huang et al. 2020): resnet_tiny's grid (8x8 cells of 64 channels) into a
+    # BERT of width 64 (the same as uniter_tiny's)
+    "pixel_bert_tiny": ("pixel_bert", dict(vocab_size=256, max_len=32, dim=64, depth=2,
+                                           num_heads=4, mlp_hidden=128)),  # fmt: skip
 }
 
 
