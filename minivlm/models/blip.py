@@ -248,7 +248,10 @@ class Blip(nn.Module):
 
     @torch.no_grad()
     def copy_params_to_momentum(self) -> None:
-        """Make the momentum encoders equal to the online ones (e.g. after loading weights)."""
+        """Make the momentum encoders equal to the online ones (e.g. after loading weights); no-op
+        without momentum encoders."""
+        if not self.config.use_momentum:
+            return
         for p, p_m in self.momentum_pairs():
             p_m.copy_(p)
 
