@@ -90,9 +90,9 @@ def test_from_hf_itc_and_itm_match(odd):
 def test_blip_base_counts_like_hf():
     with torch.device("meta"):
         ours = count_parameters(minivlm.create_model("blip_base"))
-        theirs = sum(p.numel() for p in transformers.BlipForImageTextRetrieval(
-            transformers.BlipConfig()).parameters())  # fmt: skip
-    assert ours == theirs == 223_744_258
+    # = sum(p.numel() for p in BlipForImageTextRetrieval(BlipConfig()).parameters()); the
+    # parity tests above check the count on tiny configs against HF directly
+    assert ours == 223_744_258
 
 
 # --------------------------------------------------------------------------- the three passes
