@@ -97,6 +97,20 @@ FAMILIES: dict[str, Family] = {
         shortcuts={"max_len": ("text",), "image_size": _VISION, "patch_size": _VISION,
                    "in_chans": _VISION},
     ),  # fmt: skip
+    "blip": Family(
+        "minivlm.models.blip:Blip", "minivlm.models.blip:BlipConfig",
+        parts={"vision": "minivlm.models.blip:blip_vision_config",
+               "text": "minivlm.models.blip:blip_text_config"},
+        shortcuts={"max_len": ("text",), "image_size": _VISION, "patch_size": _VISION,
+                   "in_chans": _VISION},
+    ),  # fmt: skip
+    "coca": Family(
+        "minivlm.models.coca:CoCa", "minivlm.models.coca:CoCaConfig",
+        parts={"vision": "minivlm.models.coca:coca_vision_config",
+               "text": "minivlm.models.coca:coca_text_config"},
+        shortcuts={"max_len": ("text",), "image_size": _VISION, "patch_size": _VISION,
+                   "in_chans": _VISION},
+    ),  # fmt: skip
     "blip2": Family(
         "minivlm.models.blip2:Blip2", "minivlm.models.blip2:Blip2Config",
         parts={"vision": "minivlm.models.blip2:blip2_vision_config",
@@ -207,6 +221,33 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     # the paper's model (§4): ViT-B/16 at 256 px + BERT-base (6 text + 6 fusion layers),
     # E = 256, a queue of 65,536; ~210M trainable parameters (plus as many in the EMA copy)
     "albef_base": ("albef", dict()),
+    # ---- BLIP (Li et al. 2022)
+    # shapes world: 64x64 images -> 8x8 patches of 8 px; a BERT of width 128 whose 3 layers all
+    # cross-attend (the image-grounded passes) and a decoder self-attention per layer. vocab_size
+    # covers minivlm's shapes tokenizer (pass vocab_size=tok.vocab_size): [CLS] 2 starts ITC
+    # text, [BOS] 5 is [DEC], [SEP] 3 ends a caption; the tokenizer has no [ENC], so its
+    # <image> token 7 (never in a caption) plays it.
+    "blip_tiny": ("blip", dict(
+        vision=dict(image_size=64, patch_size=8, dim=128, depth=3, num_heads=4, mlp_hidden=256),
+        text=dict(vocab_size=256, max_len=64, dim=128, depth=3, num_heads=4, mlp_hidden=256),
+        embed_dim=64, queue_size=1024, cls_token_id=2, enc_token_id=7, dec_token_id=5,
+        sep_token_id=3,
+    )),  # fmt: skip
+    # ViT-B/16 at 384 px + BLIP's BERT-base: the retrieval model as transformers ships it
+    # (BlipForImageTextRetrieval(BlipConfig()), 223,744,258 parameters: no decoder, no momentum
+    # encoders, no learned τ). The pre-training MED: create_model("blip_base", decoder=True,
+    # use_momentum=True, learn_temp=True).
+    "blip_base": ("blip", dict(decoder=False, use_momentum=False, learn_temp=False)),
+    # ---- CoCa (Yu et al. 2022)
+    # shapes world: 64x64 images, 8-px patches; pooler of 1 + 16 queries; 2 unimodal + 2
+    # multimodal text layers of width 128. [BOS] 5 and [EOS] 6 of minivlm's shapes tokenizer.
+    "coca_tiny": ("coca", dict(
+        vision=dict(image_size=64, patch_size=8, dim=128, depth=3, num_heads=4, mlp_hidden=256),
+        text=dict(vocab_size=256, max_len=32, dim=128, depth=2, num_heads=4, mlp_hidden=256),
+        embed_dim=128, decoder_depth=2, n_queries=17, pooler_heads=4, bos_id=5, eos_id=6,
+    )),  # fmt: skip
+    # open_clip's coca_ViT-B-32: 253,560,065 parameters, as open_clip.create_model counts them
+    "coca_vit_b32": ("coca", dict()),
     # ---- BLIP-2 (Li et al. 2023)
     # shapes world: 64x64 images -> 8x8 patches of 8 px; a frozen ViT of width 96; a Q-Former
     # of width 96 with 4 layers (cross-attention in layers 0 and 2) and 8 queries; a frozen

@@ -53,19 +53,24 @@ def bert_encoder_from_hf(cls: type[nn.Module], config_cls: type, model: nn.Modul
     if cfg.pooler:
         add_linear(sd, "pooler", bert.pooler.dense)
     for i, layer in enumerate(layers):
-        p = f"blocks.{i}."
-        parts = [("attn", "norm1", layer.attention)]
-        if i in cross:
-            parts.append(("cross_attn", "norm_cross", layer.crossattention))
-        for attn, norm, src in parts:
-            for ours, theirs in (("q_proj", "query"), ("k_proj", "key"), ("v_proj", "value")):
-                add_linear(sd, f"{p}{attn}.{ours}", getattr(src.self, theirs))
-            add_linear(sd, f"{p}{attn}.out_proj", src.output.dense)
-            add_linear(sd, p + norm, src.output.LayerNorm)
-        add_linear(sd, p + "mlp.fc1", layer.intermediate.dense)
-        add_linear(sd, p + "mlp.fc2", layer.output.dense)
-        add_linear(sd, p + "norm2", layer.output.LayerNorm)
+        add_bert_layer(sd, f"blocks.{i}.", layer, i in cross)
     return load_converted(cls(cfg), sd, emb.word_embeddings.weight, bert.training)
+
+
+def add_bert_layer(sd: dict[str, Tensor], p: str, layer: nn.Module, cross: bool) -> None:
+    """One HF BERT layer (``BertLayer`` or alike: BLIP's text layers) -> a post-norm
+    :class:`~minivlm.nn.blocks.TransformerBlock` under prefix ``p`` in ``sd``."""
+    parts = [("attn", "norm1", layer.attention)]
+    if cross:
+        parts.append(("cross_attn", "norm_cross", layer.crossattention))
+    for attn, norm, src in parts:
+        for ours, theirs in (("q_proj", "query"), ("k_proj", "key"), ("v_proj", "value")):
+            add_linear(sd, f"{p}{attn}.{ours}", getattr(src.self, theirs))
+        add_linear(sd, f"{p}{attn}.out_proj", src.output.dense)
+        add_linear(sd, p + norm, src.output.LayerNorm)
+    add_linear(sd, p + "mlp.fc1", layer.intermediate.dense)
+    add_linear(sd, p + "mlp.fc2", layer.output.dense)
+    add_linear(sd, p + "norm2", layer.output.LayerNorm)
 
 
 def bert_mlm_head_from_hf(cls: type[nn.Module], model: nn.Module, encoder: Any = None) -> Any:

@@ -120,10 +120,12 @@ class NoisyCaptionDataset(CaptionDataset):
         return self.data.caption(int(self.src[k]))
 
 
-def eval_pairs(n: int = 256, seed: int = 1) -> tuple[torch.Tensor, list[str]]:
+def eval_pairs(n: int = 256, seed: int = 1, world: ShapesWorld | None = None
+               ) -> tuple[torch.Tensor, list[str]]:  # fmt: skip
     """``n`` held-out (image, canonical caption) pairs with pairwise distinct captions, so that
-    R@1 has exactly one right answer in both directions: (n, 3, 64, 64) images, n captions."""
-    data = ShapesWorld().generate(2 * n, seed=seed)
+    R@1 has exactly one right answer in both directions: (n, 3, 64, 64) images, n captions.
+    ``world``: the scenes' world (default ``ShapesWorld()``)."""
+    data = (world or ShapesWorld()).generate(2 * n, seed=seed)
     seen: set[str] = set()
     keep = []
     for i in range(len(data)):
