@@ -45,7 +45,7 @@ from minivlm.utils import raise_first
 Tensor = torch.Tensor
 
 __all__ = ["EXPERTS", "VISION", "LANGUAGE", "VL", "STAGES", "VLMo", "VLMoConfig", "VLMoOutput",
-           "itc_loss"]  # fmt: skip
+           "itc_loss", "stage_plan"]  # fmt: skip
 
 VISION, LANGUAGE, VL = 0, 1, 2  # expert ids: V-FFN, L-FFN, VL-FFN (also the modality types)
 EXPERTS = ("V-FFN", "L-FFN", "VL-FFN")
@@ -148,6 +148,37 @@ def _ce(logits: Tensor, labels: Tensor) -> Tensor:
     if not bool((labels != -100).any()):
         return logits.sum() * 0.0
     return F.cross_entropy(logits.flatten(0, -2), labels.flatten(), ignore_index=-100)
+
+
+def stage_plan(names: list[str], stage: str) -> dict[str, bool]:
+    """Which parameters train in each stage of VLMo's pre-training (§2.3), by name:
+
+    * ``"image"``: image embeddings, the shared attention (with its LayerNorm, layer scale and
+      the final LayerNorm), V-FFN, the MIM head;
+    * ``"text"``: word embeddings, L-FFN, the MLM head -- the attention and V-FFN stay frozen;
+    * ``"pair"``: everything.
+
+    The modality-type table (one row per modality) trains in both unimodal stages; the ITC/ITM
+    heads only with pairs. Expert e of block i is ``blocks.i.ffns.e`` and ``blocks.i.norms.e``.
+    """
+    if stage not in STAGES:
+        raise ValueError(f"VLMo.set_stage: stage must be one of {STAGES}, got {stage!r}")
+    image = ("patch_embed", "cls_token", "pos_embed", "mask_embed", "mim_head")
+    text = ("text_embeddings", "mlm_head")
+    out = {}
+    for name in names:
+        parts = name.split(".")
+        block = parts[0] == "blocks"
+        expert = int(parts[3]) if block and parts[2] in ("ffns", "norms") else None
+        shared = name.startswith("norm.") or (block and expert is None)  # attention, γ, LN
+        both = name.startswith("modality")
+        if stage == "pair":
+            out[name] = True
+        elif stage == "image":
+            out[name] = name.startswith(image) or expert == VISION or shared or both
+        else:
+            out[name] = name.startswith(text) or expert == LANGUAGE or both
+    return out
 
 
 class VLMo(nn.Module):
@@ -292,11 +323,14 @@ class VLMo(nn.Module):
 
     def forward(self, input_ids: Tensor, pixel_values: Tensor,
                 attention_mask: Tensor | None = None, index: Tensor | None = None,
+                mlm_input_ids: Tensor | None = None, mlm_labels: Tensor | None = None,
                 generator: torch.Generator | None = None) -> VLMoOutput:  # fmt: skip
         """Pair stage (§2.2): ITC in dual mode; ITM on B positives + 2B hard negatives
         (drawn ∝ exp(ITC similarity), never a duplicate pair: ``index`` (B,) image ids);
         MLM on the masked captions with their images. The three fusion batches run as one.
-        input_ids (B, T), pixel_values (B, C, H, W), attention_mask (B, T) 1/0."""
+        input_ids (B, T), pixel_values (B, C, H, W), attention_mask (B, T) 1/0. MLM masks
+        ``mlm_prob`` of the words (BERT's 80/10/10) unless ``mlm_input_ids`` and ``mlm_labels``
+        (B, T) give another masking (-100 = not scored)."""
         cfg = self.config
         B = len(input_ids)
         am = torch.ones_like(input_ids) if attention_mask is None else attention_mask.long()
@@ -306,8 +340,16 @@ class VLMo(nn.Module):
             sim = F.normalize(i_feat, dim=-1) @ F.normalize(t_feat, dim=-1).T  # (B, B) i2t
             same = same_pair_mask(input_ids, am, index, where="VLMo.forward")
             neg_text, neg_image = sample_hard_negatives(sim, sim.T, same, generator)
-        masked, mlm_labels = mask_tokens(input_ids, cfg.mask_token_id, cfg.vocab_size,
-                                         cfg.special_token_ids, cfg.mlm_prob, generator)
+        if (mlm_input_ids is None) != (mlm_labels is None):
+            raise ValueError("VLMo.forward: pass mlm_input_ids and mlm_labels together")
+        if mlm_input_ids is None:
+            masked, mlm_labels = mask_tokens(input_ids, cfg.mask_token_id, cfg.vocab_size,
+                                             cfg.special_token_ids, cfg.mlm_prob, generator)
+        elif mlm_input_ids.shape != input_ids.shape or mlm_labels.shape != input_ids.shape:
+            raise ValueError(f"VLMo.forward: expected mlm_input_ids and mlm_labels of shape "
+                             f"{tuple(input_ids.shape)} like input_ids")
+        else:
+            masked = mlm_input_ids
         ids = torch.cat([input_ids, input_ids[neg_text], input_ids, masked])  # (4B, T)
         ams = torch.cat([am, am[neg_text], am, am])
         px = torch.cat([pixel_values, pixel_values, pixel_values[neg_image], pixel_values])
@@ -363,27 +405,8 @@ class VLMo(nn.Module):
     # -- stage-wise pre-training (§2.3) ---------------------------------------------
 
     def stage_parameters(self, stage: str) -> dict[str, bool]:
-        """name -> trainable in ``stage`` (VLMo §2.3). ``"image"``: image embeddings, attention,
-        V-FFN, MIM head. ``"text"``: text embeddings, L-FFN, MLM head -- attention and V-FFN
-        stay frozen. ``"pair"``: everything."""
-        if stage not in STAGES:
-            raise ValueError(f"VLMo.set_stage: stage must be one of {STAGES}, got {stage!r}")
-        image = ("patch_embed", "cls_token", "pos_embed", "mask_embed", "mim_head")
-        text = ("text_embeddings", "mlm_head")
-        out = {}
-        for name, _ in self.named_parameters():
-            parts = name.split(".")
-            block = parts[0] == "blocks"
-            expert = int(parts[3]) if block and parts[2] in ("ffns", "norms") else None
-            shared = name.startswith("norm.") or (block and expert is None)  # attention, γ, LN
-            both = name.startswith("modality")  # one row per modality
-            if stage == "pair":
-                out[name] = True
-            elif stage == "image":
-                out[name] = name.startswith(image) or expert == VISION or shared or both
-            else:
-                out[name] = name.startswith(text) or expert == LANGUAGE or both
-        return out
+        """name -> trainable in ``stage`` (:func:`stage_plan` over this model's parameters)."""
+        return stage_plan([n for n, _ in self.named_parameters()], stage)
 
     def set_stage(self, stage: str) -> list[str]:
         """Set ``requires_grad`` for ``stage`` and return the names of the frozen parameters."""
