@@ -56,3 +56,13 @@ def test_scores_of_the_two_modes_and_counts():
         assert R.fusion_score(model, text, ids, am, test.pixel_values()).shape == (6,)
     c = R.parameter_counts("vlmo_tiny")
     assert c["multiway"] < c["two towers"] < c["two towers + fusion"]
+
+
+def test_cli_refuses_to_overwrite_results(tmp_path, capsys):
+    """experiments/vlmo.py keeps an existing results file (a full run is minutes of CPU)."""
+    from script_helpers import load_script
+
+    out = tmp_path / "vlmo.json"
+    out.write_text("{}")
+    assert load_script("experiments/vlmo.py").main(["--out", str(out)]) == 2
+    assert out.read_text() == "{}"
