@@ -138,6 +138,7 @@ FAMILIES: dict[str, Family] = {
     "uniter": Family("minivlm.models.uniter:Uniter", "minivlm.models.uniter:UniterConfig"),
     "pixel_bert": Family("minivlm.models.pixel_bert:PixelBert",
                          "minivlm.models.pixel_bert:PixelBertConfig"),
+    "vlmo": Family("minivlm.models.vlmo:VLMo", "minivlm.models.vlmo:VLMoConfig"),
 }
 
 # the shapes-world text tower of both tiny CLIP presets ([EOS] = 6 in minivlm.data.tokenizer)
@@ -325,6 +326,20 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     # BERT of width 64 (the same as uniter_tiny's)
     "pixel_bert_tiny": ("pixel_bert", dict(vocab_size=256, max_len=32, dim=64, depth=2,
                                            num_heads=4, mlp_hidden=128)),  # fmt: skip
+    # ---- VLMo (Bao et al. 2022) / BEiT-3 (Wang et al. 2023)
+    # shapes world: vilt_tiny's sizes (64 px, 16-px patches, width 128, 4 layers, MLP 512, 24
+    # text positions, LayerNorm eps 1e-12) so that lecture 2's shapes_vilt can seed it; VL-FFN
+    # in the top layer; a 64-entry visual vocabulary (lecture 7's VQ tokens); shapes tokenizer
+    # ids ([MASK] 4, specials 0..7), vocab_size = len(shapes_tokenizer()).
+    "vlmo_tiny": ("vlmo", dict(
+        vocab_size=Lazy(_shapes_vocab, "len(shapes_tokenizer())"), max_text_len=24,
+        image_size=64, patch_size=16, dim=128, depth=4, num_heads=4, mlp_hidden=512,
+        vl_layers=1, eps=1e-12, layer_scale=0.0, embed_dim=64, visual_vocab_size=64,
+        mask_token_id=4, special_token_ids=tuple(range(8)),
+    )),  # fmt: skip
+    # VLMo-Base (§3.1), see VLMoConfig and models/vlmo.py: 12 Multiway layers of width 768
+    # (VL-FFN in the top 2), 224 px / 16-px patches, BERT's 30,522 words, 40 positions
+    "vlmo_base": ("vlmo", dict()),
 }
 
 

@@ -3,6 +3,8 @@
 * :class:`TransformerBlock` — self-attention, optional cross-attention, MLP or
   SwiGLU; pre-norm (ViT, CLIP, GPT, Llama) or post-norm (BERT: Devlin et al.
   2019, which follows Vaswani et al. 2017, §3.1).
+* :class:`MultiwayBlock` — shared self-attention, one feed-forward *expert* per modality,
+  chosen per token (VLMo's MoME block, Bao et al. 2022, §2.1; BEiT-3's Multiway block).
 * :class:`RMSNorm` (Zhang & Sennrich 2019), :class:`SwiGLU` (Shazeer 2020).
   RoPE lives in :mod:`minivlm.nn.attention`, which applies it.
 """
@@ -213,3 +215,69 @@ class TransformerBlock(nn.Module):
         if self.cross_attention:
             x = self.cross_attention_step(x, context, context_mask, need_weights)
         return self.mlp_step(x)
+
+
+class MultiwayBlock(nn.Module):
+    """Pre-norm block whose feed-forward layer is picked per token (VLMo §2.1, BEiT-3 §2.1)::
+
+        x = x + γ1·SelfAttn(norm1(x))                  # one attention for every token
+        x_t = x_t + γ2·FFN_e(norm2_e(x_t)),  e = route[t]   # expert e of token t
+
+    ``num_experts`` experts (VLMo: 0 = V-FFN for image tokens, 1 = L-FFN for text tokens and,
+    in the top layers only, 2 = VL-FFN for the fused pair), each with its own LayerNorm and
+    MLP. ``route`` is an int (every token to that expert) or a long tensor (T,) / (B, T) of
+    expert ids; a token's output depends only on the attention and on its own expert.
+    ``layer_scale`` > 0 adds BEiT's learned per-channel scales γ1, γ2 (shared by the experts,
+    as in VLMo's code); 0 turns them off.
+    """
+
+    def __init__(self, dim: int, num_heads: int, num_experts: int, *, mlp_hidden: int,
+                 act: str = "gelu", eps: float = 1e-6, qkv_bias: bool = True,
+                 layer_scale: float = 0.0) -> None:  # fmt: skip
+        super().__init__()
+        if num_experts < 1:
+            raise ValueError(f"MultiwayBlock: need at least one expert, got {num_experts}")
+        self.num_experts = num_experts
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = MultiHeadAttention(dim, num_heads, qkv_bias=qkv_bias, out_bias=True)
+        self.norms = nn.ModuleList(nn.LayerNorm(dim, eps=eps) for _ in range(num_experts))
+        self.ffns = nn.ModuleList(MLP(dim, mlp_hidden, act=act) for _ in range(num_experts))
+        self.gamma1 = self.gamma2 = None
+        if layer_scale > 0:
+            self.gamma1 = nn.Parameter(torch.full((dim,), float(layer_scale)))
+            self.gamma2 = nn.Parameter(torch.full((dim,), float(layer_scale)))
+        self.last_attn: Tensor | None = None
+
+    def expert_ids(self, route: int | Tensor, B: int, T: int, device: torch.device) -> Tensor:
+        """``route`` as a (B, T) long tensor of expert ids, checked against the experts."""
+        if isinstance(route, int):
+            route = torch.tensor(route)
+        if route.dim() == 0:
+            route = route.expand(B, T)
+        elif route.dim() == 1:
+            route = route[None].expand(B, -1)
+        if tuple(route.shape) != (B, T):
+            raise ValueError(f"MultiwayBlock: expected route as an int, ({T},) or ({B}, {T}) "
+                             f"expert ids, got shape {tuple(route.shape)}")  # fmt: skip
+        if bool(((route < 0) | (route >= self.num_experts)).any()):
+            raise ValueError(f"MultiwayBlock: route holds ids outside 0..{self.num_experts - 1} "
+                             f"(this block has {self.num_experts} experts)")  # fmt: skip
+        return route.to(device)
+
+    def ffn_step(self, x: Tensor, route: int | Tensor) -> Tensor:
+        """Feed-forward sub-layer, each token through its own expert: (B, T, D) -> (B, T, D)."""
+        B, T, _ = x.shape
+        ids = self.expert_ids(route, B, T, x.device)  # (B, T)
+        h = torch.zeros_like(x)
+        for e in range(self.num_experts):
+            sel = ids == e  # (B, T) the tokens of expert e
+            if bool(sel.any()):
+                h[sel] = self.ffns[e](self.norms[e](x[sel]))  # (M, D) -> (M, D)
+        return x + (h if self.gamma2 is None else self.gamma2 * h)
+
+    def forward(self, x: Tensor, route: int | Tensor, mask: Tensor | None = None,
+                need_weights: bool = False) -> Tensor:  # fmt: skip
+        """x (B, T, D); route: expert id(s); mask: attention mask (see nn.attention)."""
+        a, self.last_attn = self.attn(self.norm1(x), mask=mask, need_weights=need_weights)
+        x = x + (a if self.gamma1 is None else self.gamma1 * a)  # (B, T, D)
+        return self.ffn_step(x, route)

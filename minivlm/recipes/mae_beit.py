@@ -157,12 +157,14 @@ def encoder_seconds(mae: MAE, batch: Tensor, mask_ratio: float, repeats: int = 5
 
 
 def train_tokenizer(images: Tensor, steps: int = 200, seed: int = 0, codebook_size: int = 64,
-                    batch_patches: int = 2048, lr: float = 3e-3) -> VQTokenizer:
-    """Train a :class:`VQTokenizer` on random 8-px patches; the codebook starts from encoded
-    patches (k-means-style) and dead codes are re-seeded from the batch every 50 steps."""
+                    batch_patches: int = 2048, lr: float = 3e-3,
+                    patch_size: int = 8) -> VQTokenizer:  # fmt: skip
+    """Train a :class:`VQTokenizer` on random ``patch_size``-px patches (8; lecture 8 uses 16);
+    the codebook starts from encoded patches (k-means-style) and dead codes are re-seeded from
+    the batch every 50 steps."""
     torch.manual_seed(seed)
-    vq = VQTokenizer(patch_size=8, codebook_size=codebook_size)
-    patches = patchify(images, 8).reshape(-1, 3 * 64)  # (N*64, 192)
+    vq = VQTokenizer(patch_size=patch_size, codebook_size=codebook_size)
+    patches = patchify(images, patch_size).reshape(-1, 3 * patch_size**2)  # (N*n, 3p²)
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(vq.parameters(), lr=lr)
     with torch.no_grad():
