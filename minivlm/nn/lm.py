@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minivlm.nn.attention import KVCache, RotaryEmbedding
+from minivlm.nn.attention import KVCache, RotaryEmbedding, sectioned_rope
 from minivlm.nn.blocks import RMSNorm, TransformerBlock
 
 Tensor = torch.Tensor
@@ -64,6 +64,8 @@ class LMConfig:
     bos_id: int | None = 5  # [BOS]
     eos_id: int | None = 6  # [EOS]
     attention_bias: bool = False
+    out_bias: bool | None = None  # attention output bias; None = attention_bias (Qwen2: False)
+    mrope_section: tuple[int, ...] | None = None  # multimodal RoPE (Qwen2-VL): frequencies per axis
     head_dim: int | None = None
     dropout: float = 0.0
     init_std: float = 0.02
@@ -88,6 +90,13 @@ class LMConfig:
             raise ValueError(
                 f"LMConfig: head_dim must be even for RoPE, got {self.resolved_head_dim}"
             )
+        if self.mrope_section is not None:
+            self.mrope_section = tuple(int(s) for s in self.mrope_section)
+            if sum(self.mrope_section) != self.resolved_head_dim // 2:
+                raise ValueError(
+                    f"LMConfig.mrope_section {list(self.mrope_section)} must sum to head_dim/2 = "
+                    f"{self.resolved_head_dim // 2}"
+                )
         for name in ("pad_id", "bos_id", "eos_id"):
             v = getattr(self, name)
             if v is not None and not 0 <= v < self.vocab_size:
@@ -213,7 +222,8 @@ class DecoderLM(nn.Module):
         self.blocks = nn.ModuleList(
             TransformerBlock(
                 c.dim, c.num_heads, mlp_hidden=c.mlp_hidden, norm="rmsnorm", eps=c.eps,
-                mlp="swiglu", qkv_bias=c.attention_bias, out_bias=c.attention_bias,
+                mlp="swiglu", qkv_bias=c.attention_bias,
+                out_bias=c.attention_bias if c.out_bias is None else c.out_bias,
                 mlp_bias=False, num_kv_heads=c.num_kv_heads, head_dim=c.head_dim,
                 dropout=c.dropout,
             )
@@ -253,6 +263,16 @@ class DecoderLM(nn.Module):
         return self
 
     # ---------------------------------------------------------------- helpers
+
+    def rope(self, position_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """(cos, sin) for (T,), (B, T) or, with ``mrope_section``, (axes, B, T) positions."""
+        sections = self.config.mrope_section
+        if not sections:
+            return self.rotary(position_ids)
+        if position_ids.dim() < 3:  # text only: every axis carries the same index
+            position_ids = position_ids.reshape(1, -1, position_ids.shape[-1]).expand(
+                len(sections), -1, -1)
+        return sectioned_rope(position_ids, self.rotary.inv_freq, sections)
 
     def make_kv_caches(self) -> list[KVCache]:
         """One empty :class:`KVCache` per layer, to pass as ``kv_caches``."""
@@ -350,13 +370,15 @@ class DecoderLM(nn.Module):
                                  f"{self.config.max_len}")
             position_ids = torch.arange(past, past + T, device=x.device)[None]  # (1, T)
         else:
-            if position_ids.shape[-1] != T or position_ids.dim() not in (1, 2):
+            dims = (1, 2, 3) if self.config.mrope_section else (1, 2)
+            if position_ids.shape[-1] != T or position_ids.dim() not in dims:
                 raise ValueError(f"DecoderLM: expected position_ids of shape (B, {T}) or "
-                                 f"({T},), got {tuple(position_ids.shape)}")
+                                 f"({T},)" + (f" or (axes, B, {T})" if len(dims) == 3 else "")
+                                 + f", got {tuple(position_ids.shape)}")
             if x.device.type != "meta" and int(position_ids.max()) >= self.config.max_len:
                 raise ValueError(f"DecoderLM: position {int(position_ids.max())} exceeds "
                                  f"max_len {self.config.max_len}")
-        rope = self.rotary(position_ids.to(x.device))  # (cos, sin), each (B|1, 1, T, hd)
+        rope = self.rope(position_ids.to(x.device))  # (cos, sin), each (B|1, 1, T, hd)
 
         mask = self.build_mask(attention_mask, T, past, x.device)  # (B|1, 1, T, past+T)
 
