@@ -143,3 +143,16 @@ def test_published_sizes(name, count):
     with torch.device("meta"):
         model = minivlm.create_model(name)
     assert sum(p.numel() for p in model.parameters()) == count
+
+
+def test_pack_images_matches_the_hf_processor_layout():
+    proc = transformers.Qwen2VLImageProcessor(patch_size=4, merge_size=2, temporal_patch_size=2,
+                                              do_resize=False, do_rescale=False,
+                                              do_normalize=False)
+    torch.manual_seed(0)
+    ims = [torch.rand(3, 16, 24), torch.rand(3, 32, 16)]
+    ref = proc([im.numpy() for im in ims], return_tensors="pt",
+               input_data_format="channels_first")
+    px, g = pack_images(ims, 4, 2, 2)
+    assert torch.equal(g, ref["image_grid_thw"])
+    assert torch.allclose(px, ref["pixel_values"])
