@@ -119,7 +119,7 @@ FAMILIES: dict[str, Family] = {
     ),
     "qwen2_vl": Family(
         "minivlm.models.qwen_vl:Qwen2VL", "minivlm.models.qwen_vl:Qwen2VLConfig",
-        parts={"lm": "minivlm.nn.lm:LMConfig"}, shortcuts={"vocab_size": ("lm",)},
+        parts={"lm": "minivlm.nn.lm:MRopeLMConfig"}, shortcuts={"vocab_size": ("lm",)},
     ),
     "mae": Family("minivlm.models.mae:MAE", "minivlm.models.mae:MAEConfig"),
     "beit": Family("minivlm.models.beit:Beit", "minivlm.models.beit:BeitConfig"),
@@ -138,7 +138,7 @@ _LLAMA2_7B = dict(vocab_size=32000, dim=4096, depth=32, num_heads=32, num_kv_hea
 
 # name -> (family, values that differ from the config's defaults)
 _QWEN_TINY_LM = dict(vocab_size=Lazy(_shapes_vocab, "len(shapes_tokenizer())"), dim=64, depth=2,
-                     num_heads=4, num_kv_heads=2, mlp_hidden=128, max_len=512,
+                     num_heads=4, num_kv_heads=2, mlp_hidden=128, max_len=512, rope_base=10.0,
                      attention_bias=True, out_bias=False, mrope_section=(2, 3, 3))
 # Qwen2 LMs: GQA with 2 key/value heads, q/k/v bias, rope_theta 1e6, M-RoPE 16/24/24, tied
 _QWEN_LM_BASE = dict(vocab_size=151936, num_kv_heads=2, rope_base=1e6, eps=1e-6,

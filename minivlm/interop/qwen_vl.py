@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from minivlm.interop.llama import LLAMA_LAYER_NAMES
-from minivlm.nn.lm import LMConfig
+from minivlm.nn.lm import MRopeLMConfig
 
 Tensor = torch.Tensor
 
@@ -33,7 +33,7 @@ def qwen2vl_config_from_hf(hc: Any, config_cls: type) -> Any:
         raise ValueError(f"Qwen2VL.from_hf: only default M-RoPE is supported, got "
                          f"{rope.get('rope_type')!r}")
     vision_rope = _rope(vc)
-    lm = LMConfig(
+    lm = MRopeLMConfig(
         vocab_size=tc.vocab_size, dim=tc.hidden_size, depth=tc.num_hidden_layers,
         num_heads=tc.num_attention_heads, num_kv_heads=tc.num_key_value_heads,
         mlp_hidden=tc.intermediate_size, max_len=tc.max_position_embeddings,

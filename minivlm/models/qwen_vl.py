@@ -39,7 +39,7 @@ import torch.nn as nn
 
 from minivlm.nn.attention import attend, sectioned_rope
 from minivlm.nn.blocks import MLP, TransformerBlock, make_norm
-from minivlm.nn.lm import DecoderLM, LMConfig, lm_loss
+from minivlm.nn.lm import DecoderLM, MRopeLMConfig, lm_loss
 
 Tensor = torch.Tensor
 
@@ -55,7 +55,7 @@ class Qwen2VLConfig:
     sequence, the ablation of lecture 10).
     """
 
-    lm: LMConfig = field(default_factory=lambda: LMConfig(mrope_section=(4, 6, 6)))
+    lm: MRopeLMConfig = field(default_factory=lambda: MRopeLMConfig(mrope_section=(4, 6, 6)))
     patch_size: int = 8
     temporal_patch_size: int = 1
     in_chans: int = 3
@@ -78,8 +78,9 @@ class Qwen2VLConfig:
         if self.positions not in ("mrope", "1d"):
             raise ValueError(f"Qwen2VLConfig.positions: expected 'mrope' or '1d', "
                              f"got {self.positions!r}")
-        if self.lm.mrope_section is None:
-            raise ValueError("Qwen2VLConfig.lm: expected an LMConfig with mrope_section set")
+        if not isinstance(self.lm, MRopeLMConfig):
+            raise ValueError(f"Qwen2VLConfig.lm: expected an MRopeLMConfig, got "
+                             f"{type(self.lm).__name__}")
         if (self.vision_dim // self.vision_heads) % 4:
             raise ValueError("Qwen2VLConfig: the vision head dim must be a multiple of 4 "
                              "(2-D RoPE splits it between rows and columns)")

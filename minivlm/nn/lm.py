@@ -64,8 +64,6 @@ class LMConfig:
     bos_id: int | None = 5  # [BOS]
     eos_id: int | None = 6  # [EOS]
     attention_bias: bool = False
-    out_bias: bool | None = None  # attention output bias; None = attention_bias (Qwen2: False)
-    mrope_section: tuple[int, ...] | None = None  # multimodal RoPE (Qwen2-VL): frequencies per axis
     head_dim: int | None = None
     dropout: float = 0.0
     init_std: float = 0.02
@@ -90,13 +88,6 @@ class LMConfig:
             raise ValueError(
                 f"LMConfig: head_dim must be even for RoPE, got {self.resolved_head_dim}"
             )
-        if self.mrope_section is not None:
-            self.mrope_section = tuple(int(s) for s in self.mrope_section)
-            if sum(self.mrope_section) != self.resolved_head_dim // 2:
-                raise ValueError(
-                    f"LMConfig.mrope_section {list(self.mrope_section)} must sum to head_dim/2 = "
-                    f"{self.resolved_head_dim // 2}"
-                )
         for name in ("pad_id", "bos_id", "eos_id"):
             v = getattr(self, name)
             if v is not None and not 0 <= v < self.vocab_size:
@@ -107,6 +98,27 @@ class LMConfig:
     @property
     def resolved_head_dim(self) -> int:
         return self.head_dim if self.head_dim is not None else self.dim // self.num_heads
+
+
+@dataclass
+class MRopeLMConfig(LMConfig):
+    """:class:`LMConfig` of a Qwen2-style decoder: multimodal RoPE (Qwen2-VL, Wang et al. 2024,
+    §2.1) with ``mrope_section`` frequencies per (time, row, column) axis, and ``out_bias``
+    for the attention output apart from q/k/v (Qwen2: q/k/v with bias, output without).
+    A subclass, so that the plain LMConfig (and the zoo records built from it) is unchanged.
+    """
+
+    mrope_section: tuple[int, ...] = (16, 24, 24)
+    out_bias: bool | None = None  # None: the same as attention_bias
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.mrope_section = tuple(int(s) for s in self.mrope_section)
+        if sum(self.mrope_section) != self.resolved_head_dim // 2:
+            raise ValueError(
+                f"MRopeLMConfig.mrope_section {list(self.mrope_section)} must sum to "
+                f"head_dim/2 = {self.resolved_head_dim // 2}"
+            )
 
 
 @dataclass
@@ -223,7 +235,8 @@ class DecoderLM(nn.Module):
             TransformerBlock(
                 c.dim, c.num_heads, mlp_hidden=c.mlp_hidden, norm="rmsnorm", eps=c.eps,
                 mlp="swiglu", qkv_bias=c.attention_bias,
-                out_bias=c.attention_bias if c.out_bias is None else c.out_bias,
+                out_bias=(c.attention_bias if getattr(c, "out_bias", None) is None
+                          else c.out_bias),
                 mlp_bias=False, num_kv_heads=c.num_kv_heads, head_dim=c.head_dim,
                 dropout=c.dropout,
             )
@@ -266,7 +279,7 @@ class DecoderLM(nn.Module):
 
     def rope(self, position_ids: Tensor) -> tuple[Tensor, Tensor]:
         """(cos, sin) for (T,), (B, T) or, with ``mrope_section``, (axes, B, T) positions."""
-        sections = self.config.mrope_section
+        sections = getattr(self.config, "mrope_section", None)
         if not sections:
             return self.rotary(position_ids)
         if position_ids.dim() < 3:  # text only: every axis carries the same index
@@ -370,7 +383,7 @@ class DecoderLM(nn.Module):
                                  f"{self.config.max_len}")
             position_ids = torch.arange(past, past + T, device=x.device)[None]  # (1, T)
         else:
-            dims = (1, 2, 3) if self.config.mrope_section else (1, 2)
+            dims = (1, 2, 3) if getattr(self.config, "mrope_section", None) else (1, 2)
             if position_ids.shape[-1] != T or position_ids.dim() not in dims:
                 raise ValueError(f"DecoderLM: expected position_ids of shape (B, {T}) or "
                                  f"({T},)" + (f" or (axes, B, {T})" if len(dims) == 3 else "")
