@@ -108,11 +108,14 @@ class MRopeLMConfig(LMConfig):
     A subclass, so that the plain LMConfig (and the zoo records built from it) is unchanged.
     """
 
-    mrope_section: tuple[int, ...] = (16, 24, 24)
+    mrope_section: tuple[int, ...] | None = None  # None: Qwen2-VL's 1/4, 3/8, 3/8 of head_dim/2
     out_bias: bool | None = None  # None: the same as attention_bias
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.mrope_section is None:
+            f = self.resolved_head_dim // 2
+            self.mrope_section = (f - 2 * (3 * f // 8), 3 * f // 8, 3 * f // 8)
         self.mrope_section = tuple(int(s) for s in self.mrope_section)
         if sum(self.mrope_section) != self.resolved_head_dim // 2:
             raise ValueError(
