@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from minivlm.interop.llama import LLAMA_LAYER_NAMES
+from minivlm.interop.llama import llama_layers
 from minivlm.nn.lm import MRopeLMConfig
 
 Tensor = torch.Tensor
@@ -100,11 +100,6 @@ def qwen2vl_from_hf(cls: type[nn.Module], config_cls: type, hf_model: Any) -> An
             q, k, v = sd[f"{src}attn.qkv.{p}"].chunk(3, dim=0)
             new.update({f"{dst}attn.q_proj.{p}": q, f"{dst}attn.k_proj.{p}": k,
                         f"{dst}attn.v_proj.{p}": v})
-    for i in range(cfg.lm.depth):
-        for hf_name, ours in LLAMA_LAYER_NAMES.items():
-            for p in ("weight", "bias"):
-                key = f"{L}layers.{i}.{hf_name}.{p}"
-                if key in sd:
-                    new[f"lm.blocks.{i}.{ours}.{p}"] = sd[key]
+    new.update(llama_layers(sd, L + "layers.", "lm.blocks.", cfg.lm.depth))
     model.load_state_dict(new, strict=True)
     return model.to(next(hf_model.parameters()).dtype)
