@@ -34,7 +34,8 @@ from minivlm.recipes import qwen_vl as rq
 from minivlm.utils import add_results_args, refuse_overwrite, write_json
 
 
-def one_seed(seed: int, steps: int, position_steps: int, forget_steps: int, n_eval: int) -> dict:
+def one_seed(seed: int, steps: int, position_steps: int, forget_steps: int, n_eval: int,
+             scenes: int = 300) -> dict:
     res: dict = {"seed": seed}
     for arm, window in (("windowed", True), ("full", False)):
         model = rq.small_object_model(window, seed)
@@ -47,7 +48,8 @@ def one_seed(seed: int, steps: int, position_steps: int, forget_steps: int, n_ev
         rq.train_positions(model, steps=position_steps, seed=seed)
         res[arm] = rq.position_accuracy(model, n=n_eval, seed=seed)
     for frac in (0.0, 0.5):
-        res[f"text {frac}"] = rq.forgetting(frac, steps=forget_steps, seed=seed)
+        res[f"text {frac}"] = rq.forgetting(frac, steps=forget_steps, seed=seed,
+                                                scenes=scenes)
     return res
 
 
@@ -59,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--position-steps", type=int, default=150)
     ap.add_argument("--forget-steps", type=int, default=40)
     ap.add_argument("--n-eval", type=int, default=100)
+    ap.add_argument("--scenes", type=int, default=300, help="VQA / caption scenes (forgetting)")
     args = ap.parse_args(argv)
     if refuse_overwrite(args.out, args.force, ap.prog):
         return 2
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.process_time()
     for seed in args.seeds:
         out["seeds"].append(one_seed(seed, args.steps, args.position_steps, args.forget_steps,
-                                     args.n_eval))
+                                     args.n_eval, args.scenes))
         out["cpu_seconds"] = round(time.process_time() - t0, 1)
         write_json(args.out, out)
         print(f"seed {seed} done ({out['cpu_seconds']} s CPU)", file=sys.stderr)

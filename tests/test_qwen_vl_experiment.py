@@ -35,7 +35,7 @@ def _threads():
 
 
 TINY = ["--seeds", "0", "--steps", "2", "--position-steps", "2", "--forget-steps", "2",
-        "--n-eval", "8"]
+        "--n-eval", "8", "--scenes", "20"]
 
 
 def test_runs_writes_results_and_refuses_overwrite(experiment, tmp_path):

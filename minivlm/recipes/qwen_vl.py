@@ -271,7 +271,7 @@ def text_perplexity(model: Qwen2VL, rows: list[list[int]]) -> float:
 
 
 def forgetting(text_fraction: float, steps: int = 60, batch_size: int = 16, lr: float = 2e-3,
-               seed: int = 0) -> dict[str, float]:
+               seed: int = 0, scenes: int = 300) -> dict[str, float]:
     """Visual instruction tuning (VQA on 64-px scenes, everything but the patch embedding
     learns) of a Qwen2VL whose LM starts as the zoo's ``shapes_lm``; ``text_fraction`` of each
     batch is text-only captions (LM loss). Returns caption perplexity before / after and the
@@ -283,7 +283,8 @@ def forgetting(text_fraction: float, steps: int = 60, batch_size: int = 16, lr: 
     model = Qwen2VL(cfg)
     model.lm.load_state_dict(lm.state_dict())
     world = ShapesWorld(image_size=64, max_objects=3)
-    train, held = world.generate(300, seed=3000 + seed), world.generate(60, seed=4000 + seed)
+    train = world.generate(scenes, seed=3000 + seed)
+    held = world.generate(max(scenes // 5, 10), seed=4000 + seed)
     text_train = _text_rows(train, ("caption",))
     text_held = _text_rows(held, ("caption",))[:200]
     before = text_perplexity(model, text_held)
