@@ -131,6 +131,10 @@ FAMILIES: dict[str, Family] = {
         parts={"vision": "minivlm.nn.vit:clip_vision_config", "text": "minivlm.nn.lm:LMConfig"},
         shortcuts={"vocab_size": ("text",), "image_size": _VISION},
     ),
+    "qwen2_vl": Family(
+        "minivlm.models.qwen_vl:Qwen2VL", "minivlm.models.qwen_vl:Qwen2VLConfig",
+        parts={"lm": "minivlm.nn.lm:MRopeLMConfig"}, shortcuts={"vocab_size": ("lm",)},
+    ),
     "mae": Family("minivlm.models.mae:MAE", "minivlm.models.mae:MAEConfig"),
     "beit": Family("minivlm.models.beit:Beit", "minivlm.models.beit:BeitConfig"),
     "resnet": Family("minivlm.nn.convnet:ResNet", "minivlm.nn.convnet:ResNetConfig"),
@@ -153,6 +157,14 @@ _LLAMA2_7B = dict(vocab_size=32000, dim=4096, depth=32, num_heads=32, num_kv_hea
                   mlp_hidden=11008, max_len=4096, eps=1e-5, pad_id=None, bos_id=1, eos_id=2)
 
 # name -> (family, values that differ from the config's defaults)
+_QWEN_TINY_LM = dict(vocab_size=Lazy(_shapes_vocab, "len(shapes_tokenizer())"), dim=64, depth=2,
+                     num_heads=4, num_kv_heads=2, mlp_hidden=128, max_len=512, rope_base=10.0,
+                     attention_bias=True, out_bias=False, mrope_section=(2, 3, 3))
+# Qwen2 LMs: GQA with 2 key/value heads, q/k/v bias, rope_theta 1e6, M-RoPE 16/24/24, tied
+_QWEN_LM_BASE = dict(vocab_size=151936, num_kv_heads=2, rope_base=1e6, eps=1e-6,
+                     tie_embeddings=True, pad_id=None, bos_id=None, eos_id=None,
+                     attention_bias=True, out_bias=False, mrope_section=(16, 24, 24))
+
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     # ---- ViT (Dosovitskiy et al. 2021)
     # 64x64 shapes-world images: 8x8 grid of 8-px patches, a few seconds per epoch on a CPU
@@ -287,6 +299,35 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     # block before every LM block. No published size: Chinchilla and NFNet-F6 are unreleased.
     "flamingo_tiny": ("flamingo", dict(
         vision=dict(image_size=64, patch_size=16, dim=128, depth=3, num_heads=4, mlp_hidden=256),
+    )),  # fmt: skip
+    # ---- Qwen2-VL (Wang et al. 2024) / Qwen2.5-VL (Bai et al. 2025)
+    # shapes world: 8-px patches, 2x2 merge (a 64-px image -> 16 LM tokens), 2-block vision
+    # encoder and 2-layer LM of width 64, M-RoPE sections 2/3/3 of the 8 frequencies per head
+    "qwen2_vl_tiny": ("qwen2_vl", dict(lm=_QWEN_TINY_LM)),
+    # the same with Qwen2.5-VL's vision blocks (RMSNorm, SwiGLU) and 32-px windows (2x2 merged
+    # tokens) in block 0, full attention in block 1
+    "qwen2_5_vl_tiny": ("qwen2_vl", dict(
+        lm=_QWEN_TINY_LM, vision_norm="rmsnorm", vision_mlp="swiglu", window_size=32,
+        fullatt_blocks=(1,),
+    )),  # fmt: skip
+    # Qwen2-VL-2B: 675M-parameter ViT (32 x 1280, 14-px patches of 2 frames) + Qwen2-1.5B, tied
+    # embeddings: 2,208,985,600 parameters, as Qwen2VLForConditionalGeneration counts them
+    "qwen2_vl_2b": ("qwen2_vl", dict(
+        lm=dict(_QWEN_LM_BASE, dim=1536, depth=28, num_heads=12, mlp_hidden=8960,
+                max_len=32768),
+        patch_size=14, temporal_patch_size=2, vision_dim=1280, vision_depth=32, vision_heads=16,
+        vision_mlp_hidden=5120, image_token_id=151655, vision_start_id=151652,
+        vision_end_id=151653,
+    )),  # fmt: skip
+    # Qwen2.5-VL-3B: windowed ViT (112-px windows, full attention in blocks 7/15/23/31, RMSNorm,
+    # SwiGLU 3420) + Qwen2.5-3B, tied embeddings: 3,754,622,976 parameters
+    "qwen2_5_vl_3b": ("qwen2_vl", dict(
+        lm=dict(_QWEN_LM_BASE, dim=2048, depth=36, num_heads=16, mlp_hidden=11008,
+                max_len=128000),
+        patch_size=14, temporal_patch_size=2, vision_dim=1280, vision_depth=32, vision_heads=16,
+        vision_mlp_hidden=3420, vision_norm="rmsnorm", vision_mlp="swiglu", window_size=112,
+        fullatt_blocks=(7, 15, 23, 31), image_token_id=151655, vision_start_id=151652,
+        vision_end_id=151653,
     )),  # fmt: skip
     # ---- MAE (He et al. 2022)
     # 64-px shapes world, 8x8 grid of 8-px patches; a 2-block encoder of width 64 and a

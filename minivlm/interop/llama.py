@@ -19,6 +19,17 @@ LLAMA_LAYER_NAMES: dict[str, str] = {
 }  # fmt: skip
 
 
+def llama_layers(sd: dict[str, Tensor], src: str, dst: str, depth: int) -> dict[str, Tensor]:
+    """HF decoder layers ``{src}{i}.`` -> minivlm blocks ``{dst}{i}.`` (weights and any biases)."""
+    out: dict[str, Tensor] = {}
+    for i in range(depth):
+        for hf_name, ours in LLAMA_LAYER_NAMES.items():
+            for p in ("weight", "bias"):
+                if f"{src}{i}.{hf_name}.{p}" in sd:
+                    out[f"{dst}{i}.{ours}.{p}"] = sd[f"{src}{i}.{hf_name}.{p}"]
+    return out
+
+
 def decoder_lm_from_hf(cls: type[nn.Module], config_cls: type, hf_model: Any) -> Any:
     """Copy a ``transformers.LlamaForCausalLM`` (or anything with its ``config``,
     ``state_dict()`` and ``parameters()``) into a ``cls`` (:class:`~minivlm.nn.lm.DecoderLM`,
@@ -61,11 +72,6 @@ def decoder_lm_from_hf(cls: type[nn.Module], config_cls: type, hf_model: Any) ->
         "lm_head.weight": sd["model.embed_tokens.weight" if cfg.tie_embeddings
                              else "lm_head.weight"],
     }
-    for i in range(cfg.depth):
-        for hf_name, ours in LLAMA_LAYER_NAMES.items():
-            for p in ("weight", "bias"):
-                key = f"model.layers.{i}.{hf_name}.{p}"
-                if key in sd:
-                    new[f"blocks.{i}.{ours}.{p}"] = sd[key]
+    new.update(llama_layers(sd, "model.layers.", "blocks.", cfg.depth))
     model.load_state_dict(new, strict=True)
     return model.to(next(hf_model.parameters()).dtype)

@@ -178,6 +178,36 @@ class RotaryEmbedding(nn.Module):
         return emb.cos()[:, None], emb.sin()[:, None]  # (B, 1, T, hd) each
 
 
+def sectioned_rope(positions: Tensor, inv_freq: Tensor,
+                   sections: list[int] | tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """RoPE with one position per axis: frequency chunk i turns with axis ``i % A``.
+
+    Multimodal RoPE (Qwen2-VL, Wang et al. 2024, §2.1) gives each token a (time, row,
+    column) position and splits the head's frequencies into ``sections`` (e.g. 16/24/24
+    of the 64 frequencies): the first chunk rotates by the time index, the second by the
+    row, the third by the column. The 2-D RoPE of a vision encoder is the same with two
+    axes (rows, columns). When all axes carry the same index this is plain 1-D RoPE.
+
+    Args:
+        positions: (A, B, T) integer positions, one row per axis.
+        inv_freq: (F,) inverse frequencies, ``sum(sections) == F``.
+    Returns:
+        (cos, sin), each (B, 1, T, 2F), for :func:`apply_rotary` ("rotate half" layout).
+    """
+    if positions.dim() != 3:
+        raise ValueError(f"sectioned_rope: expected positions of shape (axes, B, T), "
+                         f"got {tuple(positions.shape)}")
+    if sum(sections) != inv_freq.shape[0]:
+        raise ValueError(f"sectioned_rope: sections {list(sections)} must sum to the number "
+                         f"of frequencies {inv_freq.shape[0]}")
+    A = positions.shape[0]
+    angles = positions[..., None].float() * inv_freq.float()  # (A, B, T, F)
+    chunks = angles.split(list(sections), dim=-1)
+    freqs = torch.cat([c[i % A] for i, c in enumerate(chunks)], dim=-1)  # (B, T, F)
+    emb = torch.cat([freqs, freqs], dim=-1)  # (B, T, 2F)
+    return emb.cos()[:, None], emb.sin()[:, None]  # (B, 1, T, 2F) each
+
+
 def rotate_half(x: Tensor) -> Tensor:
     """(x1, x2) -> (-x2, x1) on the two halves of the last dimension."""
     x1, x2 = x.chunk(2, dim=-1)

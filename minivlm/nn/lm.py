@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minivlm.nn.attention import KVCache, RotaryEmbedding
+from minivlm.nn.attention import KVCache, RotaryEmbedding, sectioned_rope
 from minivlm.nn.blocks import RMSNorm, TransformerBlock
 
 Tensor = torch.Tensor
@@ -98,6 +98,30 @@ class LMConfig:
     @property
     def resolved_head_dim(self) -> int:
         return self.head_dim if self.head_dim is not None else self.dim // self.num_heads
+
+
+@dataclass
+class MRopeLMConfig(LMConfig):
+    """:class:`LMConfig` of a Qwen2-style decoder: multimodal RoPE (Qwen2-VL, Wang et al. 2024,
+    §2.1) with ``mrope_section`` frequencies per (time, row, column) axis, and ``out_bias``
+    for the attention output apart from q/k/v (Qwen2: q/k/v with bias, output without).
+    A subclass, so that the plain LMConfig (and the zoo records built from it) is unchanged.
+    """
+
+    mrope_section: tuple[int, ...] | None = None  # None: Qwen2-VL's 1/4, 3/8, 3/8 of head_dim/2
+    out_bias: bool | None = None  # None: the same as attention_bias
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mrope_section is None:
+            f = self.resolved_head_dim // 2
+            self.mrope_section = (f - 2 * (3 * f // 8), 3 * f // 8, 3 * f // 8)
+        self.mrope_section = tuple(int(s) for s in self.mrope_section)
+        if sum(self.mrope_section) != self.resolved_head_dim // 2:
+            raise ValueError(
+                f"MRopeLMConfig.mrope_section {list(self.mrope_section)} must sum to "
+                f"head_dim/2 = {self.resolved_head_dim // 2}"
+            )
 
 
 @dataclass
@@ -213,7 +237,9 @@ class DecoderLM(nn.Module):
         self.blocks = nn.ModuleList(
             TransformerBlock(
                 c.dim, c.num_heads, mlp_hidden=c.mlp_hidden, norm="rmsnorm", eps=c.eps,
-                mlp="swiglu", qkv_bias=c.attention_bias, out_bias=c.attention_bias,
+                mlp="swiglu", qkv_bias=c.attention_bias,
+                out_bias=(c.attention_bias if getattr(c, "out_bias", None) is None
+                          else c.out_bias),
                 mlp_bias=False, num_kv_heads=c.num_kv_heads, head_dim=c.head_dim,
                 dropout=c.dropout,
             )
@@ -253,6 +279,16 @@ class DecoderLM(nn.Module):
         return self
 
     # ---------------------------------------------------------------- helpers
+
+    def rope(self, position_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """(cos, sin) for (T,), (B, T) or, with ``mrope_section``, (axes, B, T) positions."""
+        sections = getattr(self.config, "mrope_section", None)
+        if not sections:
+            return self.rotary(position_ids)
+        if position_ids.dim() < 3:  # text only: every axis carries the same index
+            position_ids = position_ids.reshape(1, -1, position_ids.shape[-1]).expand(
+                len(sections), -1, -1)
+        return sectioned_rope(position_ids, self.rotary.inv_freq, sections)
 
     def make_kv_caches(self) -> list[KVCache]:
         """One empty :class:`KVCache` per layer, to pass as ``kv_caches``."""
@@ -350,13 +386,15 @@ class DecoderLM(nn.Module):
                                  f"{self.config.max_len}")
             position_ids = torch.arange(past, past + T, device=x.device)[None]  # (1, T)
         else:
-            if position_ids.shape[-1] != T or position_ids.dim() not in (1, 2):
+            dims = (1, 2, 3) if getattr(self.config, "mrope_section", None) else (1, 2)
+            if position_ids.shape[-1] != T or position_ids.dim() not in dims:
                 raise ValueError(f"DecoderLM: expected position_ids of shape (B, {T}) or "
-                                 f"({T},), got {tuple(position_ids.shape)}")
+                                 f"({T},)" + (f" or (axes, B, {T})" if len(dims) == 3 else "")
+                                 + f", got {tuple(position_ids.shape)}")
             if x.device.type != "meta" and int(position_ids.max()) >= self.config.max_len:
                 raise ValueError(f"DecoderLM: position {int(position_ids.max())} exceeds "
                                  f"max_len {self.config.max_len}")
-        rope = self.rotary(position_ids.to(x.device))  # (cos, sin), each (B|1, 1, T, hd)
+        rope = self.rope(position_ids.to(x.device))  # (cos, sin), each (B|1, 1, T, hd)
 
         mask = self.build_mask(attention_mask, T, past, x.device)  # (B|1, 1, T, past+T)
 

@@ -1,0 +1,318 @@
+"""Lecture 10 (Qwen-VL -> Qwen2.5-VL) experiments, shared by ``notebooks/10_qwen_vl.ipynb`` and
+``experiments/qwen_vl.py``.
+
+* :func:`token_counts` — LM tokens per image vs resolution: Qwen2-VL's grow with the area,
+  Qwen-VL's adapter keeps 256.
+* :func:`train_small_object` / :func:`small_object_accuracy` — "what color is the shape?"
+  about one small shape, trained on a mix of 16/32/64-px renders and scored at each resolution
+  (tokens follow the image); with Qwen2.5-VL windows or full attention in the vision encoder.
+* :func:`vision_time` — vision-encoder CPU time on one large image, windowed vs full.
+* :func:`train_positions` / :func:`position_accuracy` — "what color is the left / top shape?"
+  on canvases of 16-px cells of several grid sizes, M-RoPE vs 1-D positions, incl. unseen sizes.
+* :func:`forgetting` — the text perplexity of a pretrained LM (the zoo's ``shapes_lm``) after
+  visual instruction tuning with and without text-only data in the mix.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from minivlm import zoo
+from minivlm.data import ShapesWorld, shapes_tokenizer
+from minivlm.data.shapes.draw import pixel_values, render
+from minivlm.data.shapes.scenes import COLORS, SHAPES, Obj, Scene
+from minivlm.models.qwen_vl import Qwen2VL, Qwen2VLConfig, pack_images
+from minivlm.nn.lm import IGNORE_INDEX, MRopeLMConfig
+from minivlm.presets import preset_config
+
+TOK = shapes_tokenizer()
+COLOR_IDS = [TOK.encode(c)[0] for c in COLORS]
+CELL = 16  # px: one merged token (2x2 patches of 8 px)
+TRAIN_GRIDS = [(3, 3), (3, 4), (4, 3), (4, 4)]  # (rows, cols) of cells
+TEST_GRIDS = [(3, 3), (4, 4), (2, 6), (6, 2), (3, 6), (6, 6)]
+QUESTIONS = {"left": "what color is the left shape?", "top": "what color is the top shape?"}
+RESOLUTIONS = (16, 32, 64)  # px: 1, 4, 16 LM tokens
+SMALL_Q = "what color is the shape?"
+
+
+def prompt_ids(num_image_tokens: int, question: str) -> list[int]:
+    """[vision-start] <image>·n [vision-end] question (the shapes world's [CLS] / [SEP] stand
+    for Qwen's <|vision_start|> / <|vision_end|>)."""
+    return [2] + [7] * num_image_tokens + [3] + TOK.encode(question)
+
+
+def collate(images: list[torch.Tensor], ids: list[list[int]], cfg: Qwen2VLConfig
+            ) -> dict[str, torch.Tensor]:
+    """Images of any sizes (packed, no padding) and right-padded token rows."""
+    px, grid = pack_images(images, cfg.patch_size, cfg.merge_size, cfg.temporal_patch_size)
+    T = max(map(len, ids))
+    input_ids = torch.zeros(len(ids), T, dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    for b, s in enumerate(ids):
+        input_ids[b, : len(s)], mask[b, : len(s)] = torch.tensor(s), 1
+    return dict(input_ids=input_ids, pixel_values=px, image_grid_thw=grid, attention_mask=mask)
+
+
+def readout(model: Qwen2VL, batch: dict[str, torch.Tensor], choices: list[int]) -> torch.Tensor:
+    """Logits (B, len(choices)) of the answer words at each row's last real token."""
+    logits = model(**batch).logits  # (B, T, V)
+    last = batch["attention_mask"].sum(1) - 1
+    return logits[torch.arange(len(last)), last][:, choices]
+
+
+def _n_tokens(img: torch.Tensor, cfg: Qwen2VLConfig) -> int:
+    return (img.shape[1] // cfg.patch_size) * (img.shape[2] // cfg.patch_size) // cfg.merge_size**2
+
+
+def _fit(model: Qwen2VL, make_batch, steps: int, lr: float, seed: int) -> list[float]:
+    """AdamW on ``make_batch(step) -> (batch, choices, targets)``; returns the losses."""
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
+                            weight_decay=0.0)
+    model.train()
+    losses = []
+    for step in range(steps):
+        batch, choices, y = make_batch(step)
+        loss = F.cross_entropy(readout(model, batch, choices), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+# --------------------------------------------------------------------------- tokens vs resolution
+
+
+def token_counts(sizes: tuple[int, ...] = (224, 448, 896, 1344), patch: int = 14, merge: int = 2,
+                 queries: int = 256) -> list[dict[str, int]]:
+    """LM tokens for a square image: Qwen2-VL (h·w/m²) vs Qwen-VL's adapter (fixed)."""
+    return [dict(pixels=s, qwen2_vl=(s // patch) ** 2 // merge**2, qwen_vl=queries)
+            for s in sizes]
+
+
+def small_object_data(n: int, seed: int, grid: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """One shape (≈ 5 px across) in a random cell of a grid×grid canvas of 16-px cells:
+    pixels (n, 3, 16·grid, 16·grid), colours (n,)."""
+    tiles, colors = tile_bank(n, seed=seed)
+    rng = np.random.default_rng(seed)
+    px = torch.zeros(n, 3, grid * CELL, grid * CELL)
+    for k in range(n):
+        r, c = divmod(int(rng.integers(grid * grid)), grid)
+        px[k, :, r * CELL:(r + 1) * CELL, c * CELL:(c + 1) * CELL] = tiles[k]
+    return px, colors
+
+
+def at_resolution(px: torch.Tensor, size: int) -> torch.Tensor:
+    """(n, 3, S, S) -> (n, 3, size, size) by area averaging (what a smaller photo keeps)."""
+    return px if px.shape[-1] == size else F.interpolate(px, size=(size, size), mode="area")
+
+
+def small_object_model(window: bool, seed: int = 0) -> Qwen2VL:
+    """qwen2_5_vl_tiny; ``window=False`` gives every vision block full attention."""
+    torch.manual_seed(seed)
+    cfg = preset_config("qwen2_5_vl_tiny")
+    return Qwen2VL(cfg if window else replace(cfg, window_size=None, fullatt_blocks=()))
+
+
+def train_small_object(model: Qwen2VL, steps: int = 100, batch_size: int = 24, lr: float = 3e-3,
+                       seed: int = 0, bank: int = 600) -> list[float]:
+    """"what color is the shape?"; each image of a batch at a resolution drawn from RESOLUTIONS
+    (images of several sizes in one batch, packed without padding)."""
+    px, y = small_object_data(bank, seed=100 + seed)
+    views = {s: at_resolution(px, s) for s in RESOLUTIONS}
+    rng = np.random.default_rng(seed)
+    q = SMALL_Q
+
+    def make(step: int):
+        idx = torch.from_numpy(rng.choice(bank, batch_size, replace=False))
+        imgs = [views[int(rng.choice(RESOLUTIONS))][int(i)] for i in idx]
+        ids = [prompt_ids(_n_tokens(im, model.config), q) for im in imgs]
+        return collate(imgs, ids, model.config), COLOR_IDS, y[idx]
+
+    return _fit(model, make, steps, lr, seed)
+
+
+@torch.no_grad()
+def small_object_accuracy(model: Qwen2VL, n: int = 200, seed: int = 0) -> dict[int, float]:
+    """Held-out colour accuracy at each resolution (the same scenes at every size)."""
+    model.eval()
+    px, y = small_object_data(n, seed=900 + seed)
+    out = {}
+    for s in RESOLUTIONS:
+        imgs = list(at_resolution(px, s))
+        ids = [prompt_ids(_n_tokens(imgs[0], model.config), SMALL_Q)] * n
+        pred = readout(model, collate(imgs, ids, model.config), COLOR_IDS).argmax(-1)
+        out[s] = (pred == y).float().mean().item()
+    return out
+
+
+@torch.no_grad()
+def vision_time(model: Qwen2VL, size: int = 384, repeats: int = 3) -> dict[str, float]:
+    """CPU seconds of one vision-encoder forward on a size×size image, windowed vs full
+    (the same weights; only the attention pattern changes). Medians of ``repeats``."""
+    model.eval()
+    cfg = model.config
+    px, grid = pack_images([torch.rand(3, size, size)], cfg.patch_size, cfg.merge_size)
+    out = {}
+    for name, window in (("windowed", cfg.window_size), ("full", None)):
+        model.visual.config = replace(cfg, window_size=window)
+        times = []
+        for _ in range(repeats):
+            t0 = time.process_time()
+            model.visual(px, grid)
+            times.append(time.process_time() - t0)
+        out[name] = float(np.median(times))
+    model.visual.config = cfg
+    out["patches"] = int(grid.prod())
+    return out
+
+
+# --------------------------------------------------------------------------- M-RoPE vs 1-D
+
+
+def tile_bank(n: int = 240, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` one-object 16-px tiles (drawn at 32 px, area-averaged): (n, 3, 16, 16), colours."""
+    rng = np.random.default_rng(seed)
+    colors = rng.integers(len(COLORS), size=n)
+    scenes = [Scene([Obj(list(COLORS)[c], SHAPES[rng.integers(len(SHAPES))], "large", 16.0,
+                         16.0)], image_size=32) for c in colors]
+    return at_resolution(pixel_values(render(scenes, seed=seed)), CELL), torch.from_numpy(colors)
+
+
+def position_example(rng: np.random.Generator, grid: tuple[int, int], kind: str,
+                     tiles: torch.Tensor, colors: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """A canvas of ``grid`` cells with two shapes of different colours in different columns
+    (``kind="left"``) or rows (``"top"``); the answer is the left / top one's colour."""
+    gh, gw = grid
+    while True:
+        a, b = rng.choice(gh * gw, 2, replace=False)
+        (ra, ca), (rb, cb) = divmod(int(a), gw), divmod(int(b), gw)
+        i, j = rng.choice(len(tiles), 2, replace=False)
+        if (ca != cb if kind == "left" else ra != rb) and colors[i] != colors[j]:
+            break
+    canvas = torch.full((3, gh * CELL, gw * CELL), -0.0)
+    for (r, c), t in (((ra, ca), i), ((rb, cb), j)):
+        canvas[:, r * CELL:(r + 1) * CELL, c * CELL:(c + 1) * CELL] = tiles[t]
+    first = (ca < cb) if kind == "left" else (ra < rb)
+    return canvas, int(colors[i] if first else colors[j])
+
+
+def position_model(positions: str, seed: int = 0) -> Qwen2VL:
+    """qwen2_vl_tiny without vision attention blocks: a token sees only its own 16×16 px, so
+    where it sits is known to the LM only through its position ids."""
+    torch.manual_seed(seed)
+    return Qwen2VL(preset_config("qwen2_vl_tiny", vision_depth=0, positions=positions))
+
+
+def _position_batch(model, rng, grids, n, tiles, colors):
+    imgs, ids, ys = [], [], []
+    for _ in range(n):
+        kind = "left" if rng.random() < 0.5 else "top"
+        grid = grids[int(rng.integers(len(grids)))]
+        img, y = position_example(rng, grid, kind, tiles, colors)
+        imgs.append(img)
+        ids.append(prompt_ids(_n_tokens(img, model.config), QUESTIONS[kind]))
+        ys.append(y)
+    return collate(imgs, ids, model.config), COLOR_IDS, torch.tensor(ys)
+
+
+def train_positions(model: Qwen2VL, steps: int = 200, batch_size: int = 32, lr: float = 3e-3,
+                    seed: int = 0) -> list[float]:
+    tiles, colors = tile_bank(seed=seed)
+    rng = np.random.default_rng(seed)
+    return _fit(model, lambda s: _position_batch(model, rng, TRAIN_GRIDS, batch_size, tiles,
+                                                 colors), steps, lr, seed)
+
+
+@torch.no_grad()
+def position_accuracy(model: Qwen2VL, grids=tuple(TEST_GRIDS), n: int = 100,
+                      seed: int = 0) -> dict[str, dict[str, float]]:
+    """{"left"/"top": {"3x3": acc, ...}} on held-out tiles and canvases."""
+    model.eval()
+    tiles, colors = tile_bank(seed=500 + seed)
+    out: dict[str, dict[str, float]] = {"left": {}, "top": {}}
+    for kind in out:
+        for g in grids:
+            rng = np.random.default_rng([seed, g[0], g[1]])
+            ex = [position_example(rng, g, kind, tiles, colors) for _ in range(n)]
+            ids = [prompt_ids(_n_tokens(ex[0][0], model.config), QUESTIONS[kind])] * n
+            batch = collate([e[0] for e in ex], ids, model.config)
+            pred = readout(model, batch, COLOR_IDS).argmax(-1)
+            out[kind][f"{g[0]}x{g[1]}"] = (pred == torch.tensor([e[1] for e in ex])
+                                          ).float().mean().item()
+    return out
+
+
+# --------------------------------------------------------------------------- forgetting
+
+
+def _text_rows(data: Any, kinds: tuple[str, ...]) -> list[list[int]]:
+    return zoo.lm_corpus(data, TOK, kinds=kinds)
+
+
+@torch.no_grad()
+def text_perplexity(model: Qwen2VL, rows: list[list[int]]) -> float:
+    """exp(mean next-token CE) of the LM on text-only rows (no image)."""
+    model.eval()
+    T = max(map(len, rows))
+    ids = torch.zeros(len(rows), T, dtype=torch.long)
+    for b, s in enumerate(rows):
+        ids[b, : len(s)] = torch.tensor(s)
+    mask = (ids != 0).long()
+    labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
+    return float(torch.exp(model(ids, attention_mask=mask, labels=labels).loss))
+
+
+def forgetting(text_fraction: float, steps: int = 60, batch_size: int = 16, lr: float = 2e-3,
+               seed: int = 0, scenes: int = 300) -> dict[str, float]:
+    """Visual instruction tuning (VQA on 64-px scenes, everything but the patch embedding
+    learns) of a Qwen2VL whose LM starts as the zoo's ``shapes_lm``; ``text_fraction`` of each
+    batch is text-only captions (LM loss). Returns caption perplexity before / after and the
+    VQA answer loss at the end."""
+    torch.manual_seed(seed)
+    lm = zoo.load("shapes_lm")
+    lm_cfg = MRopeLMConfig(**{**vars(lm.config), "mrope_section": (4, 6, 6)})
+    cfg = replace(preset_config("qwen2_vl_tiny"), lm=lm_cfg)
+    model = Qwen2VL(cfg)
+    model.lm.load_state_dict(lm.state_dict())
+    world = ShapesWorld(image_size=64, max_objects=3)
+    train = world.generate(scenes, seed=3000 + seed)
+    held = world.generate(max(scenes // 5, 10), seed=4000 + seed)
+    text_train = _text_rows(train, ("caption",))
+    text_held = _text_rows(held, ("caption",))[:200]
+    before = text_perplexity(model, text_held)
+    imgs = pixel_values(train.images)
+    vqa = [(i, q, a) for i in range(len(train)) for q, a, _ in train.vqa(i)]
+    rng = np.random.default_rng(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    n_text = int(round(batch_size * text_fraction))
+    model.train()
+    for _ in range(steps):
+        rows, ims, labs = [], [], []
+        for k in rng.choice(len(vqa), batch_size - n_text, replace=False):
+            i, q, a = vqa[int(k)]
+            p = prompt_ids(_n_tokens(imgs[i], cfg), q)
+            ans = TOK.encode(a) + [TOK.eos_id]
+            rows.append(p + ans)
+            labs.append([IGNORE_INDEX] * len(p) + ans)
+            ims.append(imgs[i])
+        for k in rng.choice(len(text_train), n_text, replace=False):
+            rows.append(text_train[int(k)])
+            labs.append(text_train[int(k)])
+        batch = collate(ims, rows, cfg)
+        T = batch["input_ids"].shape[1]
+        labels = torch.full((len(rows), T), IGNORE_INDEX)
+        for b, lab in enumerate(labs):
+            labels[b, : len(lab)] = torch.tensor(lab)
+        loss = model(**batch, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return dict(before=before, after=text_perplexity(model, text_held), vqa_loss=loss.item())
