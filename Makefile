@@ -8,8 +8,9 @@ PIP_PIN := -c constraints.txt
 # notebooks run two at a time (each is single-threaded); loadscope keeps a notebook's cells in order
 # on one worker, in one kernel
 NB_PAR := -n 2 --dist loadscope
-# unit tests two at a time too, a test file per worker (its fixtures stay in one process)
-UNIT_PAR := -n 2 --dist loadfile
+# unit tests two at a time too, a test file per worker (its fixtures stay in one process);
+# without the nbval plugin, which imports nbformat (and a 2.6 s grammar, see tests/conftest.py)
+UNIT_PAR := -n 2 --dist loadfile -p no:nbval
 
 .PHONY: install lab test lint unit notebooks student slides browser sandbox bench lock clean-venv
 
@@ -39,7 +40,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 unit: $(STAMP)
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q -p no:nbval
 
 ## the BLIP-2 and LLaVA notebooks use the cached zoo components; build them first (~50 s once)
 notebooks: $(STAMP)

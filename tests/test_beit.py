@@ -17,6 +17,7 @@ from minivlm.models.beit import (
 )
 
 transformers = pytest.importorskip("transformers")
+from parity_helpers import random_reference  # noqa: E402
 from transformers import BeitConfig as HFBeitConfig  # noqa: E402
 from transformers import BeitForMaskedImageModeling  # noqa: E402
 
@@ -34,12 +35,7 @@ HF_CONFIGS = {
 
 
 def _random_hf(kw: dict, seed: int = 0) -> BeitForMaskedImageModeling:
-    torch.manual_seed(seed)
-    hf = BeitForMaskedImageModeling(HFBeitConfig(**kw)).eval()
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.copy_(0.3 * torch.randn_like(p))
-    return hf
+    return random_reference(lambda: BeitForMaskedImageModeling(HFBeitConfig(**kw)), seed)
 
 
 @pytest.mark.parametrize("name", list(HF_CONFIGS))

@@ -17,6 +17,7 @@ from minivlm.models.mae import (
 )
 
 transformers = pytest.importorskip("transformers")
+from parity_helpers import random_reference  # noqa: E402
 from transformers import ViTMAEConfig, ViTMAEForPreTraining  # noqa: E402
 from transformers.models.vit_mae import modeling_vit_mae  # noqa: E402
 
@@ -41,12 +42,7 @@ HF_CONFIGS = {
 
 def _random_hf(kw: dict, seed: int = 0) -> ViTMAEForPreTraining:
     """A tiny HF MAE whose every parameter (positions and mask token too) is random."""
-    torch.manual_seed(seed)
-    hf = ViTMAEForPreTraining(ViTMAEConfig(**kw)).eval()
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.copy_(0.3 * torch.randn_like(p))
-    return hf
+    return random_reference(lambda: ViTMAEForPreTraining(ViTMAEConfig(**kw)), seed)
 
 
 @pytest.mark.parametrize("name", list(HF_CONFIGS))

@@ -229,53 +229,64 @@ def test_cli_builds_one_deck_without_executing(tmp_path, capsys):
 # --------------------------------------------------------------------------- browser
 
 
-@pytest.mark.browser
-@pytest.mark.parametrize("deck", DECKS, ids=[d.stem for d in DECKS])
-def test_deck_in_headless_chromium(built, deck):
+@pytest.fixture(scope="module")
+def chromium_browser():
+    """One headless Chromium for every deck (each deck gets a fresh context: its own page,
+    storage and cache); launching it once saves a browser and driver start per deck."""
     chromium = _chromium()
     if chromium is None:
         pytest.skip("headless Chromium not found: `apt-get install chromium` (or `make browser`), "
                     "or set CHROMIUM=/path/to/chromium")
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-    html_path = built["out"] / f"{deck.stem}.html"
-    errors: list[str] = []
-    requests: list[str] = []
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 720})
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("requestfailed", lambda r: errors.append(f"failed: {r.url}"))
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto(html_path.as_uri())
-            page.wait_for_function("window.Reveal && Reveal.isReady()", timeout=20_000)
-            total = page.evaluate("Reveal.getTotalSlides()")
-            assert total == slides.count_slides(deck)
-            assert page.evaluate("Reveal.hasPlugin('notes')")
-            assert page.evaluate("document.querySelectorAll('.katex-error').length") == 0
-            if "$" in deck.read_text(encoding="utf-8"):
-                assert page.evaluate("document.querySelectorAll('.katex').length") > 0
-            # every figure decoded
-            assert page.evaluate(
-                "[...document.images].every(i => i.complete && i.naturalWidth > 0)")
-            SHOT_DIR.mkdir(parents=True, exist_ok=True)
-            shot = SHOT_DIR / f"{deck.stem}.title.png"
-            page.screenshot(path=str(shot))
-            overflow = []
-            for i in range(total):  # visit every slide: no errors, nothing below the frame
-                page.evaluate(f"Reveal.slide({i})")
-                bottom, frame = page.evaluate(_CONTENT_BOTTOM_JS)
-                if bottom > frame + 1:
-                    overflow.append(f"slide {i + 1}: content ends at {bottom} px, frame at {frame}")
-            assert overflow == [], overflow
-            # ?print-pdf (PDF export) lays the deck out for printing, also offline
-            page.goto(html_path.as_uri() + "?print-pdf")
-            page.wait_for_function("document.querySelectorAll('.pdf-page').length > 0",
-                                   timeout=20_000)
-            assert page.evaluate("document.querySelectorAll('.pdf-page').length") >= total
+            yield browser
         finally:
             browser.close()
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("deck", DECKS, ids=[d.stem for d in DECKS])
+def test_deck_in_headless_chromium(built, chromium_browser, deck):
+    html_path = built["out"] / f"{deck.stem}.html"
+    errors: list[str] = []
+    requests: list[str] = []
+    context = chromium_browser.new_context(viewport={"width": 1280, "height": 720})
+    try:
+        page = context.new_page()
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("requestfailed", lambda r: errors.append(f"failed: {r.url}"))
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(html_path.as_uri())
+        page.wait_for_function("window.Reveal && Reveal.isReady()", timeout=20_000)
+        total = page.evaluate("Reveal.getTotalSlides()")
+        assert total == slides.count_slides(deck)
+        assert page.evaluate("Reveal.hasPlugin('notes')")
+        assert page.evaluate("document.querySelectorAll('.katex-error').length") == 0
+        if "$" in deck.read_text(encoding="utf-8"):
+            assert page.evaluate("document.querySelectorAll('.katex').length") > 0
+        # every figure decoded
+        assert page.evaluate(
+            "[...document.images].every(i => i.complete && i.naturalWidth > 0)")
+        SHOT_DIR.mkdir(parents=True, exist_ok=True)
+        shot = SHOT_DIR / f"{deck.stem}.title.png"
+        page.screenshot(path=str(shot))
+        overflow = []
+        for i in range(total):  # visit every slide: no errors, nothing below the frame
+            page.evaluate(f"Reveal.slide({i})")
+            bottom, frame = page.evaluate(_CONTENT_BOTTOM_JS)
+            if bottom > frame + 1:
+                overflow.append(f"slide {i + 1}: content ends at {bottom} px, frame at {frame}")
+        assert overflow == [], overflow
+        # ?print-pdf (PDF export) lays the deck out for printing, also offline
+        page.goto(html_path.as_uri() + "?print-pdf")
+        page.wait_for_function("document.querySelectorAll('.pdf-page').length > 0",
+                               timeout=20_000)
+        assert page.evaluate("document.querySelectorAll('.pdf-page').length") >= total
+    finally:
+        context.close()
     assert errors == [], f"console errors: {errors}"
     remote = [u for u in requests
               if not u.startswith(("file://", "data:", "http://localhost", "http://127.0.0.1"))]

@@ -100,6 +100,18 @@ def _record_name(kind: str, index: int, record: Any, key: str = "id") -> str:
     return f"{kind}[{index}]" + (f" (id={rid!r})" if rid is not None else "")
 
 
+def _checked_record(path: Path, kind: str, index: int, record: Any, keys: tuple[str, ...]) -> str:
+    """The record's name for messages (``images[3] (id=7)``) once it is a JSON object with
+    every one of ``keys``; a ValueError naming the file and the record otherwise."""
+    name = _record_name(kind, index, record)
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: {name} must be an object, got {type(record).__name__}")
+    for key in keys:
+        if key not in record:
+            raise ValueError(f"{path}: {name} is missing {key!r}")
+    return name
+
+
 class CocoCaptions(Dataset):
     """COCO captions: ``{"images": [{"id", "file_name"}, ...], "annotations": [{"image_id",
     "caption"}, ...]}``. Item i: ``(image, captions)`` for the i-th listed image (captions in
@@ -131,12 +143,7 @@ class CocoCaptions(Dataset):
         self.captions: list[list[str]] = []
         position: dict[int | str, int] = {}
         for k, rec in enumerate(data["images"]):
-            name = _record_name("images", k, rec)
-            if not isinstance(rec, dict):
-                raise ValueError(f"{p}: {name} must be an object, got {type(rec).__name__}")
-            for key in ("id", "file_name"):
-                if key not in rec:
-                    raise ValueError(f"{p}: {name} is missing {key!r}")
+            name = _checked_record(p, "images", k, rec, ("id", "file_name"))
             if not isinstance(rec["id"], (int, str)) or isinstance(rec["id"], bool):
                 raise ValueError(f"{p}: {name}: 'id' must be an int or str")
             if not isinstance(rec["file_name"], str):
@@ -151,12 +158,7 @@ class CocoCaptions(Dataset):
             self.files.append(file)
             self.captions.append([])
         for k, ann in enumerate(data["annotations"]):
-            name = _record_name("annotations", k, ann)
-            if not isinstance(ann, dict):
-                raise ValueError(f"{p}: {name} must be an object, got {type(ann).__name__}")
-            for key in ("image_id", "caption"):
-                if key not in ann:
-                    raise ValueError(f"{p}: {name} is missing {key!r}")
+            name = _checked_record(p, "annotations", k, ann, ("image_id", "caption"))
             if not isinstance(ann["caption"], str):
                 raise ValueError(
                     f"{p}: {name}: 'caption' must be a str, got {type(ann['caption']).__name__}"
@@ -244,12 +246,7 @@ class LlavaConversations(Dataset):
             raise ValueError(f"{p}: expected a JSON list of records, got {type(data).__name__}")
         self.records: list[dict[str, Any]] = []
         for k, rec in enumerate(data):
-            name = _record_name("record", k, rec)
-            if not isinstance(rec, dict):
-                raise ValueError(f"{p}: {name} must be an object, got {type(rec).__name__}")
-            for key in ("id", "conversations"):
-                if key not in rec:
-                    raise ValueError(f"{p}: {name} is missing {key!r}")
+            name = _checked_record(p, "record", k, rec, ("id", "conversations"))
             conv = rec["conversations"]
             if not isinstance(conv, list) or not conv:
                 raise ValueError(f"{p}: {name}: 'conversations' must be a non-empty list")

@@ -58,9 +58,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from minivlm.grading import execute as _execute
-from minivlm.grading.student import _usual_permissions
-from minivlm.utils import atomic_write
+if __name__ == "__main__":  # the worker's own process: skip a slow unused import (execute.py)
+    sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[assignment]
+
+from minivlm.grading import execute as _execute  # noqa: E402
+from minivlm.grading.student import _usual_permissions  # noqa: E402
+from minivlm.utils import atomic_write  # noqa: E402
 
 execute_notebook = _execute.execute_notebook
 EXECUTE_SCRIPT = _execute.__file__  # run as a script: it needs no torch, so it starts fast

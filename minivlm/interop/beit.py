@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from minivlm.interop.common import hf_activation, load_converted
-from minivlm.interop.mae import LAYER_RULES, rename, square
+from minivlm.interop.common import hf_activation
+from minivlm.interop.mae import LAYER_RULES, from_hf_renamed, square
 
 BEIT_RULES = [
     (r"^beit\.embeddings\.patch_embeddings\.projection\.", "patch_embed."),
@@ -46,9 +46,6 @@ def beit_config_from_hf(cfg) -> dict:
 def beit_from_hf(cls: type[nn.Module], config_cls: type, model: nn.Module) -> nn.Module:
     """Build ``cls(config_cls(...))`` (a Beit) with the config and weights of a
     ``BeitForMaskedImageModeling``."""
-    if type(model).__name__ != "BeitForMaskedImageModeling":
-        raise TypeError("Beit.from_hf: expected a transformers BeitForMaskedImageModeling, got "
-                        f"{type(model).__name__}")
-    beit = cls(config_cls(**beit_config_from_hf(model.config)))
-    like = next(model.parameters())
-    return load_converted(beit, rename(model.state_dict(), BEIT_RULES), like, model.training)
+    return from_hf_renamed(cls, config_cls, model, expected="BeitForMaskedImageModeling",
+                           where="Beit.from_hf", config_from_hf=beit_config_from_hf,
+                           rules=BEIT_RULES)

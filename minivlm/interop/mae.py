@@ -7,6 +7,8 @@ parameters are renamed with regular expressions; the frozen sin-cos tables are c
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import Any
 
 import torch.nn as nn
 
@@ -69,12 +71,21 @@ def mae_config_from_hf(cfg) -> dict:
     )
 
 
+def from_hf_renamed(cls: type[nn.Module], config_cls: type, model: nn.Module, *, expected: str,
+                    where: str, config_from_hf: Callable[[Any], dict], rules: list) -> nn.Module:
+    """Build ``cls(config_cls(**config_from_hf(model.config)))`` and load the weights of the
+    transformers ``model`` (a ``expected``), its parameter names mapped by ``rules``."""
+    if type(model).__name__ != expected:
+        raise TypeError(f"{where}: expected a transformers {expected}, got "
+                        f"{type(model).__name__}")
+    ours = cls(config_cls(**config_from_hf(model.config)))
+    like = next(model.parameters())
+    return load_converted(ours, rename(model.state_dict(), rules), like, model.training)
+
+
 def mae_from_hf(cls: type[nn.Module], config_cls: type, model: nn.Module) -> nn.Module:
     """Build ``cls(config_cls(...))`` (an MAE) with the config and weights of a
     ``ViTMAEForPreTraining``."""
-    if type(model).__name__ != "ViTMAEForPreTraining":
-        raise TypeError("MAE.from_hf: expected a transformers ViTMAEForPreTraining, got "
-                        f"{type(model).__name__}")
-    mae = cls(config_cls(**mae_config_from_hf(model.config)))
-    like = next(model.parameters())
-    return load_converted(mae, rename(model.state_dict(), MAE_RULES), like, model.training)
+    return from_hf_renamed(cls, config_cls, model, expected="ViTMAEForPreTraining",
+                           where="MAE.from_hf", config_from_hf=mae_config_from_hf,
+                           rules=MAE_RULES)

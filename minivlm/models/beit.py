@@ -32,13 +32,13 @@ import torch.nn.functional as F
 
 from minivlm.nn.attention import MultiHeadAttention
 from minivlm.nn.blocks import MLP
-from minivlm.nn.vit import patchify
+from minivlm.nn.vit import PatchGrid, patchify
 
 Tensor = torch.Tensor
 
 
 @dataclass
-class BeitConfig:
+class BeitConfig(PatchGrid):
     """Sizes and switches of BEiT (defaults: BEiT-B/16 pre-training, §3 and Table 8 of the paper).
 
     ``rel_pos``: "shared" (one relative position bias table for all layers, the pre-training
@@ -69,14 +69,6 @@ class BeitConfig:
         if self.image_size % self.patch_size:
             raise ValueError(f"BeitConfig: image_size {self.image_size} is not divisible by "
                              f"patch_size {self.patch_size}")
-
-    @property
-    def grid_size(self) -> int:
-        return self.image_size // self.patch_size
-
-    @property
-    def num_patches(self) -> int:
-        return self.grid_size**2
 
 
 @dataclass

@@ -25,13 +25,13 @@ import torch
 import torch.nn as nn
 
 from minivlm.nn.blocks import TransformerBlock
-from minivlm.nn.vit import ViT, ViTConfig, patchify
+from minivlm.nn.vit import PatchGrid, ViT, ViTConfig, patchify
 
 Tensor = torch.Tensor
 
 
 @dataclass
-class MAEConfig:
+class MAEConfig(PatchGrid):
     """Sizes of an MAE (defaults: ViT-B/16 encoder, 8-block 512-wide decoder: MAE §A.1)."""
 
     image_size: int = 224
@@ -57,10 +57,6 @@ class MAEConfig:
         for name, d in (("dim", self.dim), ("decoder_dim", self.decoder_dim)):
             if d % 4:
                 raise ValueError(f"MAEConfig: {name} must be divisible by 4 (2-D sin-cos), got {d}")
-
-    @property
-    def num_patches(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
 
     @property
     def patch_dim(self) -> int:

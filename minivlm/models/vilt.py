@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from minivlm.nn.attention import padding_mask
 from minivlm.nn.bert import BertEncoder, BertMLMHead, TextConfig, init_weights
 from minivlm.nn.blocks import TransformerBlock, get_activation
-from minivlm.nn.vit import check_padded_images, embed_padded_images
+from minivlm.nn.vit import PatchGrid, check_padded_images, embed_padded_images
 from minivlm.objectives import mask_tokens, sample_itm_negatives, wasserstein_distance, wpa_loss
 from minivlm.utils import raise_first
 
@@ -53,7 +53,7 @@ TEXT_TYPE, IMAGE_TYPE = 0, 1  # modality-type ids (§3.1): t^type for words, v^t
 
 
 @dataclass
-class ViLTConfig:
+class ViLTConfig(PatchGrid):
     """Sizes and switches of ViLT (defaults: ViLT-B/32 as Hugging Face's ``ViltConfig()``).
 
     Text (BERT's embedding layer): ``vocab_size`` words, ``max_text_len`` learned positions
@@ -112,15 +112,6 @@ class ViLTConfig:
         ]  # fmt: skip
         raise_first("ViLTConfig: ", checks)
         get_activation(self.act)  # raises a clear error for an unknown name
-
-    @property
-    def grid_size(self) -> int:
-        """Patches per side of the position table (``image_size // patch_size``)."""
-        return self.image_size // self.patch_size
-
-    @property
-    def num_patches(self) -> int:
-        return self.grid_size**2
 
     @property
     def hidden(self) -> int:

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from minivlm.nn.attention import causal_mask, padding_mask
-from minivlm.nn.blocks import TransformerBlock, get_activation
+from minivlm.nn.blocks import TransformerBlock, get_activation, init_weights
 
 Tensor = torch.Tensor
 
@@ -154,23 +154,6 @@ def text_blocks(cfg: TextConfig) -> nn.ModuleList:
         )
         for i in range(cfg.depth)
     )
-
-
-def init_weights(module: nn.Module, std: float = 0.02) -> None:
-    """BERT / CLIP init: normal(0, 0.02) weights, zero biases, unit LayerNorms."""
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, std=std)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, std=std)
-            if m.padding_idx is not None:
-                with torch.no_grad():
-                    m.weight[m.padding_idx].zero_()
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 def check_ids(name: str, input_ids: Tensor, cfg: TextConfig) -> None:

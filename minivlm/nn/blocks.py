@@ -36,6 +36,25 @@ class RMSNorm(nn.Module):
         return self.weight * x32.to(dtype)
 
 
+def init_weights(module: nn.Module, std: float = 0.02) -> None:
+    """BERT / CLIP / Llama init: normal(0, ``std``) Linear and Embedding weights (the padding
+    row zeroed), zero biases, unit LayerNorm / RMSNorm weights."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=std)
+            if m.padding_idx is not None:
+                with torch.no_grad():
+                    m.weight[m.padding_idx].zero_()
+        elif isinstance(m, (nn.LayerNorm, RMSNorm)):
+            nn.init.ones_(m.weight)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+
+
 def quick_gelu(x: Tensor) -> Tensor:
     """CLIP's GELU approximation x·σ(1.702x) (Radford et al. 2021, released code)."""
     return x * torch.sigmoid(1.702 * x)

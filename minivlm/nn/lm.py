@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minivlm.nn.attention import KVCache, RotaryEmbedding, sectioned_rope
-from minivlm.nn.blocks import RMSNorm, TransformerBlock
+from minivlm.nn.blocks import RMSNorm, TransformerBlock, init_weights
 
 Tensor = torch.Tensor
 
@@ -254,19 +254,7 @@ class DecoderLM(nn.Module):
 
     def reset_parameters(self) -> None:
         """Llama / HF initialisation: N(0, init_std) weights, zero biases, unit norms."""
-        std = self.config.init_std
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, std=std)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Embedding):
-                nn.init.normal_(m.weight, std=std)
-                if m.padding_idx is not None:
-                    with torch.no_grad():
-                        m.weight[m.padding_idx].zero_()
-            elif isinstance(m, RMSNorm):
-                nn.init.ones_(m.weight)
+        init_weights(self, std=self.config.init_std)
 
     def _apply(self, fn, recurse: bool = True):
         # ``model.to(torch.bfloat16)`` would also round RoPE's inverse frequencies;

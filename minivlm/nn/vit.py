@@ -48,8 +48,25 @@ def patchify(images: Tensor, patch_size: int) -> Tensor:
 # ---------------------------------------------------------------------------
 
 
+class PatchGrid:
+    """``grid_size`` and ``num_patches`` of a config with ``image_size`` and ``patch_size``
+    (a base of the ViT, ViLT, MAE and BEiT configs; it adds no dataclass fields)."""
+
+    image_size: int
+    patch_size: int
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per side at the configured image size (``image_size // patch_size``)."""
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size**2
+
+
 @dataclass
-class ViTConfig:
+class ViTConfig(PatchGrid):
     """Sizes and switches of a Vision Transformer (defaults: ViT-B/16 at 224 px).
 
     ``pre_norm`` adds a LayerNorm between the embeddings and the first block
@@ -95,15 +112,6 @@ class ViTConfig:
         if self.global_pool == "token" and not self.class_token:
             raise ValueError("ViTConfig: global_pool='token' needs class_token=True (or use 'avg')")
         get_activation(self.act)  # raises a clear error for an unknown name
-
-    @property
-    def grid_size(self) -> int:
-        """Patches per side at the configured image size."""
-        return self.image_size // self.patch_size
-
-    @property
-    def num_patches(self) -> int:
-        return self.grid_size**2
 
     @property
     def num_prefix_tokens(self) -> int:
