@@ -28,6 +28,7 @@ import torch
 
 import minivlm
 from minivlm.data import COLORS, ShapesWorld, shapes_tokenizer
+from minivlm.recipes import clip_tau
 
 TEST_SEED = 30_000  # held-out scenes: world seed TEST_SEED + seed
 MAX_LEN = 24
@@ -86,11 +87,9 @@ def new_vilt(seed: int) -> torch.nn.Module:
 
 def batches(seed: int, n: int, run: MLMRun | None = None):
     """``run.steps`` index batches of ``run.batch_size``, drawn with replacement from
-    ``range(n)``."""
+    ``range(n)`` (exercise 01's :func:`minivlm.recipes.clip_tau.batches`)."""
     run = run or MLMRun()
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(run.steps):
-        yield torch.randint(n, (run.batch_size,), generator=g)
+    return clip_tau.batches(seed, n, run.steps, run.batch_size)
 
 
 def reference_mask_colour_words(input_ids: torch.Tensor, colour_ids: torch.Tensor,
