@@ -234,7 +234,8 @@ def test_train_check_fails_broken_loops():
     # (the notebook's solution, through the grader's call monitor); here the monitor is off
     torch.set_num_threads(1)
     for kind in ("unmasked", "untrained"):
-        r = check("train_colour_mlm", make_train(kind), seed=SEED, timeout=120,
+        # timeout=0.01: the check's min_timeout (60 s) still lets the run finish
+        r = check("train_colour_mlm", make_train(kind), seed=SEED, timeout=0.01,
                   allow_library=True)
         assert not r.passed and r.points == 0, (kind, str(r))
         assert r.status == "failed" and "values differ" in r.summary, (kind, str(r))

@@ -169,6 +169,7 @@ def _explain_train(case: Case, got: list, expected: list) -> str | None:
     library=("minivlm.recipes.vilt_mlm:reference_train_colour_mlm",
              "minivlm.recipes.vilt_mlm:reference_mask_colour_words"),
     explain=_explain_train,
+    min_timeout=60.0,  # a training run: seconds on an idle core, more on a busy one
 )
 def train_colour_mlm_cases(gen: torch.Generator):
     seed = int(torch.randint(0, 1000, (1,), generator=gen))

@@ -63,6 +63,7 @@ def _explain_train(case: Case, got: list, expected: list) -> str | None:
              "minivlm.recipes.llava_align:reference_assistant_labels",
              "minivlm.models.llava:merge_image_features"),
     explain=_explain_train,
+    min_timeout=60.0,  # a training run: seconds on an idle core, more on a busy one
 )
 def train_projector_cases(gen: torch.Generator):
     seed = int(torch.randint(0, 1000, (1,), generator=gen))
