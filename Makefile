@@ -29,11 +29,12 @@ install: $(STAMP)
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
 
-## make test: install, lint, unit tests, then every notebook through nbval (two at a time)
+## make test: install, lint, build the zoo, unit tests, then every notebook through nbval (two at
+## a time); exercise 05's training check (tests/test_ex05_checks.py) loads the zoo's components
 test: $(STAMP) browser sandbox
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest tests -q $(UNIT_PAR)
 	$(PY) -m minivlm zoo build --jobs 2
+	$(PY) -m pytest tests -q $(UNIT_PAR)
 	$(PY) -m pytest --nbval-lax notebooks -q -p no:cacheprovider $(NB_PAR)
 
 lint: $(STAMP)

@@ -134,20 +134,117 @@ def test_broken_solutions_fail_with_a_pointed_message(name, fn, words):
 
 def test_exercise_02_registers_its_checks():
     names = [c.name for c in list_checks(EXERCISE)]
-    assert names == ["build_single_stream_input", "itm_loss"]
-    assert sum(c.points for c in list_checks(EXERCISE)) == 5
-    for c in list_checks(EXERCISE):
+    assert names == ["build_single_stream_input", "itm_loss", "mask_colour_words",
+                     "train_colour_mlm"]
+    assert sum(c.points for c in list_checks(EXERCISE)) == 10
+    for c in list_checks(EXERCISE)[:2]:
         assert c.grad, c.name
 
 
 # ----------------------------------------------------------------------------- the notebooks
 def test_source_passes_all_checks_and_student_fails_them_cleanly():
-    stu_code = assert_source_passes_student_fails(SOURCE, EXERCISE, 2)
+    stu_code = assert_source_passes_student_fails(SOURCE, EXERCISE, 4, timeout=60)
     assert "BEGIN SOLUTION" not in stu_code and "torch.cat([text" not in stu_code
     assert "def build_single_stream_input(text_embeds" in stu_code
     assert "def itm_loss(pos_logits" in stu_code
+    assert "def mask_colour_words(input_ids" in stu_code
+    assert "def train_colour_mlm(num_objects" in stu_code and "opt.step()" not in stu_code
 
 
 def test_committed_student_notebook_is_up_to_date():
     assert generate_student(SOURCE, check=True).status == "unchanged", (
         "run `python -m minivlm student exercises/02_vilt_fusion.ipynb`")
+
+
+# ----------------------------------------------------------------------------- part 3: masking
+from minivlm.grading.checks.ex02_vilt_mlm import _mask_variant  # noqa: E402
+from minivlm.recipes import vilt_mlm  # noqa: E402
+
+
+def mask_by_comparison(input_ids, colour_ids, mask_id):
+    """Right, written differently: a broadcast comparison and torch.where."""
+    hide = (input_ids[..., None] == colour_ids).any(-1)  # (B, T)
+    return (torch.where(hide, torch.full_like(input_ids, mask_id), input_ids),
+            torch.where(hide, input_ids, torch.full_like(input_ids, -100)))
+
+
+def mask_in_place(input_ids, colour_ids, mask_id):
+    hide = torch.isin(input_ids, colour_ids)
+    labels = input_ids.masked_fill(~hide, -100)
+    input_ids[hide] = mask_id  # changes the caller's tensor
+    return input_ids, labels
+
+
+def test_mask_colour_words_right_ways_pass():
+    assert check("mask_colour_words", vilt_mlm.reference_mask_colour_words, seed=SEED,
+                 allow_library=True).passed
+    r = check("mask_colour_words", mask_by_comparison, seed=SEED)
+    assert r.passed and r.points == 2, str(r)
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("first_only", ["masked_ids", "every colour word"]),
+    ("labels_everywhere", ["labels", "-100"]),
+    ("labels_are_mask", ["labels", "original word"]),
+    ("inverted", ["labels", "inverted"]),
+    ("ignore_zero", ["labels", "not 0"]),
+    ("not_masked", ["masked_ids", "input is unchanged"]),
+    ("mask_all", ["masked_ids", "every token was masked"]),
+])
+def test_mask_colour_words_broken_fails_pointedly(kind, words):
+    assert_broken_fails_pointedly("mask_colour_words", _mask_variant(kind), words, SEED,
+                                  kind=summary_prefix)
+
+
+def test_mask_colour_words_in_place_fails():
+    r = check("mask_colour_words", mask_in_place, seed=SEED)
+    assert not r.passed and "in place" in r.summary, str(r)
+
+
+# ----------------------------------------------------------------------------- part 3: training
+def make_train(kind="right"):
+    """The exercise's training loop with one deliberate mistake."""
+
+    def train_colour_mlm(num_objects, seed):
+        run = vilt_mlm.MLMRun()
+        data = vilt_mlm.scenes(num_objects, seed, run)
+        model = vilt_mlm.new_vilt(seed)
+        opt = torch.optim.AdamW(model.parameters(), lr=run.lr)
+        model.train()
+        for idx in vilt_mlm.batches(seed, len(data["input_ids"]), run):
+            if kind == "untrained":
+                break
+            ids = data["input_ids"][idx]
+            masked, labels = mask_by_comparison(ids, data["colour_ids"], data["mask_id"])
+            if kind == "unmasked":  # the colour words stay visible: the model copies them
+                masked = ids
+            out = model(input_ids=masked, attention_mask=data["attention_mask"][idx],
+                        pixel_values=data["pixel_values"][idx], mlm_labels=labels)
+            loss = out.loss_mlm  # the model's own MLM loss: the same cross-entropy
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return torch.tensor([vilt_mlm.colour_accuracy(model, data)])
+
+    return train_colour_mlm
+
+
+def test_train_check_fails_broken_loops():
+    # the right loop passes in test_source_passes_all_checks_and_student_fails_them_cleanly
+    # (the notebook's solution, through the grader's call monitor); here the monitor is off
+    torch.set_num_threads(1)
+    for kind in ("unmasked", "untrained"):
+        # timeout=0.01: the check's min_timeout (60 s) still lets the run finish
+        r = check("train_colour_mlm", make_train(kind), seed=SEED, timeout=0.01,
+                  allow_library=True)
+        assert not r.passed and r.points == 0, (kind, str(r))
+        assert r.status == "failed" and "values differ" in r.summary, (kind, str(r))
+        assert "did not learn the colours" in r.message, (kind, str(r))
+
+
+def test_train_check_untouched_is_not_attempted():
+    def train_colour_mlm(num_objects, seed):
+        raise NotImplementedError("replace this line with your solution")
+
+    r = check("train_colour_mlm", train_colour_mlm, seed=SEED)
+    assert r.status == "not attempted" and r.points == 0, str(r)

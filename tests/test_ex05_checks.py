@@ -322,14 +322,15 @@ def _kind(summary: str) -> str:
 def test_exercise_05_registers_its_checks():
     names = [c.name for c in list_checks(EXERCISE)]
     assert names == ["project", "merge_image_features", "merge_raises_value_error",
-                     "assistant_labels"]
-    assert sum(c.points for c in list_checks(EXERCISE)) == 10
+                     "assistant_labels", "train_projector"]
+    assert sum(c.points for c in list_checks(EXERCISE)) == 13
     assert get_check("project").grad and get_check("merge_image_features").grad
 
 
 # ----------------------------------------------------------------------------- the notebooks
 def test_source_passes_all_checks_and_student_fails_them_cleanly():
-    stu_code = assert_source_passes_student_fails(SOURCE, EXERCISE, 4)
+    stu_code = assert_source_passes_student_fails(SOURCE, EXERCISE, 5, timeout=60)
+    assert "def train_projector(task" in stu_code and "opt.step()" not in stu_code
     assert "BEGIN SOLUTION" not in stu_code and "F.gelu(" not in stu_code
     assert "def project(features" in stu_code and "def assistant_labels(input_ids" in stu_code
     assert "merge_raises_value_error(" not in stu_code.replace(
@@ -348,3 +349,55 @@ def test_the_library_merge_earns_nothing():
     assert "calls the library's merge_image_features (minivlm/models/llava.py)" in r.summary
     assert check("merge_raises_value_error", lib_merge, seed=SEED).status == "library"
     assert check("merge_image_features", lib_merge, seed=SEED, allow_library=True).passed
+
+
+# ----------------------------------------------------------------------------- part 5: training
+# (needs the zoo's shapes_clip and shapes_lm: `minivlm zoo build`, which `make test` runs first)
+def make_train(kind):
+    """The exercise's training loop with one deliberate mistake (the library's splicing)."""
+    from minivlm.recipes import llava_align as small
+
+    def train_projector(task, seed):
+        run = small.AlignRun()
+        data = small.chats(task, seed, run)
+        model = small.new_llava(seed)
+        ids_all, am_all = data["input_ids"], data["attention_mask"]
+        labels = ids_all.masked_fill(am_all == 0, -100)  # every real token: not masked
+        opt = torch.optim.AdamW(model.projector.parameters(), lr=run.lr)
+        for step, idx in enumerate(small.batches(seed, len(ids_all), run)):
+            if kind == "untrained":
+                break
+            for group in opt.param_groups:
+                group["lr"] = run.lr * min(1.0, (step + 1) / run.warmup)
+            ids = ids_all[idx]
+            embeds = lib_merge(model.lm.embed(ids), ids, model.projector(data["features"][idx]),
+                               data["image_token_id"])
+            loss = model.lm(inputs_embeds=embeds, attention_mask=am_all[idx],
+                            labels=labels[idx]).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return torch.tensor([small.colour_accuracy(model, data)])
+
+    return train_projector
+
+
+def test_train_check_fails_unmasked_labels_and_no_training():
+    # the right loop passes in test_source_passes_all_checks_and_student_fails_them_cleanly
+    # (the notebook's solution, through the grader's call monitor); here the monitor is off
+    torch.set_num_threads(1)
+    for kind in ("labels_not_masked", "untrained"):
+        # timeout=0.01: the check's min_timeout (60 s) still lets the run finish
+        r = check("train_projector", make_train(kind), seed=SEED, timeout=0.01,
+                  allow_library=True)
+        assert not r.passed and r.points == 0, (kind, str(r))
+        assert r.status == "failed" and "values differ" in r.summary, (kind, str(r))
+        assert "did not learn to answer" in r.message, (kind, str(r))
+
+
+def test_train_check_untouched_is_not_attempted():
+    def train_projector(task, seed):
+        raise NotImplementedError("replace this line with your solution")
+
+    r = check("train_projector", train_projector, seed=SEED)
+    assert r.status == "not attempted" and r.points == 0, str(r)

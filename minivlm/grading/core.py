@@ -105,6 +105,7 @@ class Check:
     library: tuple[str, ...] = ()
     inplace: bool | None = None
     precise: bool = True
+    min_timeout: float = 0.0
 
     @property
     def modifies_inputs(self) -> bool:
@@ -193,6 +194,7 @@ def register_check(
     library: Sequence[str] = (),
     inplace: bool | None = None,
     precise: bool = True,
+    min_timeout: float = 0.0,
 ) -> Callable[[Callable[[torch.Generator], Iterable[Case]]],
               Callable[[torch.Generator], Iterable[Case]]]:
     """Decorator: register the case generator ``cases(gen) -> Iterable[Case]`` as check ``name``.
@@ -216,6 +218,9 @@ def register_check(
             only when its name ends with ``_`` (``enqueue_``). Otherwise a change fails.
         precise: compute the expected float32/16 values with the reference in float64,
             so that the comparison measures only the learner's rounding.
+        min_timeout: the learner's calls get at least this many seconds, whatever timeout
+            the caller (a notebook's ``check``, ``minivlm grade --check-timeout``) asks for:
+            for checks that train a model.
     """
 
     def deco(fn: Callable[[torch.Generator], Iterable[Case]]
@@ -225,6 +230,7 @@ def register_check(
             exercise=exercise, outputs=tuple(outputs) if outputs else None,
             shapes=tuple(shapes) if shapes else None, grad=grad, mistakes=tuple(mistakes),
             explain=explain, library=tuple(library), inplace=inplace, precise=precise,
+            min_timeout=float(min_timeout),
         ))
         return fn
 
@@ -485,6 +491,7 @@ def evaluate(chk: Check, runner: Runner, *, timeout: float = 5.0,
     same thing or the grader's reference gets 0 (see :meth:`Check.forbidden`)."""
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "little")
+    timeout = max(timeout, chk.min_timeout)
     try:
         ref = chk.resolve_reference()
         gen = torch.Generator().manual_seed(seed)
