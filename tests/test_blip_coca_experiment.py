@@ -3,38 +3,24 @@ seed, a few steps, small data (the numbers mean nothing; the layout and the book
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from script_helpers import load_script, restored_threads
 
 from minivlm.recipes import blip_coca as rb
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def experiment():
-    spec = importlib.util.spec_from_file_location("blip_coca_exp", ROOT / "experiments" /
-                                                  "blip_coca.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop(spec.name, None)
+    return load_script("experiments/blip_coca.py")
 
 
 @pytest.fixture(autouse=True)
 def _threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
+    with restored_threads():  # main() sets one thread; give the rest of the suite its own
+        yield
 
 
 TINY = ["--seeds", "0", "--captioner-steps", "2", "--retrieval-steps", "2", "--coca-steps", "2",

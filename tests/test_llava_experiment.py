@@ -3,36 +3,21 @@ tiny random parts instead of the zoo's, a few scenes and steps."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
-import torch
-
-ROOT = Path(__file__).resolve().parents[1]
+from script_helpers import load_script, restored_threads
 
 
 @pytest.fixture(scope="module")
 def stages():
-    spec = importlib.util.spec_from_file_location(
-        "llava_stages", ROOT / "experiments" / "llava_stages.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop(spec.name, None)
+    return load_script("experiments/llava_stages.py")
 
 
 @pytest.fixture(autouse=True)
 def _threads():
-    n = torch.get_num_threads()  # main() sets one thread; give the rest of the suite its own
-    yield
-    torch.set_num_threads(n)
+    with restored_threads():  # main() sets one thread; give the rest of the suite its own
+        yield
 
 
 TINY = ["--random-parts", "--n-train", "24", "--n-test", "4", "--s1-steps", "2",

@@ -3,35 +3,21 @@ seed, two steps per arm (the numbers mean nothing; the layout and the overwrite 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
-import torch
-
-ROOT = Path(__file__).resolve().parents[1]
+from script_helpers import load_script, restored_threads
 
 
 @pytest.fixture(scope="module")
 def experiment():
-    spec = importlib.util.spec_from_file_location("qwen_vl_exp", ROOT / "experiments" /
-                                                  "qwen_vl.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop(spec.name, None)
+    return load_script("experiments/qwen_vl.py")
 
 
 @pytest.fixture(autouse=True)
 def _threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
+    with restored_threads():  # main() sets one thread; give the rest of the suite its own
+        yield
 
 
 TINY = ["--seeds", "0", "--steps", "2", "--position-steps", "2", "--forget-steps", "2",
