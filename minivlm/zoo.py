@@ -628,7 +628,7 @@ def build(
         "file": weights_path.name,
         "sha256": digest["sha256"],
         "bytes": weights_path.stat().st_size,
-        "num_parameters": sum(t.numel() for t in tensors.values()),
+        "num_parameters": sum(p.numel() for p in model.parameters()),  # not buffers (queues)
         "recipe": expected,
         "final_loss": round(
             sum(result.history["loss"][-10:]) / len(result.history["loss"][-10:]), 4
