@@ -14,13 +14,18 @@ world -- deterministically, the first time a notebook asks for them -- and cache
                  positions drawn with std 0.5           warm-up (colours of the left and the top
                                                         object), then colour-word MLM on binding
                                                         captions (lecture 2, recipes.vilt_binding)
+    shapes_clip_cnn  clip_tiny_cnn (CNN image tower)    one-object scenes' captions, symmetric
+                                                        InfoNCE: lecture 1's shape learner
+                                                        (recipes.clip_shape, 700 steps)
+    shapes_albef     lecture 3's ALBEF (ITC + ITM +      clean captions of 2,000 scenes, 250 steps:
+                     MLM, MoD, 2 text + 2 fusion layers) recipes.albef_align.train_arm(1.0, seed)
 
     >>> from minivlm import zoo
     >>> vit = zoo.load_image_encoder()    # frozen ViT: (B, 3, 64, 64) -> (B, 1+16, 128) tokens
     >>> lm = zoo.load("shapes_lm")        # frozen DecoderLM over shapes_tokenizer() ids
     >>> zoo.info("shapes_lm")["metrics"]  # held-out perplexity etc., measured at build time
 
-Both use ``minivlm.data.shapes_tokenizer()`` ids ([PAD] 0, [BOS] 5, [EOS] 6). Their training
+All use ``minivlm.data.shapes_tokenizer()`` ids ([PAD] 0, [BOS] 5, [EOS] 6). Their training
 scenes are drawn with seed ``DATA_SEED + seed`` and their held-out scenes with
 ``HELDOUT_SEED + seed``, far from the small seeds the notebooks use for their own data.
 
@@ -100,7 +105,10 @@ HELDOUT_SEED = 7_500_000  # held-out scenes for the metrics stored with each bui
 
 # Measured build times (CPU seconds, single thread = wall seconds on an idle core) of the
 # default recipes; see "Cost" above. ``build`` prints them before a cold build.
-BUILD_SECONDS: dict[str, float] = {"shapes_clip": 25.0, "shapes_lm": 21.0, "shapes_vilt": 55.0}
+BUILD_SECONDS: dict[str, float] = {
+    "shapes_clip": 25.0, "shapes_lm": 21.0, "shapes_vilt": 55.0, "shapes_clip_cnn": 55.0,
+    "shapes_albef": 70.0,
+}  # fmt: skip
 
 
 class ZooCacheError(ValueError):
@@ -129,6 +137,7 @@ class _Recipe:
     overrides: dict[str, Any]
     block: int | None = None  # LM: train on packed rows of this many tokens
     where_steps: int = 0  # ViLT: steps of the "where" warm-up before colour-word MLM
+    max_objects: int = 4  # objects per training scene (at most)
 
     def scenes_for(self, steps: int) -> int:
         # never draw more scenes than the run can use (keeps tiny test builds fast)
@@ -173,11 +182,48 @@ _RECIPES: dict[str, _Recipe] = {
         overrides={"patch_size": 16, "max_text_len": 24, "num_answers": 0},
         where_steps=400,
     ),
+    "shapes_clip_cnn": _Recipe(
+        name="shapes_clip_cnn",
+        model="clip_tiny_cnn",
+        description="clip_tiny_cnn trained contrastively on one-object scenes' captions: learns "
+        "shape (lecture 1 section 9, recipes.clip_shape)",
+        steps=700,
+        batch_size=64,
+        lr=1e-3,
+        warmup_steps=10,
+        num_scenes=4000,
+        overrides={},
+        max_objects=1,
+    ),
+    # recipes.albef_align.train_arm(1.0, seed): its own data (the 2,000 scenes of
+    # ShapesWorld().generate(2000, seed=0), as in lecture 3) and its own fan-in init, so the
+    # build equals the with-ITC arm of experiments/albef_align.py bit for bit; these overrides
+    # are that arm's model (albef_noise.MODEL + albef_align.FUSION_MODEL, MoD ramped over the
+    # first epoch of 31 steps); tests/test_zoo.py checks that they match
+    "shapes_albef": _Recipe(
+        name="shapes_albef",
+        model="albef_tiny",
+        description="lecture 3's ALBEF (ITC + ITM + MLM with momentum distillation) after 250 "
+        "steps on clean captions (recipes.albef_align.train_arm(1.0, seed))",
+        steps=250,
+        batch_size=64,
+        lr=1e-3,
+        warmup_steps=20,
+        num_scenes=2000,
+        overrides={
+            "vision_dim": 64, "vision_depth": 2, "vision_mlp_hidden": 128, "patch_size": 16,
+            "text_dim": 64, "text_depth": 4, "text_mlp_hidden": 128, "fusion_from": 2,
+            "embed_dim": 64, "queue_size": 64, "momentum": 0.9, "alpha": 0.4, "temp": 0.07,
+            "temp_min": 0.07, "temp_max": 0.07, "itm_weight": 1.0, "mlm_weight": 1.0,
+            "itc_weight": 1.0, "distill": True, "alpha_warmup_steps": 31,
+        },
+    ),
 }
 
 
 def list_components() -> list[str]:
-    """Names of the zoo's components: ``["shapes_clip", "shapes_lm", "shapes_vilt"]``."""
+    """Names of the zoo's components:
+    ``["shapes_clip", "shapes_lm", "shapes_vilt", "shapes_clip_cnn", "shapes_albef"]``."""
     return list(_RECIPES)
 
 
@@ -249,6 +295,7 @@ def _expected_recipe(recipe: _Recipe, steps: int, seed: int, tok: Any) -> dict[s
             "vocab_size": tok.vocab_size,
             "vocab_sha256": _vocab_sha256(tok),
             **({"where_steps": recipe.where_steps} if recipe.where_steps else {}),
+            **({"max_objects": recipe.max_objects} if recipe.max_objects != 4 else {}),
         }
     )
 
@@ -405,8 +452,18 @@ def _train(recipe: _Recipe, model: nn.Module, steps: int, seed: int, tok: Any) -
         losses = vb.pretrain(model, data, seed, steps, min(recipe.where_steps, steps),
                              recipe.lr, recipe.batch_size)  # fmt: skip
         return SimpleNamespace(history={"loss": losses})  # what build reads of a TrainResult
-    data = ShapesWorld().generate(recipe.scenes_for(steps), seed=DATA_SEED + seed)
-    if recipe.name == "shapes_clip":
+    if recipe.name == "shapes_albef":  # lecture 3's recipe, from minivlm.recipes.albef_align
+        from types import SimpleNamespace
+
+        from minivlm.recipes import albef_align
+
+        record, trained = albef_align.train_arm(1.0, seed=seed, steps=steps)
+        model.load_state_dict(trained.state_dict())
+        return SimpleNamespace(history={"loss": [record["final_loss"]]})
+    data = ShapesWorld().generate(
+        recipe.scenes_for(steps), seed=DATA_SEED + seed, max_objects=recipe.max_objects
+    )
+    if recipe.model.startswith("clip"):
         dataset: torch.utils.data.Dataset = CaptionDataset(data, tok, mode="fixed")
     else:
         dataset = _PackedDataset(lm_corpus(data, tok), recipe.block or 64, seed)
@@ -424,7 +481,7 @@ def _evaluate(recipe: _Recipe, model: nn.Module, seed: int, tok: Any) -> dict[st
 
     model.eval()
     world = ShapesWorld()
-    if recipe.name == "shapes_clip":
+    if recipe.model.startswith("clip"):
         import torch.nn.functional as F
 
         from minivlm.eval import retrieval_metrics
@@ -453,6 +510,15 @@ def _evaluate(recipe: _Recipe, model: nn.Module, seed: int, tok: Any) -> dict[st
             acc = (pred == single.labels(task)).float().mean().item()
             out[f"zero_shot_{task}"] = round(acc, 4)
         out["heldout"] = "500 scenes (retrieval), 300 single-object scenes (zero-shot)"
+        return out
+    if recipe.name == "shapes_albef":
+        from minivlm.recipes import albef_align, albef_noise
+
+        images, captions = albef_noise.eval_pairs()
+        r1 = albef_noise.retrieval_r1(model, tok, images, captions)["mean_R@1"]
+        fusion = albef_align.evaluate_fusion(model, albef_align.test_set())
+        out = {k: round(float(v), 5) for k, v in {"r1": r1, **fusion}.items()}
+        out["heldout"] = "256 pairs (R@1), 200 scenes with a one-colour-changed caption (ITM, MLM)"
         return out
     if recipe.name == "shapes_vilt":
         from minivlm.recipes import vilt_binding as vb
@@ -562,7 +628,7 @@ def build(
         "file": weights_path.name,
         "sha256": digest["sha256"],
         "bytes": weights_path.stat().st_size,
-        "num_parameters": sum(t.numel() for t in tensors.values()),
+        "num_parameters": sum(p.numel() for p in model.parameters()),  # not buffers (queues)
         "recipe": expected,
         "final_loss": round(
             sum(result.history["loss"][-10:]) / len(result.history["loss"][-10:]), 4
@@ -757,6 +823,11 @@ def _summary(record: dict[str, Any]) -> str:
     if "binding_region" in m:
         return "held-out binding " + ", ".join(
             f"{k} {m['binding_' + k]:.2f}" for k in ("region", "relation", "size")
+        )
+    if "mlm_colour" in m:
+        return (
+            f"held-out R@1 {m['r1']:.2f}, ITM true vs one colour changed "
+            f"{m['itm_vs_wrong_colour']:.2f}, MLM colour {m['mlm_colour']:.2f}"
         )
     if "i2t_R@1" in m:
         return (

@@ -37,7 +37,9 @@ def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 def test_components_and_unknown_name() -> None:
-    assert zoo.list_components() == ["shapes_clip", "shapes_lm", "shapes_vilt"]
+    assert zoo.list_components() == [
+        "shapes_clip", "shapes_lm", "shapes_vilt", "shapes_clip_cnn", "shapes_albef"
+    ]
     with pytest.raises(ValueError, match="unknown component 'clip'.*shapes_clip"):
         zoo.load("clip")
     with pytest.raises(ValueError, match="steps must be a positive int"):
@@ -254,3 +256,19 @@ def test_shapes_vilt_is_lecture_2_recipe(built) -> None:
     vb.pretrain(ref, data, 0, STEPS, warmup=min(400, STEPS))
     assert _equal(_state(ref), _state(models["shapes_vilt"]))
     assert models["shapes_vilt"].pos_embed.std() > 0.3  # positions drawn with std 0.5
+
+
+def test_shapes_albef_and_shapes_clip_cnn_are_lecture_recipes(built) -> None:
+    """shapes_albef = recipes.albef_align.train_arm(1.0, seed) bit for bit (so its overrides are
+    that arm's model config); shapes_clip_cnn trains clip_tiny_cnn on one-object scenes."""
+    from minivlm.recipes import albef_align
+
+    root, models = built
+    _, ref = albef_align.train_arm(1.0, seed=0, steps=STEPS)
+    assert ref.config == models["shapes_albef"].config
+    assert _equal(_state(ref), _state(models["shapes_albef"]))
+    rec = zoo.info("shapes_albef", root, steps=STEPS)
+    assert set(rec["metrics"]) >= {"r1", "itm_vs_wrong_colour", "itm_vs_other_scene", "mlm_colour"}
+    cnn = zoo.info("shapes_clip_cnn", root, steps=STEPS)
+    assert cnn["recipe"]["model"] == "clip_tiny_cnn" and cnn["recipe"]["max_objects"] == 1
+    assert 0.0 <= cnn["metrics"]["zero_shot_shape"] <= 1.0

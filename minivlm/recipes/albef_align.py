@@ -83,14 +83,21 @@ def evaluate_fusion(model: ALBEF, test: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def train_arm(itc_weight: float, seed: int, steps: int = STEPS, data: Any = None,
+              evalset: Any = None) -> tuple[dict[str, Any], ALBEF]:  # fmt: skip
+    """Train one arm (clean captions, MoD on, lecture 3's recipe): ``albef_noise.run``'s record
+    and the model. The zoo's ``shapes_albef`` is ``train_arm(1.0, seed=0)``."""
+    cfg = RunConfig(noise=0.0, distill=True, seed=seed, steps=steps, eval_every=steps,
+                    model={**FUSION_MODEL, "itc_weight": itc_weight})  # fmt: skip
+    return run(cfg, data, evalset if evalset is not None else eval_pairs())
+
+
 def run_arm(itc_weight: float, seed: int, steps: int = STEPS, data: Any = None,
             evalset: Any = None, test: dict | None = None
             ) -> tuple[dict[str, Any], ALBEF]:  # fmt: skip
     """Train one arm (clean captions, MoD on, lecture 3's recipe) and test its fusion encoder."""
     c0 = time.process_time()
-    cfg = RunConfig(noise=0.0, distill=True, seed=seed, steps=steps, eval_every=steps,
-                    model={**FUSION_MODEL, "itc_weight": itc_weight})  # fmt: skip
-    rec, model = run(cfg, data, evalset if evalset is not None else eval_pairs())
+    rec, model = train_arm(itc_weight, seed, steps, data, evalset)
     out = {"itc_weight": itc_weight, "seed": seed, "steps": steps, "r1": rec["r1"][-1],
            **evaluate_fusion(model, test or test_set()),
            "cpu_s": round(time.process_time() - c0, 1)}  # fmt: skip

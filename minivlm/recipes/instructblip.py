@@ -7,7 +7,7 @@ the notebook's recipe step for step, so seed 0 reproduces the notebook's printed
   frozen ``shapes_clip`` encoder, ITC + ITM + ITG for 100 steps on 1,500 single-object scenes
   (``seed 200 + s``); the weights are saved;
 * stage 2 (§3.3), twice from those weights: plain BLIP-2 (queries alone) and InstructBLIP
-  (``instruct=True``: the prompt joins the queries in the Q-Former's self-attention), 300
+  (``instruct=True``: the prompt joins the queries in the Q-Former's self-attention), 150
   steps, lr 3e-3, batch 32, on three instructions per training scene -- colour ("what color
   is the circle?"), size ("is the red circle large?", yes/no) and position ("where is the red
   circle?", 9 regions) -- with the zoo's frozen ``shapes_lm``;
@@ -18,7 +18,7 @@ the notebook's recipe step for step, so seed 0 reproduces the notebook's printed
   ridge probes of the object's region on the frozen tokens (flattened, patches shuffled, mean
   of the patches) and on InstructBLIP's query outputs for the position instruction.
 
-Regenerate the committed results (3 seeds, about 3 minutes of CPU time in one thread; the zoo
+Regenerate the committed results (3 seeds, about 2 minutes of CPU time in one thread; the zoo
 must be cached or is built first, about 50 s)::
 
   python experiments/instructblip.py --out experiments/results/instructblip.json
@@ -55,7 +55,7 @@ from minivlm.train import TrainConfig, train
 SEEDS = (0, 1, 2)
 INSTRUCTIONS = ("colour", "size", "position")
 STAGE1 = dict(steps=100, lr=1e-3, batch_size=32, warmup_steps=10)
-STAGE2 = dict(steps=300, lr=3e-3, batch_size=32, warmup_steps=10)
+STAGE2 = dict(steps=150, lr=3e-3, batch_size=32, warmup_steps=10)
 TOK = shapes_tokenizer()
 
 
