@@ -1,6 +1,6 @@
 """InstructBLIP vs plain BLIP-2 from the same stage-1 Q-Former, over seeds (Dai et al. 2023, §2.3).
 
-The multi-seed version of section 6 of lecture 4 (``notebooks/04_qformer_masks.ipynb``), with
+The multi-seed version of sections 4-5 of lecture 4 (``notebooks/04_qformer_masks.ipynb``), with
 the notebook's recipe step for step, so seed 0 reproduces the notebook's printed numbers:
 
 * stage 1 (BLIP-2 §3.2): the notebook's 8-query Q-Former (width 96, 4 layers) over the zoo's
