@@ -72,3 +72,25 @@ def assert_broken_fails_pointedly(
         assert w in r.message, f"{w!r} not in:\n{r.message}"
     r2 = check(name, fn, seed=seed + 1)  # other random inputs trip the same mistake
     assert not r2.passed and kind(r2.summary) == kind(r.summary), (r.summary, r2.summary)
+
+
+def assert_untouched_is_not_attempted(name: str, signature: str, seed: int) -> None:
+    """The student stub of check ``name`` (``def name(<signature>): raise
+    NotImplementedError``) is graded "not attempted", with no points."""
+    scope: dict = {}
+    exec(f"def {name}({signature}):\n"
+         "    raise NotImplementedError('replace this line with your solution')\n", scope)
+    r = check(name, scope[name], seed=seed)
+    assert r.status == "not attempted" and r.points == 0, str(r)
+
+
+def assert_trained_broken_fail(name: str, broken: dict[str, Callable], hint: str,
+                               seed: int) -> None:
+    """Each broken training loop in ``broken`` (label -> function) fails train check ``name``
+    on its values, with no points and ``hint`` in the message. ``timeout=0.01``: the check's
+    own min_timeout still lets the run finish; the call monitor is off (``allow_library``)."""
+    for label, fn in broken.items():
+        r = check(name, fn, seed=seed, timeout=0.01, allow_library=True)
+        assert not r.passed and r.points == 0, (label, str(r))
+        assert r.status == "failed" and "values differ" in r.summary, (label, str(r))
+        assert hint in r.message, (label, str(r))

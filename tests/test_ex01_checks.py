@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from exercise_helpers import (
     assert_broken_fails_pointedly,
     assert_source_passes_student_fails,
+    assert_untouched_is_not_attempted,
 )
 
 from minivlm.grading import check, get_check, list_checks
@@ -245,11 +246,7 @@ def test_tau_sweep_broken_fails(variant, words):
 
 
 def test_tau_sweep_untouched_is_not_attempted():
-    def tau_sweep(taus, seed):
-        raise NotImplementedError("replace this line with your solution")
-
-    r = check("tau_sweep", tau_sweep, seed=SEED)
-    assert r.status == "not attempted" and r.points == 0, str(r)
+    assert_untouched_is_not_attempted("tau_sweep", "taus, seed", SEED)
 
 
 # ----------------------------------------------------------------------------- the notebooks
