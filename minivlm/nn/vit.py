@@ -66,6 +66,23 @@ class PatchGrid:
 
 
 @dataclass
+class ViTSizes(PatchGrid):
+    """The sizes of a pre-norm ViT encoder as a model's config names them (defaults: ViT-B/16 at
+    224 px, LayerNorm eps 1e-6): a base of the MAE, BEiT and VLMo configs, which add their own
+    heads and switches."""
+
+    image_size: int = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_hidden: int = 3072
+    act: str = "gelu"
+    eps: float = 1e-6
+
+
+@dataclass
 class ViTConfig(PatchGrid):
     """Sizes and switches of a Vision Transformer (defaults: ViT-B/16 at 224 px).
 
