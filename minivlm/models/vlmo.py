@@ -57,8 +57,9 @@ STAGES = ("image", "text", "pair")
 class VLMoConfig(ViTSizes):
     """Sizes of VLMo (defaults: VLMo-Base, §3.1: ViT-B/16 width and depth at 224 px, the
     :class:`~minivlm.nn.vit.ViTSizes` defaults, BERT's uncased vocabulary, 40 text positions,
-    VL-FFN in the top ``vl_layers`` = 2 of 12 layers, layer scale 0.1 as BEiT). ``embed_dim``: ITC projection size; ``visual_vocab_size``: the
-    visual tokens of masked image modelling (BEiT's 8,192; 0 = no MIM head);
+    VL-FFN in the top ``vl_layers`` = 2 of 12 layers, layer scale 0.1 as BEiT). ``embed_dim``:
+    ITC projection size; ``visual_vocab_size``: the visual tokens of masked image modelling
+    (BEiT's 8,192; 0 = no MIM head);
     ``mask_token_id`` / ``special_token_ids``: the tokenizer's [MASK] and the ids MLM never
     masks (BERT's by default); ``mlm_prob``: masked fraction of words in pair pre-training.
 
