@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minivlm.nn.attention import MultiHeadAttention
-from minivlm.nn.blocks import MLP
+from minivlm.nn.blocks import MLP, init_weights
 from minivlm.nn.vit import ViTSizes, patchify
 
 Tensor = torch.Tensor
@@ -236,11 +236,7 @@ class Beit(nn.Module):
 
     def reset_parameters(self) -> None:
         """Truncated-normal (0.02) linears, CLS, [M] and positions (BEiT's released code)."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_weights(self, truncated=True)
         for p in (self.cls_token, self.mask_token, self.pos_embed):
             if p is not None:
                 nn.init.trunc_normal_(p, std=0.02)

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minivlm.nn.blocks import TransformerBlock, get_activation
+from minivlm.nn.blocks import TransformerBlock, get_activation, init_weights
 
 Tensor = torch.Tensor
 
@@ -385,14 +385,7 @@ class ViT(nn.Module):
 
     def reset_parameters(self) -> None:
         """timm-style init: truncated normal (std 0.02) for linears and positions."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self, truncated=True)
         # the patch embedding is a linear map of C*p*p pixels: LeCun-style fan-in init
         w = self.patch_embed.weight
         nn.init.trunc_normal_(w, std=(1.0 / w[0].numel()) ** 0.5)
