@@ -32,6 +32,7 @@ loss closures (see :func:`clip` for the smallest one).
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import statistics
 import sys
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from minivlm.train.fast import bf16_support, fused_adamw_ok
@@ -393,6 +395,200 @@ def flamingo(s: Size, device: torch.device) -> Pair:
         "transformers IdeficsForVisionText2Text: LM loss",
     )  # fmt: skip
     return _same_trainable(pair, "flamingo")
+
+
+@register("blip")
+def blip(s: Size, device: torch.device) -> Pair:
+    from transformers import BlipConfig, BlipForImageTextRetrieval
+
+    from minivlm.models.blip import Blip
+
+    torch.manual_seed(0)
+    tower = dict(hidden_size=s.dim, intermediate_size=s.mlp, num_hidden_layers=s.depth,
+                 num_attention_heads=s.heads)  # fmt: skip
+    cfg = BlipConfig(
+        vision_config=dict(tower, image_size=s.image, patch_size=s.patch, attention_dropout=0.0),
+        text_config=dict(tower, vocab_size=s.vocab, max_position_embeddings=s.text_len,
+                         encoder_hidden_size=s.dim, bos_token_id=1, sep_token_id=3,
+                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+        image_text_hidden_size=s.dim,
+    )  # fmt: skip
+    hf, ours = _convert(BlipForImageTextRetrieval(cfg), Blip, device)
+    ids, mask = _text(s, device)
+    ids[:, 0] = 2  # [CLS]
+    px = _images(s, device)
+    # ITC (§3.2, in-batch, fixed τ: the retrieval model has none) + ITM on the B pairs and B
+    # negatives (each caption with the next image: fixed, so that both sides see the same
+    # pairs; BLIP samples hard ones). HF's retrieval model has no decoder, so no LM loss.
+    ids2, mask2 = torch.cat([ids, ids]), torch.cat([mask, mask])
+    px2 = torch.cat([px, px.roll(1, 0)])
+    itm_labels = (torch.arange(2 * s.batch, device=device) < s.batch).long()
+    diag = torch.arange(s.batch, device=device)
+    tau = 0.07
+
+    def loss(cos: Tensor, itm: Tensor) -> Tensor:  # (B, B) cosines, (2B, 2) ITM logits
+        sim = cos.float() / tau
+        itc = (F.cross_entropy(sim, diag) + F.cross_entropy(sim.T, diag)) / 2
+        return itc + F.cross_entropy(itm.float(), itm_labels)
+
+    def ours_loss() -> Tensor:
+        img = F.normalize(ours.encode_image(px), dim=-1)
+        txt = F.normalize(ours.encode_text(ids, mask), dim=-1)
+        return loss(img @ txt.T, ours.itm_logits(ids2, px2, mask2))
+
+    def ref_loss() -> Tensor:
+        cos = hf(input_ids=ids, pixel_values=px, attention_mask=mask, use_itm_head=False)
+        itm = hf(input_ids=ids2, pixel_values=px2, attention_mask=mask2, use_itm_head=True)
+        return loss(cos.itm_score, itm.itm_score)
+
+    return Pair(ours, ours_loss, hf, ref_loss,
+                "transformers BlipForImageTextRetrieval: ITC + ITM (no decoder in this class)")
+
+
+@register("coca")
+def coca(s: Size, device: torch.device) -> Pair:
+    import open_clip
+    from open_clip.loss import CoCaLoss
+
+    from minivlm.models.coca import CoCa
+
+    torch.manual_seed(0)
+    tower = dict(width=s.dim, heads=s.heads, layers=s.depth, mlp_ratio=s.mlp / s.dim)
+    text = dict(tower, context_length=s.text_len, vocab_size=s.vocab)
+    ref = open_clip.coca_model.CoCa(
+        embed_dim=s.dim, multimodal_cfg=text,
+        text_cfg=dict(text, embed_cls=True, output_tokens=True),
+        vision_cfg=dict(layers=s.depth, width=s.dim, head_width=s.dim // s.heads,
+                        mlp_ratio=s.mlp / s.dim, image_size=s.image, patch_size=s.patch,
+                        attentional_pool=True, attn_pooler_heads=s.heads,
+                        attn_pooler_queries=s.queries, output_tokens=True),
+    )  # fmt: skip
+    # open_clip leaves the decoder's output projection uninitialised (torch.empty)
+    nn.init.normal_(ref.text_decoder.text_projection, std=s.dim**-0.5)
+    ours = CoCa.from_open_clip(ref)
+    if _storages(ours) & _storages(ref):
+        raise RuntimeError("train_step: CoCa.from_open_clip shares tensors with the reference")
+    ref, ours = ref.to(device).train(), ours.to(device).train()
+    ids, _ = _text(s, device)  # right padding with pad id 0
+    px = _images(s, device)
+    cfg = ours.config
+    criterion = CoCaLoss(caption_loss_weight=cfg.caption_weight,
+                         clip_loss_weight=cfg.contrastive_weight, pad_id=cfg.pad_id)
+
+    def ref_loss() -> Tensor:
+        out = ref(px, ids)
+        return sum(criterion(out["image_features"], out["text_features"], out["logits"],
+                             out["labels"], out["logit_scale"]))  # fmt: skip
+
+    return Pair(ours, lambda: ours(px, ids, return_loss=True).loss, ref, ref_loss,
+                "open_clip CoCa + CoCaLoss: contrastive + captioning")
+
+
+@register("qwen2vl")
+def qwen2vl(s: Size, device: torch.device) -> Pair:
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    from minivlm.models.qwen_vl import Qwen2VL, pack_images
+
+    torch.manual_seed(0)
+    half = s.dim // s.heads // 2  # M-RoPE: frequency pairs per head split over (t, h, w)
+    section = [half // 4, (half - half // 4) // 2, half - half // 4 - (half - half // 4) // 2]
+    img, start, end, video = s.vocab - 1, s.vocab - 2, s.vocab - 3, s.vocab - 4
+    N = (s.image // s.patch) ** 2 // 4  # LM tokens per image after the 2x2 merger
+    cfg = Qwen2VLConfig(
+        vision_config=dict(depth=s.depth, embed_dim=s.dim, hidden_size=s.dim,
+                           num_heads=s.heads, mlp_ratio=s.mlp // s.dim, patch_size=s.patch,
+                           temporal_patch_size=2, spatial_merge_size=2),
+        text_config=dict(vocab_size=s.vocab, hidden_size=s.dim, intermediate_size=s.mlp,
+                         num_hidden_layers=s.depth, num_attention_heads=s.heads,
+                         num_key_value_heads=s.heads, max_position_embeddings=4 * (N + s.text_len),
+                         rope_parameters=dict(rope_type="default", rope_theta=10000.0,
+                                              mrope_section=section),
+                         bos_token_id=1, eos_token_id=2),
+        image_token_id=img, video_token_id=video, vision_start_token_id=start,
+        vision_end_token_id=end,
+    )  # fmt: skip
+    hf, ours = _convert(Qwen2VLForConditionalGeneration(cfg), Qwen2VL, device)
+    text, tmask = _text(s, device, high=video)
+    B = s.batch
+    vis = torch.tensor([start] + [img] * N + [end], device=device).expand(B, -1)
+    ids = torch.cat([text[:, :2], vis, text[:, 2:]], 1)
+    mask = torch.cat([tmask[:, :2], torch.ones_like(vis), tmask[:, 2:]], 1)
+    labels = ids.masked_fill((mask == 0) | (ids >= video), -100)
+    px, grid = pack_images(list(_images(s, torch.device("cpu"))), s.patch, 2, 2)
+    px, grid = px.to(device), grid.to(device)
+    return Pair(
+        ours, lambda: ours(ids, px, grid, mask, labels=labels).loss,
+        hf, lambda: hf(input_ids=ids, attention_mask=mask, pixel_values=px,
+                       image_grid_thw=grid, mm_token_type_ids=(ids == img).long(),
+                       labels=labels).loss,
+        "transformers Qwen2VLForConditionalGeneration: LM loss, everything trained",
+    )  # fmt: skip
+
+
+class _WithHead(nn.Module):
+    """A backbone and a linear head on its pooled output (LXMERT's answer classifier)."""
+
+    def __init__(self, body: nn.Module, head: nn.Linear) -> None:
+        super().__init__()
+        self.body, self.head = body, head
+
+
+@register("lxmert")
+def lxmert(s: Size, device: torch.device) -> Pair:
+    from transformers import LxmertConfig, LxmertModel
+
+    from minivlm.models.lxmert import Lxmert
+
+    torch.manual_seed(0)
+    regions = 36  # LXMERT's 36 detected objects per image; features of width dim stand in for
+    cfg = LxmertConfig(  # the detector's 2048
+        vocab_size=s.vocab, hidden_size=s.dim, num_attention_heads=s.heads,
+        intermediate_size=s.mlp, l_layers=s.depth, r_layers=s.depth,
+        x_layers=max(1, s.depth // 2), visual_feat_dim=s.dim, visual_pos_dim=4,
+        max_position_embeddings=s.text_len, hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+    hf, body = _convert(LxmertModel(cfg), Lxmert, device)
+    head = nn.Linear(s.dim, s.vocab)  # an answer classifier, copied to both sides
+    ref = _WithHead(hf, copy.deepcopy(head)).to(device).train()
+    ours = _WithHead(body, head).to(device).train()
+    ids, mask = _text(s, device)
+    g = _gen(3)
+    feats = torch.randn(s.batch, regions, s.dim, generator=g).to(device)
+    xy = torch.rand(s.batch, regions, 2, generator=g) * 0.5
+    boxes = torch.cat([xy, xy + 0.5 * torch.rand(s.batch, regions, 2, generator=g)], -1)
+    boxes = boxes.to(device)  # normalised (x1, y1, x2, y2)
+    answers = torch.randint(0, s.vocab, (s.batch,), generator=g).to(device)
+
+    def ours_loss() -> Tensor:
+        pooled = body(ids, feats, boxes, mask).pooled_output
+        return F.cross_entropy(ours.head(pooled), answers)
+
+    def ref_loss() -> Tensor:
+        pooled = hf(input_ids=ids, visual_feats=feats, visual_pos=boxes,
+                    attention_mask=mask).pooled_output  # fmt: skip
+        return F.cross_entropy(ref.head(pooled), answers)
+
+    return Pair(ours, ours_loss, ref, ref_loss,
+                "transformers LxmertModel + a linear answer head: answer CE")
+
+
+@register("vlmo")
+def vlmo(s: Size, device: torch.device) -> Pair:
+    import minivlm
+
+    torch.manual_seed(0)
+    ours = minivlm.create_model(
+        "vlmo_tiny", vocab_size=s.vocab, max_text_len=s.text_len, image_size=s.image,
+        patch_size=s.patch, dim=s.dim, depth=s.depth, num_heads=s.heads, mlp_hidden=s.mlp,
+        vl_layers=max(1, s.depth // 4), embed_dim=s.dim,
+    ).to(device).train()  # fmt: skip
+    ids, mask = _text(s, device, low=8)
+    ids[:, 0] = 2
+    px = _images(s, device)
+    return Pair(ours, lambda: ours(ids, px, mask).loss, None, None,
+                "none: VLMo has no transformers/timm implementation (ITC + ITM + MLM)")
 
 
 # --------------------------------------------------------------------------- measuring
