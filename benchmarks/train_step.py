@@ -662,14 +662,29 @@ def bench_model(name: str, size: Size, device: torch.device, precision: str,
     pair = MODELS[name](size, device)
     bf16 = precision == "bf16"
     sides = {"minivlm": (pair.ours, pair.ours_loss)}
+    if args.compile:  # minivlm's loss closure (forward + loss) compiled; the backward follows
+        eager = MODELS[name](size, device)  # the same seed: a second, uncompiled copy
+        sides = {"minivlm": (pair.ours, torch.compile(pair.ours_loss)),
+                 "minivlm_eager": (eager.ours, eager.ours_loss)}  # fmt: skip
     if pair.ref is not None:
         sides["reference"] = (pair.ref, pair.ref_loss)
     steps = {k: make_step(m, fn, device, bf16) for k, (m, fn) in sides.items()}
-    first = {k: float(step()) for k, step in steps.items()}  # before either has changed
-    for step in steps.values():
-        for _ in range(args.warmup):
-            step()
-    flops = {k: clip_train.count_flops(step) for k, step in steps.items()}
+    first: dict[str, float] = {}  # each side's first loss, before any weight has changed
+    warm: dict[str, list[float]] = {}  # wall seconds of the first and warm-up steps
+    for k, step in steps.items():
+        warm[k] = []
+        for i in range(1 + args.warmup):
+            clip_train._sync(device)
+            t0 = time.perf_counter()
+            loss = float(step())
+            warm[k].append(time.perf_counter() - t0)
+            if i == 0:
+                first[k] = loss
+    # FLOPs are counted on an eager step (a compiled graph's kernels bypass the counter)
+    count = {k: v for k, v in steps.items() if k != "minivlm" or not args.compile}
+    flops = {k: clip_train.count_flops(step) for k, step in count.items()}
+    if args.compile:
+        flops["minivlm"] = flops["minivlm_eager"]
     mem = {k: peak_memory(step, device) for k, step in steps.items()}
     t = time_interleaved(steps, args.steps, args.repeats, device)
     clock = "cpu" if device.type == "cpu" else "wall"
@@ -680,6 +695,7 @@ def bench_model(name: str, size: Size, device: torch.device, precision: str,
         "parameters": count_parameters(pair.ours),
         "trainable": count_parameters(pair.ours, trainable_only=True),
         "first_loss": first, "flops_per_step": flops["minivlm"], "flops": flops,
+        "compiled": False,
         "clock_for_flops": clock, "times": t,
     }  # fmt: skip
     for k in steps:
@@ -689,11 +705,17 @@ def bench_model(name: str, size: Size, device: torch.device, precision: str,
                   "steps_per_cpu_s": 1 / statistics.median(t[k]["cpu"]), "flop_per_s": per_s,
                   "fraction_of_peak": per_s / peak if peak else None,
                   "peak_memory_gib": mem[k]}  # fmt: skip
-    if "reference" in steps:
-        for clk in ("wall", "cpu"):
-            ratios = [r / m for r, m in zip(t["reference"][clk], t["minivlm"][clk])]
-            row[f"ratio_{clk}"] = statistics.median(ratios)  # > 1: minivlm is faster
-            row[f"ratio_{clk}_per_repeat"] = ratios
+    for other, key in (("reference", "ratio"), ("minivlm_eager", "compile_ratio")):
+        if other in steps:  # > 1: (compiled) minivlm is faster than the other side
+            for clk in ("wall", "cpu"):
+                ratios = [r / m for r, m in zip(t[other][clk], t["minivlm"][clk])]
+                row[f"{key}_{clk}"] = statistics.median(ratios)
+                row[f"{key}_{clk}_per_repeat"] = ratios
+    if args.compile:  # what the first steps cost beyond steady-state ones: the compilation
+        steady = statistics.median(t["minivlm"]["wall"])
+        row["compiled"] = True
+        row["warmup_step_s"] = warm
+        row["compile_s"] = sum(warm["minivlm"]) - len(warm["minivlm"]) * steady
     return row
 
 
@@ -701,7 +723,7 @@ def bench_model(name: str, size: Size, device: torch.device, precision: str,
 
 
 def _fmt_row(r: dict[str, Any]) -> str:
-    name = f"{r['model']} | {r['precision']}"
+    name = f"{r['model']} | {r['precision']}" + (", compiled" if r.get("compiled") else "")
     m, ref = r["minivlm"], r.get("reference")
     pct = f"{100 * m['fraction_of_peak']:.0f}%" if m["fraction_of_peak"] else "-"
     def steps(side: dict[str, Any]) -> str:  # wall (and, on a CPU, per CPU-second)
@@ -745,6 +767,14 @@ def table(res: dict[str, Any]) -> str:
             body.append(_fmt_row(r))
     for (prec, why), names in skipped.items():
         body.append(f"| {', '.join(names)} | {prec} | not run: {why} |" + " |" * 7)
+    compiled = [r for r in res["rows"] if r.get("compiled")]
+    if compiled:
+        body += ["", "torch.compile of minivlm's forward + loss (the reference stays eager): "
+                 "compilation = the first steps' wall time beyond steady-state steps; speed-up "
+                 "of compiled over eager minivlm, interleaved medians (wall / CPU time):"]
+        body += [f"- {r['model']} {r['precision']}: compilation {r['compile_s']:.1f} s, "
+                 f"steady state {r['compile_ratio_wall']:.2f}x / {r['compile_ratio_cpu']:.2f}x"
+                 for r in compiled]  # fmt: skip
     return "\n".join(head + body)
 
 
@@ -763,6 +793,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=2, help="timed steps per repeat and side")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile minivlm's forward + loss; adds an eager minivlm side "
+                         "and reports the compilation time")  # fmt: skip
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     ap.add_argument("--quick", action="store_true",
                     help="dry run: size quick, 1 step x 2 repeats, no warm-up, small peak matmul")
@@ -784,6 +817,10 @@ def main(argv: list[str] | None = None) -> int:
     args.size = args.size or ("base" if device.type == "cuda" else "small")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.compile and device.type == "cpu":  # compile in this process (no worker pool), so
+        import torch._inductor.config as inductor  # its CPU time is this process's
+
+        inductor.compile_threads = 1
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 rows use TF32 tensor cores
         torch.backends.cudnn.allow_tf32 = True
@@ -809,10 +846,12 @@ def main(argv: list[str] | None = None) -> int:
         "size_name": args.size, "size": asdict(size), "device": dev_name,
         "device_type": device.type, "threads": torch.get_num_threads(),
         "torch": torch.__version__, "transformers": None, "steps": args.steps,
-        "repeats": args.repeats, "warmup": args.warmup, "peak_flop_per_s": peaks,
+        "repeats": args.repeats, "warmup": args.warmup, "compile": args.compile,
+        "peak_flop_per_s": peaks,
         "bf16_native": native, "bf16_note": bf16_note, "complete": False, "rows": rows,
     }  # fmt: skip
-    stem = Path(args.out) / f"train_step_{args.size}_{device.type}"
+    stem = Path(args.out) / (f"train_step_{args.size}_{device.type}"
+                             + ("_compile" if args.compile else ""))  # fmt: skip
     todo = [(p, m) for p in args.precision for m in models]
     for k, (precision, name) in enumerate(todo):
         if precision == "bf16" and not run_bf16:
