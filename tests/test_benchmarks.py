@@ -156,7 +156,7 @@ def test_train_step_compile_wiring_adds_an_eager_side_and_a_compile_time(tmp_pat
     assert loss["minivlm"] == loss["minivlm_eager"] == pytest.approx(loss["reference"], abs=1e-5)
     assert row["flops"]["minivlm"] == row["flops"]["minivlm_eager"] > 0
     assert row["compile_ratio_cpu"] > 0 and len(row["compile_ratio_wall_per_repeat"]) == 2
-    assert isinstance(row["compile_s"], float) and len(row["warmup_step_s"]["minivlm"]) == 1
+    assert isinstance(row["compile_cpu_s"], float) and row["warmup_step_s"]["minivlm"]["cpu"]
     md = (tmp_path / "train_step_quick_cpu_compile.md").read_text()
     assert "| clip | fp32, compiled |" in md and "- clip fp32: compilation" in md
 
