@@ -32,7 +32,9 @@ loss closures (see :func:`clip` for the smallest one).
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -42,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from minivlm.train.fast import bf16_support, fused_adamw_ok
@@ -395,6 +398,200 @@ def flamingo(s: Size, device: torch.device) -> Pair:
     return _same_trainable(pair, "flamingo")
 
 
+@register("blip")
+def blip(s: Size, device: torch.device) -> Pair:
+    from transformers import BlipConfig, BlipForImageTextRetrieval
+
+    from minivlm.models.blip import Blip
+
+    torch.manual_seed(0)
+    tower = dict(hidden_size=s.dim, intermediate_size=s.mlp, num_hidden_layers=s.depth,
+                 num_attention_heads=s.heads)  # fmt: skip
+    cfg = BlipConfig(
+        vision_config=dict(tower, image_size=s.image, patch_size=s.patch, attention_dropout=0.0),
+        text_config=dict(tower, vocab_size=s.vocab, max_position_embeddings=s.text_len,
+                         encoder_hidden_size=s.dim, bos_token_id=1, sep_token_id=3,
+                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+        image_text_hidden_size=s.dim,
+    )  # fmt: skip
+    hf, ours = _convert(BlipForImageTextRetrieval(cfg), Blip, device)
+    ids, mask = _text(s, device)
+    ids[:, 0] = 2  # [CLS]
+    px = _images(s, device)
+    # ITC (§3.2, in-batch, fixed τ: the retrieval model has none) + ITM on the B pairs and B
+    # negatives (each caption with the next image: fixed, so that both sides see the same
+    # pairs; BLIP samples hard ones). HF's retrieval model has no decoder, so no LM loss.
+    ids2, mask2 = torch.cat([ids, ids]), torch.cat([mask, mask])
+    px2 = torch.cat([px, px.roll(1, 0)])
+    itm_labels = (torch.arange(2 * s.batch, device=device) < s.batch).long()
+    diag = torch.arange(s.batch, device=device)
+    tau = 0.07
+
+    def loss(cos: Tensor, itm: Tensor) -> Tensor:  # (B, B) cosines, (2B, 2) ITM logits
+        sim = cos.float() / tau
+        itc = (F.cross_entropy(sim, diag) + F.cross_entropy(sim.T, diag)) / 2
+        return itc + F.cross_entropy(itm.float(), itm_labels)
+
+    def ours_loss() -> Tensor:
+        img = F.normalize(ours.encode_image(px), dim=-1)
+        txt = F.normalize(ours.encode_text(ids, mask), dim=-1)
+        return loss(img @ txt.T, ours.itm_logits(ids2, px2, mask2))
+
+    def ref_loss() -> Tensor:
+        cos = hf(input_ids=ids, pixel_values=px, attention_mask=mask, use_itm_head=False)
+        itm = hf(input_ids=ids2, pixel_values=px2, attention_mask=mask2, use_itm_head=True)
+        return loss(cos.itm_score, itm.itm_score)
+
+    return Pair(ours, ours_loss, hf, ref_loss,
+                "transformers BlipForImageTextRetrieval: ITC + ITM (no decoder in this class)")
+
+
+@register("coca")
+def coca(s: Size, device: torch.device) -> Pair:
+    import open_clip
+    from open_clip.loss import CoCaLoss
+
+    from minivlm.models.coca import CoCa
+
+    torch.manual_seed(0)
+    tower = dict(width=s.dim, heads=s.heads, layers=s.depth, mlp_ratio=s.mlp / s.dim)
+    text = dict(tower, context_length=s.text_len, vocab_size=s.vocab)
+    ref = open_clip.coca_model.CoCa(
+        embed_dim=s.dim, multimodal_cfg=text,
+        text_cfg=dict(text, embed_cls=True, output_tokens=True),
+        vision_cfg=dict(layers=s.depth, width=s.dim, head_width=s.dim // s.heads,
+                        mlp_ratio=s.mlp / s.dim, image_size=s.image, patch_size=s.patch,
+                        attentional_pool=True, attn_pooler_heads=s.heads,
+                        attn_pooler_queries=s.queries, output_tokens=True),
+    )  # fmt: skip
+    # open_clip leaves the decoder's output projection uninitialised (torch.empty)
+    nn.init.normal_(ref.text_decoder.text_projection, std=s.dim**-0.5)
+    ours = CoCa.from_open_clip(ref)
+    if _storages(ours) & _storages(ref):
+        raise RuntimeError("train_step: CoCa.from_open_clip shares tensors with the reference")
+    ref, ours = ref.to(device).train(), ours.to(device).train()
+    ids, _ = _text(s, device)  # right padding with pad id 0
+    px = _images(s, device)
+    cfg = ours.config
+    criterion = CoCaLoss(caption_loss_weight=cfg.caption_weight,
+                         clip_loss_weight=cfg.contrastive_weight, pad_id=cfg.pad_id)
+
+    def ref_loss() -> Tensor:
+        out = ref(px, ids)
+        return sum(criterion(out["image_features"], out["text_features"], out["logits"],
+                             out["labels"], out["logit_scale"]))  # fmt: skip
+
+    return Pair(ours, lambda: ours(px, ids, return_loss=True).loss, ref, ref_loss,
+                "open_clip CoCa + CoCaLoss: contrastive + captioning")
+
+
+@register("qwen2vl")
+def qwen2vl(s: Size, device: torch.device) -> Pair:
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    from minivlm.models.qwen_vl import Qwen2VL, pack_images
+
+    torch.manual_seed(0)
+    half = s.dim // s.heads // 2  # M-RoPE: frequency pairs per head split over (t, h, w)
+    section = [half // 4, (half - half // 4) // 2, half - half // 4 - (half - half // 4) // 2]
+    img, start, end, video = s.vocab - 1, s.vocab - 2, s.vocab - 3, s.vocab - 4
+    N = (s.image // s.patch) ** 2 // 4  # LM tokens per image after the 2x2 merger
+    cfg = Qwen2VLConfig(
+        vision_config=dict(depth=s.depth, embed_dim=s.dim, hidden_size=s.dim,
+                           num_heads=s.heads, mlp_ratio=s.mlp // s.dim, patch_size=s.patch,
+                           temporal_patch_size=2, spatial_merge_size=2),
+        text_config=dict(vocab_size=s.vocab, hidden_size=s.dim, intermediate_size=s.mlp,
+                         num_hidden_layers=s.depth, num_attention_heads=s.heads,
+                         num_key_value_heads=s.heads, max_position_embeddings=4 * (N + s.text_len),
+                         rope_parameters=dict(rope_type="default", rope_theta=10000.0,
+                                              mrope_section=section),
+                         bos_token_id=1, eos_token_id=2),
+        image_token_id=img, video_token_id=video, vision_start_token_id=start,
+        vision_end_token_id=end,
+    )  # fmt: skip
+    hf, ours = _convert(Qwen2VLForConditionalGeneration(cfg), Qwen2VL, device)
+    text, tmask = _text(s, device, high=video)
+    B = s.batch
+    vis = torch.tensor([start] + [img] * N + [end], device=device).expand(B, -1)
+    ids = torch.cat([text[:, :2], vis, text[:, 2:]], 1)
+    mask = torch.cat([tmask[:, :2], torch.ones_like(vis), tmask[:, 2:]], 1)
+    labels = ids.masked_fill((mask == 0) | (ids >= video), -100)
+    px, grid = pack_images(list(_images(s, torch.device("cpu"))), s.patch, 2, 2)
+    px, grid = px.to(device), grid.to(device)
+    return Pair(
+        ours, lambda: ours(ids, px, grid, mask, labels=labels).loss,
+        hf, lambda: hf(input_ids=ids, attention_mask=mask, pixel_values=px,
+                       image_grid_thw=grid, mm_token_type_ids=(ids == img).long(),
+                       labels=labels).loss,
+        "transformers Qwen2VLForConditionalGeneration: LM loss, everything trained",
+    )  # fmt: skip
+
+
+class _WithHead(nn.Module):
+    """A backbone and a linear head on its pooled output (LXMERT's answer classifier)."""
+
+    def __init__(self, body: nn.Module, head: nn.Linear) -> None:
+        super().__init__()
+        self.body, self.head = body, head
+
+
+@register("lxmert")
+def lxmert(s: Size, device: torch.device) -> Pair:
+    from transformers import LxmertConfig, LxmertModel
+
+    from minivlm.models.lxmert import Lxmert
+
+    torch.manual_seed(0)
+    regions = 36  # LXMERT's 36 detected objects per image; features of width dim stand in for
+    cfg = LxmertConfig(  # the detector's 2048
+        vocab_size=s.vocab, hidden_size=s.dim, num_attention_heads=s.heads,
+        intermediate_size=s.mlp, l_layers=s.depth, r_layers=s.depth,
+        x_layers=max(1, s.depth // 2), visual_feat_dim=s.dim, visual_pos_dim=4,
+        max_position_embeddings=s.text_len, hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+    hf, body = _convert(LxmertModel(cfg), Lxmert, device)
+    head = nn.Linear(s.dim, s.vocab)  # an answer classifier, copied to both sides
+    ref = _WithHead(hf, copy.deepcopy(head)).to(device).train()
+    ours = _WithHead(body, head).to(device).train()
+    ids, mask = _text(s, device)
+    g = _gen(3)
+    feats = torch.randn(s.batch, regions, s.dim, generator=g).to(device)
+    xy = torch.rand(s.batch, regions, 2, generator=g) * 0.5
+    boxes = torch.cat([xy, xy + 0.5 * torch.rand(s.batch, regions, 2, generator=g)], -1)
+    boxes = boxes.to(device)  # normalised (x1, y1, x2, y2)
+    answers = torch.randint(0, s.vocab, (s.batch,), generator=g).to(device)
+
+    def ours_loss() -> Tensor:
+        pooled = body(ids, feats, boxes, mask).pooled_output
+        return F.cross_entropy(ours.head(pooled), answers)
+
+    def ref_loss() -> Tensor:
+        pooled = hf(input_ids=ids, visual_feats=feats, visual_pos=boxes,
+                    attention_mask=mask).pooled_output  # fmt: skip
+        return F.cross_entropy(ref.head(pooled), answers)
+
+    return Pair(ours, ours_loss, ref, ref_loss,
+                "transformers LxmertModel + a linear answer head: answer CE")
+
+
+@register("vlmo")
+def vlmo(s: Size, device: torch.device) -> Pair:
+    import minivlm
+
+    torch.manual_seed(0)
+    ours = minivlm.create_model(
+        "vlmo_tiny", vocab_size=s.vocab, max_text_len=s.text_len, image_size=s.image,
+        patch_size=s.patch, dim=s.dim, depth=s.depth, num_heads=s.heads, mlp_hidden=s.mlp,
+        vl_layers=max(1, s.depth // 4), embed_dim=s.dim,
+    ).to(device).train()  # fmt: skip
+    ids, mask = _text(s, device, low=8)
+    ids[:, 0] = 2
+    px = _images(s, device)
+    return Pair(ours, lambda: ours(ids, px, mask).loss, None, None,
+                "none: VLMo has no transformers/timm implementation (ITC + ITM + MLM)")
+
+
 # --------------------------------------------------------------------------- measuring
 
 
@@ -461,19 +658,42 @@ def time_interleaved(steps: dict[str, Callable[[], Tensor]], n: int, repeats: in
     return out
 
 
+def _cpu_and_children() -> float:
+    """CPU seconds of this process and its finished children (inductor's C++ compiler runs)."""
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + kids.ru_utime + kids.ru_stime
+
+
 def bench_model(name: str, size: Size, device: torch.device, precision: str,
                 args: argparse.Namespace, peak: float | None) -> dict[str, Any]:  # fmt: skip
     pair = MODELS[name](size, device)
     bf16 = precision == "bf16"
     sides = {"minivlm": (pair.ours, pair.ours_loss)}
+    if args.compile:  # minivlm's loss closure (forward + loss) compiled; the backward follows
+        eager = MODELS[name](size, device)  # the same seed: a second, uncompiled copy
+        sides = {"minivlm": (pair.ours, torch.compile(pair.ours_loss)),
+                 "minivlm_eager": (eager.ours, eager.ours_loss)}  # fmt: skip
     if pair.ref is not None:
         sides["reference"] = (pair.ref, pair.ref_loss)
     steps = {k: make_step(m, fn, device, bf16) for k, (m, fn) in sides.items()}
-    first = {k: float(step()) for k, step in steps.items()}  # before either has changed
-    for step in steps.values():
-        for _ in range(args.warmup):
-            step()
-    flops = {k: clip_train.count_flops(step) for k, step in steps.items()}
+    first: dict[str, float] = {}  # each side's first loss, before any weight has changed
+    warm: dict[str, dict[str, list[float]]] = {}  # seconds of the first and warm-up steps
+    for k, step in steps.items():
+        warm[k] = {"wall": [], "cpu": []}
+        for i in range(1 + args.warmup):
+            clip_train._sync(device)
+            t0, c0 = time.perf_counter(), _cpu_and_children()
+            loss = float(step())
+            clip_train._sync(device)
+            warm[k]["wall"].append(time.perf_counter() - t0)
+            warm[k]["cpu"].append(_cpu_and_children() - c0)
+            if i == 0:
+                first[k] = loss
+    # FLOPs are counted on an eager step (a compiled graph's kernels bypass the counter)
+    count = {k: v for k, v in steps.items() if k != "minivlm" or not args.compile}
+    flops = {k: clip_train.count_flops(step) for k, step in count.items()}
+    if args.compile:
+        flops["minivlm"] = flops["minivlm_eager"]
     mem = {k: peak_memory(step, device) for k, step in steps.items()}
     t = time_interleaved(steps, args.steps, args.repeats, device)
     clock = "cpu" if device.type == "cpu" else "wall"
@@ -484,6 +704,7 @@ def bench_model(name: str, size: Size, device: torch.device, precision: str,
         "parameters": count_parameters(pair.ours),
         "trainable": count_parameters(pair.ours, trainable_only=True),
         "first_loss": first, "flops_per_step": flops["minivlm"], "flops": flops,
+        "compiled": False,
         "clock_for_flops": clock, "times": t,
     }  # fmt: skip
     for k in steps:
@@ -493,11 +714,18 @@ def bench_model(name: str, size: Size, device: torch.device, precision: str,
                   "steps_per_cpu_s": 1 / statistics.median(t[k]["cpu"]), "flop_per_s": per_s,
                   "fraction_of_peak": per_s / peak if peak else None,
                   "peak_memory_gib": mem[k]}  # fmt: skip
-    if "reference" in steps:
-        for clk in ("wall", "cpu"):
-            ratios = [r / m for r, m in zip(t["reference"][clk], t["minivlm"][clk])]
-            row[f"ratio_{clk}"] = statistics.median(ratios)  # > 1: minivlm is faster
-            row[f"ratio_{clk}_per_repeat"] = ratios
+    for other, key in (("reference", "ratio"), ("minivlm_eager", "compile_ratio")):
+        if other in steps:  # > 1: (compiled) minivlm is faster than the other side
+            for clk in ("wall", "cpu"):
+                ratios = [r / m for r, m in zip(t[other][clk], t["minivlm"][clk])]
+                row[f"{key}_{clk}"] = statistics.median(ratios)
+                row[f"{key}_{clk}_per_repeat"] = ratios
+    if args.compile:  # what the first steps cost beyond steady-state ones: the compilation
+        row["compiled"] = True
+        row["warmup_step_s"] = warm
+        for clk, key in (("wall", "compile_s"), ("cpu", "compile_cpu_s")):
+            first_steps = warm["minivlm"][clk]
+            row[key] = sum(first_steps) - len(first_steps) * statistics.median(t["minivlm"][clk])
     return row
 
 
@@ -505,7 +733,7 @@ def bench_model(name: str, size: Size, device: torch.device, precision: str,
 
 
 def _fmt_row(r: dict[str, Any]) -> str:
-    name = f"{r['model']} | {r['precision']}"
+    name = f"{r['model']} | {r['precision']}" + (", compiled" if r.get("compiled") else "")
     m, ref = r["minivlm"], r.get("reference")
     pct = f"{100 * m['fraction_of_peak']:.0f}%" if m["fraction_of_peak"] else "-"
     def steps(side: dict[str, Any]) -> str:  # wall (and, on a CPU, per CPU-second)
@@ -513,7 +741,10 @@ def _fmt_row(r: dict[str, Any]) -> str:
         return f"{side['steps_per_s']:.2f}{cpu}"
 
     rsteps = steps(ref) if ref else "-"
-    ratio = f"{r['ratio_wall']:.2f}x / {r['ratio_cpu']:.2f}x" if ref else "no reference"
+    ratio = "no reference"
+    if ref:  # medians, and the spread of the CPU-time ratio over repeats
+        lo, hi = min(r["ratio_cpu_per_repeat"]), max(r["ratio_cpu_per_repeat"])
+        ratio = f"{r['ratio_wall']:.2f}x / {r['ratio_cpu']:.2f}x ({lo:.2f}-{hi:.2f})"
     loss = (f"{r['first_loss']['minivlm']:.4f} / {r['first_loss']['reference']:.4f}" if ref
             else f"{r['first_loss']['minivlm']:.4f}")  # fmt: skip
     if m.get("peak_memory_gib") is not None:
@@ -537,7 +768,8 @@ def table(res: dict[str, Any]) -> str:
         f"bf16: {res['bf16_note']}",
         "",
         f"| model | precision | params | GFLOP/step | minivlm {sps} | reference {sps} | "
-        f"speed vs reference (wall / CPU time) | minivlm GFLOP/s ({unit}) | of matmul peak | "
+        f"speed vs reference (wall / CPU time (range over repeats)) | minivlm GFLOP/s ({unit}) "
+        f"| of matmul peak | "
         f"first loss minivlm / reference |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]  # fmt: skip
@@ -549,6 +781,15 @@ def table(res: dict[str, Any]) -> str:
             body.append(_fmt_row(r))
     for (prec, why), names in skipped.items():
         body.append(f"| {', '.join(names)} | {prec} | not run: {why} |" + " |" * 7)
+    compiled = [r for r in res["rows"] if r.get("compiled")]
+    if compiled:
+        body += ["", "torch.compile of minivlm's forward + loss (the reference stays eager): "
+                 "compilation = the first steps' time beyond steady-state steps; speed-up "
+                 "of compiled over eager minivlm, interleaved medians (wall / CPU time):"]
+        body += [f"- {r['model']} {r['precision']}: compilation {r['compile_s']:.1f} s "
+                 f"({r['compile_cpu_s']:.1f} s of CPU), "
+                 f"steady state {r['compile_ratio_wall']:.2f}x / {r['compile_ratio_cpu']:.2f}x"
+                 for r in compiled]  # fmt: skip
     return "\n".join(head + body)
 
 
@@ -567,6 +808,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=2, help="timed steps per repeat and side")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile minivlm's forward + loss; adds an eager minivlm side "
+                         "and reports the compilation time")  # fmt: skip
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     ap.add_argument("--quick", action="store_true",
                     help="dry run: size quick, 1 step x 2 repeats, no warm-up, small peak matmul")
@@ -588,6 +832,10 @@ def main(argv: list[str] | None = None) -> int:
     args.size = args.size or ("base" if device.type == "cuda" else "small")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.compile and device.type == "cpu":  # compile in this process (no worker pool), so
+        import torch._inductor.config as inductor  # its CPU time is this process's
+
+        inductor.compile_threads = 1
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 rows use TF32 tensor cores
         torch.backends.cudnn.allow_tf32 = True
@@ -613,10 +861,12 @@ def main(argv: list[str] | None = None) -> int:
         "size_name": args.size, "size": asdict(size), "device": dev_name,
         "device_type": device.type, "threads": torch.get_num_threads(),
         "torch": torch.__version__, "transformers": None, "steps": args.steps,
-        "repeats": args.repeats, "warmup": args.warmup, "peak_flop_per_s": peaks,
+        "repeats": args.repeats, "warmup": args.warmup, "compile": args.compile,
+        "peak_flop_per_s": peaks,
         "bf16_native": native, "bf16_note": bf16_note, "complete": False, "rows": rows,
     }  # fmt: skip
-    stem = Path(args.out) / f"train_step_{args.size}_{device.type}"
+    stem = Path(args.out) / (f"train_step_{args.size}_{device.type}"
+                             + ("_compile" if args.compile else ""))  # fmt: skip
     todo = [(p, m) for p in args.precision for m in models]
     for k, (precision, name) in enumerate(todo):
         if precision == "bf16" and not run_bf16:

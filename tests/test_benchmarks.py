@@ -73,7 +73,7 @@ def test_gpu_check_script_plans_the_gpu_runs_within_its_budget():
     clip = " ".join(steps["clip_train"][1])
     assert "--config b16 --batch 256" in clip and "--device cuda --dtype bf16" in clip
     step = " ".join(steps["train_step"][1])
-    assert "--size base" in step and "--device cuda --precision fp32 bf16" in step
+    assert "--size base" in step and "--device cuda --precision bf16 fp32" in step
     with pytest.raises(subprocess.CalledProcessError):
         _gpu_check_commands("--device", "tpu")
 
@@ -90,9 +90,8 @@ def test_gpu_check_dry_run_on_cpu_every_model_both_sides_compute_the_same_step(t
         assert _load(name).main(argv[2:]) == 0, name
     assert (tmp_path / "clip_train_tiny_b4_cpu_fp32.json").exists()
     bench = _load("train_step")
-    assert {"clip", "vilt", "albef", "blip2", "llava", "mae", "beit", "flamingo"} <= set(
-        bench.MODELS
-    )
+    assert {"clip", "vilt", "albef", "blip", "coca", "blip2", "llava", "mae", "beit", "flamingo",
+            "qwen2vl", "lxmert", "vlmo"} <= set(bench.MODELS)  # fmt: skip
     res = json.loads((tmp_path / "train_step_quick_cpu.json").read_text())
     assert res["complete"] and res["peak_flop_per_s"]["fp32"] > 0
     rows = {r["model"]: r for r in res["rows"] if r["precision"] == "fp32"}
@@ -138,3 +137,41 @@ def test_train_step_rejects_unknown_models_and_duplicate_entries(tmp_path):
         bench.main(["--models", "nonesuch", "--out", str(tmp_path)])
     with pytest.raises(ValueError, match="registered twice"):
         bench.register("clip")(lambda size, device: None)
+
+
+def test_train_step_compile_wiring_adds_an_eager_side_and_a_compile_time(tmp_path, monkeypatch):
+    """--compile's bookkeeping (torch.compile itself replaced by a recording identity: a real
+    compilation costs a minute of CPU, too much for a unit test)."""
+    pytest.importorskip("transformers")
+    bench = _load("train_step")
+    compiled = []
+    monkeypatch.setattr(bench.torch, "compile", lambda fn: compiled.append(fn) or fn)
+    argv = ["--device", "cpu", "--quick", "--precision", "fp32", "--models", "clip", "--compile",
+            "--out", str(tmp_path)]  # fmt: skip
+    assert bench.main(argv) == 0 and len(compiled) == 1
+    res = json.loads((tmp_path / "train_step_quick_cpu_compile.json").read_text())
+    (row,) = res["rows"]
+    assert res["compile"] and row["compiled"]
+    loss = row["first_loss"]  # both minivlm copies and the reference start from the same loss
+    assert loss["minivlm"] == loss["minivlm_eager"] == pytest.approx(loss["reference"], abs=1e-5)
+    assert row["flops"]["minivlm"] == row["flops"]["minivlm_eager"] > 0
+    assert row["compile_ratio_cpu"] > 0 and len(row["compile_ratio_wall_per_repeat"]) == 2
+    assert isinstance(row["compile_cpu_s"], float) and row["warmup_step_s"]["minivlm"]["cpu"]
+    md = (tmp_path / "train_step_quick_cpu_compile.md").read_text()
+    assert "| clip | fp32, compiled |" in md and "- clip fp32: compilation" in md
+
+
+def test_bf16_lessons_runs_both_precisions_on_tiny_parts(tmp_path, capsys):
+    bench = _load("bf16_lessons")
+    assert bench.main(["--quick", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "llava_stages_seed0_quick.json").read_text())
+    fp32, bf16 = res["rows"]
+    assert (fp32["precision"], bf16["precision"]) == ("fp32", "bf16") and res["emulate"]
+    # the same seed and steps: the losses are close but not equal (bf16 autocast did run)
+    for stage in ("stage 1", "stage 2"):
+        a, b = fp32["final_loss"][stage], bf16["final_loss"][stage]
+        assert a != b and a == pytest.approx(b, rel=1e-2), stage
+    assert set(bf16["acc"]) == {"stage 1 only", "stage 1 + 2"}
+    assert "| bf16 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench.main(["--quick", "--s1-steps", "0", "--out", str(tmp_path)])
