@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     ap.add_argument("--n-train", type=int, default=3000)
     ap.add_argument("--vqa-steps", type=int, default=300, help="VQA fine-tuning of the ViLTs")
+    ap.add_argument("--n-test", type=int, default=400, help="held-out scenes scored")
     args = ap.parse_args(argv)
     if refuse_overwrite(args.out, args.force, "vilt_binding"):
         return 2
@@ -36,13 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for arm in args.arms:
         for seed in args.seeds:
-            r, _ = run(arm, seed, args.steps, args.warmup, args.n_train, vqa_steps=args.vqa_steps)
+            r, _ = run(arm, seed, args.steps, args.warmup, args.n_train, vqa_steps=args.vqa_steps,
+                       n_test=args.n_test)
             runs.append(r)
             print(f"{arm:12s} seed {seed}: " + ", ".join(f"{k} {r[k]:.3f}" for k in KINDS)
                   + f" ({r['cpu_seconds']:.0f} s CPU)", flush=True)  # fmt: skip
     result = dict(
         experiment="vilt_binding", steps=args.steps, warmup=args.warmup, seeds=args.seeds,
-        n_train=args.n_train, vqa_steps=args.vqa_steps, torch=torch.__version__,
+        n_train=args.n_train, n_test=args.n_test, vqa_steps=args.vqa_steps,
+        torch=torch.__version__,
         machine=platform.machine(), runs=runs, summary=summarize(runs),
     )  # fmt: skip
     write_json(args.out, result)
