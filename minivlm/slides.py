@@ -465,10 +465,10 @@ def build_all(
     errors: list[str] = []
     shared = None
     try:
-        if execute and share_kernel:
-            shared = _SharedKernel(kwargs.get("kernel_name") or "python3", src)
         for nb_path in sources:
             t0 = time.perf_counter()
+            if execute and share_kernel and shared is None:
+                shared = _SharedKernel(kwargs.get("kernel_name") or "python3", src)
             try:
                 html = build_deck(nb_path, out_dir, execute=execute, timeout=timeout,
                                   _shared=shared, **kwargs)
@@ -477,7 +477,7 @@ def build_all(
                 print(f"minivlm slides: FAILED {nb_path.name}", file=sys.stderr)
                 if shared is not None:  # a failed deck may have left it busy or dead
                     shared.close()
-                    shared = _SharedKernel(shared.kernel_name, src)
+                    shared = None
                 continue
             built.append((nb_path, html))
             print(f"minivlm slides: {nb_path.name} -> {html} "
