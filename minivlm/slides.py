@@ -296,12 +296,13 @@ class _SharedKernel:
     def __init__(self, kernel_name: str, cwd: Path) -> None:
         from jupyter_client.manager import KernelManager
 
-        self.kernel_name = kernel_name
+        self.kernel_name, self.cwd = kernel_name, Path(cwd).resolve()
         self.km = KernelManager(kernel_name=kernel_name)
-        self.km.start_kernel(cwd=str(cwd))
+        self.km.start_kernel(cwd=str(self.cwd))
 
-    def usable_for(self, name: str, src: Path, cwd: Path) -> bool:
-        return name == self.kernel_name and src.parent.resolve() == cwd.resolve() \
+    def usable_for(self, name: str, src: Path) -> bool:
+        """Same kernel, same working folder (the deck's), still running."""
+        return name == self.kernel_name and src.parent.resolve() == self.cwd \
             and self.km.is_alive()
 
     def close(self) -> None:
@@ -317,7 +318,7 @@ def _execute(nb: Any, src: Path, timeout: int, kernel_name: str | None,
     name = kernel_name or nb.metadata.get("kernelspec", {}).get("name") or "python3"
     ep = ExecutePreprocessor(timeout=timeout, kernel_name=name)
     km = None
-    if shared is not None and shared.usable_for(name, src, src.parent):
+    if shared is not None and shared.usable_for(name, src):
         km = shared.km
         nb.cells.insert(0, new_code_cell(_RESET_SOURCE))
     try:
