@@ -15,7 +15,7 @@ UNIT_PAR := -n 2 --dist loadfile -p no:nbval
 # only spin-waits for a core (the tests' models are tiny)
 UNIT_ENV := OMP_NUM_THREADS=1
 
-.PHONY: install lab test lint unit notebooks student slides browser sandbox bench lock clean-venv
+.PHONY: install lab test lint unit notebooks student slides sysdeps browser sandbox bench lock clean-venv
 
 $(VENV)/bin/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
@@ -34,7 +34,9 @@ lab: $(STAMP)
 
 ## make test: install, lint, build the zoo, unit tests, then every notebook through nbval (two at
 ## a time); exercise 05's training check (tests/test_ex05_checks.py) loads the zoo's components
-test: $(STAMP) browser sandbox
+test:
+	@# the Python install and the system packages download at the same time
+	@$(MAKE) --no-print-directory -j2 install sysdeps
 	$(VENV)/bin/ruff check .
 	$(PY) -m minivlm zoo build --jobs 2
 	$(UNIT_ENV) $(PY) -m pytest tests -q $(UNIT_PAR)
@@ -59,23 +61,23 @@ student: $(STAMP)
 slides: $(STAMP)
 	$(PY) -m minivlm slides slides/ --out slides/build
 
-## headless Chromium for the slide tests: installed when missing and the machine allows
-browser:
-	@if ! { command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; } \
-	    || ! fc-list 2>/dev/null | grep -qi "noto sans cjk"; then \
+## system packages the tests use, installed with one apt-get update when missing and the machine
+## allows (root + apt-get): headless Chromium and a CJK font for the slide tests, bubblewrap for
+## `minivlm grade` (each submission in a sandbox). Without them the browser tests skip and grading
+## says the submissions were not isolated.
+sysdeps:
+	@pkgs=""; \
+	if ! { command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; }; then pkgs="$$pkgs chromium"; fi; \
+	if ! fc-list 2>/dev/null | grep -qi "noto sans cjk"; then pkgs="$$pkgs fonts-noto-cjk"; fi; \
+	if ! command -v bwrap >/dev/null 2>&1; then pkgs="$$pkgs bubblewrap"; fi; \
+	if [ -n "$$pkgs" ]; then \
 	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-cjk >/dev/null) \
-	      || echo "warning: could not install chromium; browser tests will skip"; \
-	  else echo "note: chromium (or a CJK font) not found and cannot be installed here; browser tests will skip (apt-get install chromium fonts-noto-cjk)"; fi; fi
+	    echo "installing:$$pkgs"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkgs >/dev/null) \
+	      || echo "warning: could not install$$pkgs; browser tests will skip and minivlm grade will run submissions without a sandbox"; \
+	  else echo "note: not installed and cannot be installed here:$$pkgs (apt-get install$$pkgs); browser tests skip without chromium, minivlm grade runs submissions without a sandbox without bubblewrap"; fi; fi
 
-## bubblewrap for `minivlm grade` (each submission in a sandbox): installed when missing and the
-## machine allows; without it grading still works and says the submissions were not isolated
-sandbox:
-	@if ! command -v bwrap >/dev/null 2>&1; then \
-	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null) \
-	      || echo "warning: could not install bubblewrap; minivlm grade will run submissions without a sandbox"; \
-	  else echo "note: bubblewrap (bwrap) not found and cannot be installed here; minivlm grade will run submissions without a sandbox (apt-get install bubblewrap)"; fi; fi
+browser sandbox: sysdeps
 
 bench: $(STAMP)
 	$(PY) benchmarks/attention.py

@@ -12,13 +12,9 @@ keeps the runs already there and runs only the missing ones).
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
 import sys
-import time
 from dataclasses import asdict, replace
-from typing import Any
 
 import torch
 
@@ -34,12 +30,11 @@ from minivlm.recipes.albef_noise import (
     summarize,
     sweep_configs,
 )
-from minivlm.utils import add_results_args, refuse_overwrite, write_json
+from minivlm.utils import ResultsFile, experiment_parser, refuse_overwrite
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_results_args(ap, default="experiments/results/albef_noise.json")
+    ap = experiment_parser(__doc__, "experiments/results/albef_noise.json", SEEDS)
     ap.add_argument(
         "--resume",
         action="store_true",
@@ -47,7 +42,6 @@ def main(argv: list[str] | None = None) -> int:
         "interruption, or to add --ablations to a finished main sweep)",
     )
     ap.add_argument("--steps", type=int, default=400)
-    ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     ap.add_argument(
         "--ablations",
         action="store_true",
@@ -63,50 +57,39 @@ def main(argv: list[str] | None = None) -> int:
     configs = sweep_configs(args.steps, tuple(args.seeds))
     if not args.ablations:
         configs = [c for c in configs if c[0] == "main"]
-    command = "python experiments/albef_noise.py " + " ".join(
-        sys.argv[1:] if argv is None else argv
-    )
     data = ShapesWorld().generate(RunConfig().n_train, seed=0)
     evalset = eval_pairs()
-    results: dict[str, Any] = {
-        "command": command, "complete": False, "model": MODEL,
-        "run_defaults": asdict(replace(RunConfig(), steps=args.steps)),
+    fields = {
+        "model": MODEL, "run_defaults": asdict(replace(RunConfig(), steps=args.steps)),
         "noise_levels": list(NOISE_LEVELS), "seeds": list(args.seeds),
         "eval": {"pairs": len(evalset[1]), "world_seed": 1, "metric": "mean of i2t and t2i R@1"},
-        "torch": torch.__version__, "python": platform.python_version(), "runs": [],
     }  # fmt: skip
+    res = ResultsFile("albef_noise", out, fields, args=args, argv=argv, summarize=summarize)
     if args.resume and out.exists():
         old = json.loads(out.read_text())
         for key in ("model", "run_defaults", "seeds"):
-            if old.get(key) != results[key]:
+            if old.get(key) != res.data[key]:
                 raise ValueError(
                     f"albef_noise --resume: {out} was made with {key}={old.get(key)}, this "
-                    f"call would use {results[key]}; use another --out or --force"
+                    f"call would use {res.data[key]}; use another --out or --force"
                 )
         commands = old["command"] if isinstance(old["command"], list) else [old["command"]]
-        results["command"] = [*commands, command]
-        results["runs"] = old["runs"]
+        res.data["command"] = [*commands, res.data["command"]]
+        res.data["runs"] = old["runs"]
         done = {(r["section"], r["noise"], r["distill"], r["seed"]) for r in old["runs"]}
         configs = [(sec, c) for sec, c in configs if (sec, c.noise, c.distill, c.seed) not in done]
-    t0 = time.perf_counter()
-    wall0 = float(results.get("total_wall_s", 0.0))
-    for k, (section, cfg) in enumerate(configs):
-        record, _ = run(cfg, data, evalset)
-        record["section"] = section
-        results["runs"].append(record)
-        results["complete"] = k == len(configs) - 1
-        results["summary"] = summarize(results["runs"])
-        results["total_wall_s"] = round(wall0 + time.perf_counter() - t0, 1)
-        write_json(out, results)
-        print(
-            f"[{k + 1}/{len(configs)}] {section:15s} noise={cfg.noise} distill={cfg.distill!s:5s}"
-            f" seed={cfg.seed}: R@1 {' '.join(f'{v:.3f}' for v in record['r1'])} "
-            f"({record['cpu_s']:.0f} s CPU, {record['wall_s']:.0f} s wall)",
-            flush=True,
-        )
+
+    def one(job: tuple[str, RunConfig]) -> dict:
+        record, _ = run(job[1], data, evalset)
+        return {**record, "section": job[0]}
+
+    res.run(configs, one,
+            lambda job, r: f"{job[0]:15s} noise={job[1].noise} distill={job[1].distill!s:5s} "
+                           f"seed={job[1].seed}: R@1 {' '.join(f'{v:.3f}' for v in r['r1'])} "
+                           f"({r['cpu_s']:.0f} s CPU, {r['wall_s']:.0f} s wall)")  # fmt: skip
     if not configs:
         print("albef_noise: nothing left to run", file=sys.stderr)
-    print_table(results)
+    print_table(res.finish())
     return 0
 
 

@@ -19,26 +19,19 @@ after every seed with ``"complete": false`` until the last.
 
 from __future__ import annotations
 
-import argparse
-import platform
 import sys
-import time
 from dataclasses import replace
 
 import numpy as np
-import torch
 
-import minivlm
 from minivlm.recipes import blip_coca as rb
-from minivlm.utils import add_results_args, refuse_overwrite, write_json
+from minivlm.utils import ResultsFile, experiment_parser
 
 RETRAIN = ("noisy", "filtered", "filtered+nucleus", "filtered+beam")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="blip_coca.py", description=__doc__.splitlines()[0])
-    add_results_args(ap)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap = experiment_parser(__doc__)
     ap.add_argument("--captioner-steps", type=int, default=rb.CapFiltConfig.captioner_steps)
     ap.add_argument("--retrieval-steps", type=int, default=rb.CapFiltConfig.retrieval_steps)
     ap.add_argument("--coca-steps", type=int, default=rb.CoCaConfig.steps)
@@ -47,30 +40,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--coca-n-train", type=int, default=rb.CoCaConfig.n_train)
     ap.add_argument("--noise", type=float, default=rb.CapFiltConfig.noise)
     args = ap.parse_args(argv)
-    if refuse_overwrite(args.out, args.force, ap.prog):
+    res = ResultsFile.start("blip_coca", args, argv, {}, key=("capfilt", "coca"))
+    if res is None:
         return 2
-    torch.set_num_threads(1)
-    command = "python experiments/blip_coca.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    out = {"command": command, "complete": False,
-           "args": {k: str(v) for k, v in vars(args).items()},
-           "torch": torch.__version__, "minivlm": minivlm.__version__,
-           "python": platform.python_version(), "capfilt": [], "coca": []}  # fmt: skip
-    t0 = time.process_time()
-    for seed in args.seeds:
+
+    def one_seed(seed: int) -> dict:
         cfg = replace(rb.CapFiltConfig(), seed=seed, captioner_steps=args.captioner_steps,
                       retrieval_steps=args.retrieval_steps, n_web=args.n_web, noise=args.noise,
-                      n_clean=args.n_clean,
-                      retrain=RETRAIN)  # fmt: skip
-        out["capfilt"].append(rb.run_capfilt(cfg)[0])
+                      n_clean=args.n_clean, retrain=RETRAIN)  # fmt: skip
+        capfilt, _ = rb.run_capfilt(cfg)  # first, as the committed results were made
         coca, _ = rb.run_coca(replace(rb.CoCaConfig(), seed=seed, steps=args.coca_steps,
                                        n_train=args.coca_n_train))
-        out["coca"].append({"seed": seed, "arms": coca})
-        out["cpu_seconds"] = round(time.process_time() - t0, 1)
-        write_json(args.out, out)
-        print(f"seed {seed} done ({out['cpu_seconds']} s CPU)", file=sys.stderr)
-    out["complete"] = True
-    write_json(args.out, out)
-    print_tables(out)
+        return {"capfilt": capfilt, "coca": {"seed": seed, "arms": coca}}
+
+    res.run(args.seeds, one_seed,
+            lambda seed, _: f"seed {seed} done ({res.data['cpu_seconds']} s CPU)")
+    print_tables(res.finish())
     return 0
 
 

@@ -24,17 +24,12 @@ after every seed with ``"complete": false`` until the last.
 
 from __future__ import annotations
 
-import argparse
-import platform
 import sys
-import time
 
 import numpy as np
-import torch
 
-import minivlm
 from minivlm.recipes import flamingo as rf
-from minivlm.utils import add_results_args, refuse_overwrite, write_json
+from minivlm.utils import ResultsFile, experiment_parser
 
 
 def one_seed(parts: rf.Parts, seed: int, steps: int, mask_steps: int, n_eval: int) -> dict:
@@ -55,29 +50,20 @@ def one_seed(parts: rf.Parts, seed: int, steps: int, mask_steps: int, n_eval: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="flamingo.py", description=__doc__.splitlines()[0])
-    add_results_args(ap)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap = experiment_parser(__doc__)
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--mask-steps", type=int, default=80)
     ap.add_argument("--n-eval", type=int, default=200)
     ap.add_argument("--bank", type=int, default=300)
     args = ap.parse_args(argv)
-    if refuse_overwrite(args.out, args.force, ap.prog):
+    res = ResultsFile.start("flamingo", args, argv, {}, key="seeds")
+    if res is None:
         return 2
-    torch.set_num_threads(1)
-    out = {"complete": False, "args": {k: str(v) for k, v in vars(args).items()},
-           "torch": torch.__version__, "minivlm": minivlm.__version__,
-           "python": platform.python_version(), "seeds": []}
-    t0 = time.process_time()
-    for seed in args.seeds:
-        parts = rf.setup(bank=args.bank, heldout=args.n_eval, seed=seed)
-        out["seeds"].append(one_seed(parts, seed, args.steps, args.mask_steps, args.n_eval))
-        out["cpu_seconds"] = round(time.process_time() - t0, 1)
-        write_json(args.out, out)
-        print(f"seed {seed} done ({out['cpu_seconds']} s CPU)", file=sys.stderr)
-    out["complete"] = True
-    write_json(args.out, out)
+    res.run(args.seeds,
+            lambda seed: one_seed(rf.setup(bank=args.bank, heldout=args.n_eval, seed=seed), seed,
+                                  args.steps, args.mask_steps, args.n_eval),
+            lambda seed, _: f"seed {seed} done ({res.data['cpu_seconds']} s CPU)")  # fmt: skip
+    out = res.finish()
     for arm in ("interleaved", "pairs only"):
         rows = np.array([[s[arm]["few_shot"][str(k)] for k in rf.SHOTS] for s in out["seeds"]])
         print(f"{arm:12s}", "  ".join(f"{k}-shot {m:.2f}±{d:.2f}" for k, m, d in

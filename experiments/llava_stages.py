@@ -12,14 +12,7 @@ rewritten atomically after every seed, with ``"complete": false`` until the last
 
 from __future__ import annotations
 
-import argparse
-import platform
-import sys
-import time
 from dataclasses import asdict
-from typing import Any
-
-import torch
 
 from minivlm.data import QTYPES
 from minivlm.recipes.llava_stages import (
@@ -32,13 +25,20 @@ from minivlm.recipes.llava_stages import (
     run_seed,
     summarize,
 )
-from minivlm.utils import add_results_args, refuse_overwrite, write_json
+from minivlm.utils import ResultsFile, experiment_parser
+
+
+def report(seed: int, record: dict) -> str:
+    a = record["acc"]
+    return (f"seed {seed}: colour/all  stage 1 only "
+            f"{a['stage 1 only']['color']:.2f}/{a['stage 1 only']['all']:.2f}, stage 2 only "
+            f"{a['stage 2 only']['color']:.2f}/{a['stage 2 only']['all']:.2f}, both "
+            f"{a['stage 1 + 2']['color']:.2f}/{a['stage 1 + 2']['all']:.2f} "
+            f"({record['cpu_s']:.0f} s CPU, {record['wall_s']:.0f} s wall)")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_results_args(ap, default="experiments/results/llava_stages.json")
-    ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    ap = experiment_parser(__doc__, "experiments/results/llava_stages.json", SEEDS)
     d = Recipe()
     for name in ("n_train", "n_test", "s1_steps", "s2_steps"):
         ap.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name),
@@ -46,12 +46,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--random-parts", action="store_true",
                     help="tiny random ViT and LM instead of the zoo's (smoke tests)")  # fmt: skip
     args = ap.parse_args(argv)
-    out = args.out
-    if refuse_overwrite(out, args.force, "llava_stages"):
-        return 2
-    torch.set_num_threads(1)  # deterministic and cheap on a shared CPU
     recipe = Recipe(n_train=args.n_train, n_test=args.n_test, s1_steps=args.s1_steps,
                     s2_steps=args.s2_steps)  # fmt: skip
+    fields = {
+        "recipe": asdict(recipe),
+        "parts": "random (smoke test)" if args.random_parts else "zoo: shapes_clip + shapes_lm",
+        "seeds": list(args.seeds), "arms": list(ARMS), "qtypes": list(QTYPES),
+        "metric": "exact-match accuracy of greedy answers on held-out one-object scenes "
+                  f"(world seed {TEST_SEED} + seed)",
+    }  # fmt: skip
+    res = ResultsFile.start("llava_stages", args, argv, fields, summarize=summarize)
+    if res is None:
+        return 2
     if args.random_parts:
         vit, lm = random_parts()
     else:
@@ -59,33 +65,8 @@ def main(argv: list[str] | None = None) -> int:
 
         vit = zoo.load_image_encoder(verbose=False)
         lm = zoo.load("shapes_lm", verbose=False)
-    command = "python experiments/llava_stages.py " + " ".join(
-        sys.argv[1:] if argv is None else argv
-    )
-    results: dict[str, Any] = {
-        "command": command, "complete": False, "recipe": asdict(recipe),
-        "parts": "random (smoke test)" if args.random_parts else "zoo: shapes_clip + shapes_lm",
-        "seeds": list(args.seeds), "arms": list(ARMS), "qtypes": list(QTYPES),
-        "metric": "exact-match accuracy of greedy answers on held-out one-object scenes "
-                  f"(world seed {TEST_SEED} + seed)",
-        "torch": torch.__version__, "python": platform.python_version(), "runs": [],
-    }  # fmt: skip
-    t0 = time.perf_counter()
-    for k, seed in enumerate(args.seeds):
-        record = run_seed(vit, lm, seed, recipe)
-        results["runs"].append(record)
-        results["complete"] = k == len(args.seeds) - 1
-        results["summary"] = summarize(results["runs"])
-        results["total_wall_s"] = round(time.perf_counter() - t0, 1)
-        write_json(out, results)
-        a = record["acc"]
-        print(f"[{k + 1}/{len(args.seeds)}] seed {seed}: colour/all  stage 1 only "
-              f"{a['stage 1 only']['color']:.2f}/{a['stage 1 only']['all']:.2f}, stage 2 only "
-              f"{a['stage 2 only']['color']:.2f}/{a['stage 2 only']['all']:.2f}, both "
-              f"{a['stage 1 + 2']['color']:.2f}/{a['stage 1 + 2']['all']:.2f} "
-              f"({record['cpu_s']:.0f} s CPU, {record['wall_s']:.0f} s wall)",
-              flush=True)  # fmt: skip
-    print_table(results)
+    res.run(args.seeds, lambda seed: run_seed(vit, lm, seed, recipe), report)
+    print_table(res.finish())
     return 0
 
 

@@ -19,15 +19,11 @@ rewritten atomically after every seed, with ``"complete": false`` until the last
 
 from __future__ import annotations
 
-import argparse
-import platform
 import sys
 import time
 
-import torch
-
 from minivlm.recipes import mae_beit as R
-from minivlm.utils import add_results_args, refuse_overwrite, write_json
+from minivlm.utils import ResultsFile, experiment_parser
 
 
 def long_run(seed: int, steps: int, n_pretrain: int, n_probe: int, n_probe_train: int) -> dict:
@@ -41,8 +37,7 @@ def long_run(seed: int, steps: int, n_pretrain: int, n_probe: int, n_probe_train
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap = experiment_parser(__doc__)
     ap.add_argument("--steps", type=int, default=120, help="pre-training steps (MAE and BEiT)")
     ap.add_argument("--ft-steps", type=int, default=80)
     ap.add_argument("--tokenizer-steps", type=int, default=200)
@@ -52,34 +47,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--long-steps", type=int, default=0, help="also a longer MAE run (0: none)")
     ap.add_argument("--long-seeds", type=int, nargs="*", default=None,
                     help="the seeds that get the longer run (default: every seed)")
-    add_results_args(ap)
     args = ap.parse_args(argv)
-    if refuse_overwrite(args.out, args.force, "mae_beit.py"):
-        return 2
-    torch.set_num_threads(1)
     sizes = dict(n_pretrain=args.n_pretrain, n_probe=args.n_probe,
                  n_probe_train=args.n_probe_train)
-    res: dict = {"complete": False, "seeds": args.seeds, "runs": [],
-                 "recipe": dict(steps=args.steps, ft_steps=args.ft_steps,
-                                tokenizer_steps=args.tokenizer_steps, **sizes,
-                                long_steps=args.long_steps, long_seeds=args.long_seeds),
-                 "machine": platform.machine(), "torch": torch.__version__}
-    for seed in args.seeds:
+    recipe = dict(steps=args.steps, ft_steps=args.ft_steps, tokenizer_steps=args.tokenizer_steps,
+                  **sizes, long_steps=args.long_steps, long_seeds=args.long_seeds)
+    res = ResultsFile.start("mae_beit", args, argv, {"seeds": args.seeds, "recipe": recipe})
+    if res is None:
+        return 2
+
+    def one_seed(seed: int) -> dict:
         t0 = time.process_time()
         run = R.run(seed, steps=args.steps, ft_steps=args.ft_steps,
                     tokenizer_steps=args.tokenizer_steps, **sizes)
         if args.long_steps and (args.long_seeds is None or seed in args.long_seeds):
             run["long"] = long_run(seed, args.long_steps, **sizes)
         run["cpu_seconds"] = time.process_time() - t0
-        res["runs"].append(run)
+        return run
+
+    def report(seed: int, run: dict) -> str:
         p = run["probe"]
-        print(f"seed {seed}: MAE75 colour {p['MAE 75%']['color']:.3f} shape "
-              f"{p['MAE 75%']['shape']:.3f} | random colour {p['random init']['color']:.3f} | "
-              f"ft MAE {run['finetune_shape']['MAE 75%']:.3f} scratch "
-              f"{run['finetune_shape']['scratch']:.3f} | {run['cpu_seconds']:.0f} s", flush=True)
-        write_json(args.out, res)
-    res["complete"] = True
-    write_json(args.out, res)
+        return (f"seed {seed}: MAE75 colour {p['MAE 75%']['color']:.3f} shape "
+                f"{p['MAE 75%']['shape']:.3f} | random colour {p['random init']['color']:.3f} | "
+                f"ft MAE {run['finetune_shape']['MAE 75%']:.3f} scratch "
+                f"{run['finetune_shape']['scratch']:.3f} | {run['cpu_seconds']:.0f} s")
+
+    res.run(args.seeds, one_seed, report)
+    res.finish()
     return 0
 
 

@@ -22,16 +22,8 @@ after every seed with ``"complete": false`` until the last.
 
 from __future__ import annotations
 
-import argparse
-import platform
-import sys
-import time
-
-import torch
-
-import minivlm
 from minivlm.recipes import qwen_vl as rq
-from minivlm.utils import add_results_args, refuse_overwrite, write_json
+from minivlm.utils import ResultsFile, experiment_parser
 
 
 def one_seed(seed: int, steps: int, position_steps: int, forget_steps: int, n_eval: int,
@@ -54,30 +46,21 @@ def one_seed(seed: int, steps: int, position_steps: int, forget_steps: int, n_ev
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="qwen_vl.py", description=__doc__.splitlines()[0])
-    add_results_args(ap)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap = experiment_parser(__doc__)
     ap.add_argument("--steps", type=int, default=80)
     ap.add_argument("--position-steps", type=int, default=150)
     ap.add_argument("--forget-steps", type=int, default=40)
     ap.add_argument("--n-eval", type=int, default=100)
     ap.add_argument("--scenes", type=int, default=300, help="VQA / caption scenes (forgetting)")
     args = ap.parse_args(argv)
-    if refuse_overwrite(args.out, args.force, ap.prog):
+    res = ResultsFile.start("qwen_vl", args, argv, {}, key="seeds")
+    if res is None:
         return 2
-    torch.set_num_threads(1)
-    out = {"complete": False, "args": {k: str(v) for k, v in vars(args).items()},
-           "torch": torch.__version__, "minivlm": minivlm.__version__,
-           "python": platform.python_version(), "seeds": []}
-    t0 = time.process_time()
-    for seed in args.seeds:
-        out["seeds"].append(one_seed(seed, args.steps, args.position_steps, args.forget_steps,
-                                     args.n_eval, args.scenes))
-        out["cpu_seconds"] = round(time.process_time() - t0, 1)
-        write_json(args.out, out)
-        print(f"seed {seed} done ({out['cpu_seconds']} s CPU)", file=sys.stderr)
-    out["complete"] = True
-    write_json(args.out, out)
+    res.run(args.seeds,
+            lambda seed: one_seed(seed, args.steps, args.position_steps, args.forget_steps,
+                                  args.n_eval, args.scenes),
+            lambda seed, _: f"seed {seed} done ({res.data['cpu_seconds']} s CPU)")  # fmt: skip
+    res.finish()
     return 0
 
 

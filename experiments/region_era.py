@@ -24,18 +24,13 @@ after every seed with ``"complete": false`` until the last.
 
 from __future__ import annotations
 
-import argparse
-import platform
 import sys
-import time
 
 import numpy as np
-import torch
 
-import minivlm
 from minivlm.data import ShapesWorld
 from minivlm.recipes import region_era as rr
-from minivlm.utils import add_results_args, refuse_overwrite, write_json
+from minivlm.utils import ResultsFile, experiment_parser
 
 
 def one_seed(seed: int, steps: int, depth_steps: int, arms: list[str], n_train: int = 1500,
@@ -68,9 +63,7 @@ def one_seed(seed: int, steps: int, depth_steps: int, arms: list[str], n_train: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="region_era.py", description=__doc__.splitlines()[0])
-    add_results_args(ap)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap = experiment_parser(__doc__)
     ap.add_argument("--steps", type=int, default=300, help="steps of all arms but uniter")
     ap.add_argument("--bind-steps", type=int, default=2500, help="steps of the uniter arm")
     ap.add_argument("--depth-steps", type=int, default=80)
@@ -80,23 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-test", type=int, default=400)
     ap.add_argument("--cost-images", type=int, default=64)
     args = ap.parse_args(argv)
-    if refuse_overwrite(args.out, args.force, ap.prog):
+    res = ResultsFile.start("region_era", args, argv, {}, key="seeds")
+    if res is None:
         return 2
-    torch.set_num_threads(1)
-    out = {"complete": False, "args": {k: str(v) for k, v in vars(args).items()},
-           "torch": torch.__version__, "minivlm": minivlm.__version__,
-           "python": platform.python_version(), "seeds": []}
-    t0 = time.process_time()
-    for seed in args.seeds:
-        out["seeds"].append(one_seed(seed, args.steps, args.depth_steps, args.arms,
-                                     args.n_train, args.n_test, args.depth_n,
-                                     args.bind_steps))
-        out["cpu_seconds"] = round(time.process_time() - t0, 1)
-        write_json(args.out, out)
-        print(f"seed {seed} done ({out['cpu_seconds']} s CPU)", file=sys.stderr)
-    out["cost_ms_per_image"] = rr.pipeline_cost(args.cost_images)
-    out["complete"] = True
-    write_json(args.out, out)
+    res.run(args.seeds,
+            lambda seed: one_seed(seed, args.steps, args.depth_steps, args.arms, args.n_train,
+                                  args.n_test, args.depth_n, args.bind_steps),
+            lambda seed, _: f"seed {seed} done ({res.data['cpu_seconds']} s CPU)")  # fmt: skip
+    out = res.finish(cost_ms_per_image=rr.pipeline_cost(args.cost_images))
     for arm in args.arms:
         rows = [s["binding"][arm]["clean"] for s in out["seeds"]]
         print(f"{arm:20s}", "  ".join(f"{k} {np.mean([r[k] for r in rows]):.2f}"

@@ -6,50 +6,36 @@ Regenerate the committed results::
 
   python experiments/vilt_binding.py --out experiments/results/vilt_binding.json --force
 
-Without ``--force`` it refuses to overwrite ``--out``; the file is written atomically.
+Without ``--force`` it refuses to overwrite ``--out``; the file is rewritten atomically after
+every run (``"complete": false`` until the last).
 """
 
 from __future__ import annotations
 
-import argparse
-import platform
-
-import torch
-
 from minivlm.recipes.vilt_binding import ARMS, KINDS, SEEDS, run, summarize
-from minivlm.utils import add_results_args, refuse_overwrite, write_json
+from minivlm.utils import ResultsFile, experiment_parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_results_args(ap)
+    ap = experiment_parser(__doc__, seeds=SEEDS)
     ap.add_argument("--steps", type=int, default=1600, help="steps of each run, warm-up included")
     ap.add_argument("--warmup", type=int, default=400, help="warm-up steps of 'vilt warm-up'")
-    ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     ap.add_argument("--n-train", type=int, default=3000)
     ap.add_argument("--vqa-steps", type=int, default=300, help="VQA fine-tuning of the ViLTs")
     ap.add_argument("--n-test", type=int, default=400, help="held-out scenes scored")
     args = ap.parse_args(argv)
-    if refuse_overwrite(args.out, args.force, "vilt_binding"):
+    fields = dict(steps=args.steps, warmup=args.warmup, seeds=args.seeds, n_train=args.n_train,
+                  n_test=args.n_test, vqa_steps=args.vqa_steps)  # fmt: skip
+    res = ResultsFile.start("vilt_binding", args, argv, fields, summarize=summarize)
+    if res is None:
         return 2
-    torch.set_num_threads(1)
-    runs = []
-    for arm in args.arms:
-        for seed in args.seeds:
-            r, _ = run(arm, seed, args.steps, args.warmup, args.n_train, vqa_steps=args.vqa_steps,
-                       n_test=args.n_test)
-            runs.append(r)
-            print(f"{arm:12s} seed {seed}: " + ", ".join(f"{k} {r[k]:.3f}" for k in KINDS)
-                  + f" ({r['cpu_seconds']:.0f} s CPU)", flush=True)  # fmt: skip
-    result = dict(
-        experiment="vilt_binding", steps=args.steps, warmup=args.warmup, seeds=args.seeds,
-        n_train=args.n_train, n_test=args.n_test, vqa_steps=args.vqa_steps,
-        torch=torch.__version__,
-        machine=platform.machine(), runs=runs, summary=summarize(runs),
-    )  # fmt: skip
-    write_json(args.out, result)
-    for arm, cell in result["summary"].items():
+    jobs = [(arm, seed) for arm in args.arms for seed in args.seeds]
+    res.run(jobs, lambda j: run(*j, args.steps, args.warmup, args.n_train,
+                                vqa_steps=args.vqa_steps, n_test=args.n_test)[0],
+            lambda j, r: f"{j[0]:12s} seed {j[1]}: " + ", ".join(f"{k} {r[k]:.3f}" for k in KINDS)
+                         + f" ({r['cpu_seconds']:.0f} s CPU)")  # fmt: skip
+    for arm, cell in res.finish()["summary"].items():
         print(f"{arm:12s} " + ", ".join(f"{k} {cell[k]['mean']:.3f} (min {cell[k]['min']:.3f})"
                                         for k in KINDS))  # fmt: skip
     return 0

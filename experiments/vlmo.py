@@ -19,46 +19,37 @@ rewritten atomically after every seed, with ``"complete": false`` until the last
 
 from __future__ import annotations
 
-import argparse
-import platform
 import sys
 
-import torch
-
 from minivlm.recipes import vlmo as R
-from minivlm.utils import add_results_args, refuse_overwrite, write_json
+from minivlm.utils import ResultsFile, experiment_parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=list(R.SEEDS))
+    ap = experiment_parser(__doc__, seeds=R.SEEDS)
     ap.add_argument("--pair-steps", type=int, default=40)
     ap.add_argument("--image-steps", type=int, default=100)
     ap.add_argument("--text-steps", type=int, default=250)
     ap.add_argument("--n-train", type=int, default=3000)
-    add_results_args(ap)
     args = ap.parse_args(argv)
-    if refuse_overwrite(args.out, args.force, "vlmo.py"):
-        return 2
-    torch.set_num_threads(1)
     recipe = dict(pair_steps=args.pair_steps, image_steps=args.image_steps,
                   text_steps=args.text_steps, n_train=args.n_train)
-    res: dict = {"complete": False, "seeds": args.seeds, "runs": [], "recipe": recipe,
-                 "parameters": {n: R.parameter_counts(n) for n in ("vlmo_tiny", "vlmo_base")},
-                 "machine": platform.machine(), "torch": torch.__version__}
-    for seed in args.seeds:
-        run = R.run(seed, **recipe)
-        res["runs"].append(run)
+    fields = {"seeds": args.seeds, "recipe": recipe,
+              "parameters": {n: R.parameter_counts(n) for n in ("vlmo_tiny", "vlmo_base")}}
+    res = ResultsFile.start("vlmo", args, argv, fields, summarize=R.summarize)
+    if res is None:
+        return 2
+
+    def report(seed: int, run: dict) -> str:
         b, t = run["binding"]["vlmo"], run["transfer"]
-        print(f"seed {seed}: region dual {b['dual']['region']:.3f} fusion "
-              f"{b['fusion']['region']:.3f} | fusion/dual time "
-              f"{run['timing']['fusion'] / run['timing']['dual']:.0f}x | text MLM acc "
-              + " / ".join(f"{t[a]['acc']:.3f}" for a in R.ARMS)
-              + f" | {run['cpu_seconds']:.0f} s", flush=True)
-        write_json(args.out, res)
-    res["summary"] = R.summarize(res["runs"])
-    res["complete"] = True
-    write_json(args.out, res)
+        return (f"seed {seed}: region dual {b['dual']['region']:.3f} fusion "
+                f"{b['fusion']['region']:.3f} | fusion/dual time "
+                f"{run['timing']['fusion'] / run['timing']['dual']:.0f}x | text MLM acc "
+                + " / ".join(f"{t[a]['acc']:.3f}" for a in R.ARMS)
+                + f" | {run['cpu_seconds']:.0f} s")
+
+    res.run(args.seeds, lambda seed: R.run(seed, **recipe), report)
+    res.finish()
     return 0
 
 

@@ -75,6 +75,8 @@ class Family:
 
 
 _VISION = ("vision",)
+_IMAGE = {"image_size": _VISION, "patch_size": _VISION, "in_chans": _VISION}  # ViT input sizes
+
 FAMILIES: dict[str, Family] = {
     "vit": Family("minivlm.nn.vit:ViT", "minivlm.nn.vit:ViTConfig"),
     "bert": Family("minivlm.nn.bert:BertEncoder", "minivlm.nn.bert:TextConfig"),
@@ -86,38 +88,33 @@ FAMILIES: dict[str, Family] = {
         "minivlm.models.clip:CLIP", "minivlm.models.clip:CLIPConfig",
         parts={"vision": "minivlm.nn.vit:clip_vision_config",
                "text": "minivlm.nn.bert:TextConfig.clip"},
-        shortcuts={"vocab_size": ("text",), "max_len": ("text",), "image_size": _VISION,
-                   "patch_size": _VISION, "in_chans": _VISION},
+        shortcuts={"vocab_size": ("text",), "max_len": ("text",), **_IMAGE},
     ),  # fmt: skip
     "vilt": Family("minivlm.models.vilt:ViLT", "minivlm.models.vilt:ViLTConfig"),
     "albef": Family(
         "minivlm.models.albef:ALBEF", "minivlm.models.albef:ALBEFConfig",
         parts={"vision": "minivlm.models.albef:albef_vision_config",
                "text": "minivlm.nn.bert:TextConfig"},
-        shortcuts={"max_len": ("text",), "image_size": _VISION, "patch_size": _VISION,
-                   "in_chans": _VISION},
+        shortcuts={"max_len": ("text",), **_IMAGE},
     ),  # fmt: skip
     "blip": Family(
         "minivlm.models.blip:Blip", "minivlm.models.blip:BlipConfig",
         parts={"vision": "minivlm.models.blip:blip_vision_config",
                "text": "minivlm.models.blip:blip_text_config"},
-        shortcuts={"max_len": ("text",), "image_size": _VISION, "patch_size": _VISION,
-                   "in_chans": _VISION},
+        shortcuts={"max_len": ("text",), **_IMAGE},
     ),  # fmt: skip
     "coca": Family(
         "minivlm.models.coca:CoCa", "minivlm.models.coca:CoCaConfig",
         parts={"vision": "minivlm.models.coca:coca_vision_config",
                "text": "minivlm.models.coca:coca_text_config"},
-        shortcuts={"max_len": ("text",), "image_size": _VISION, "patch_size": _VISION,
-                   "in_chans": _VISION},
+        shortcuts={"max_len": ("text",), **_IMAGE},
     ),  # fmt: skip
     "blip2": Family(
         "minivlm.models.blip2:Blip2", "minivlm.models.blip2:Blip2Config",
         parts={"vision": "minivlm.models.blip2:blip2_vision_config",
                "qformer": "minivlm.models.blip2:QFormerConfig",
                "lm": "minivlm.nn.lm:LMConfig"},
-        shortcuts={"image_size": _VISION, "patch_size": _VISION, "in_chans": _VISION,
-                   "num_query_tokens": ("qformer",), "max_len": ("qformer",),
+        shortcuts={**_IMAGE, "num_query_tokens": ("qformer",), "max_len": ("qformer",),
                    "vocab_size": ("qformer", "lm")},
         optional=("lm",),
     ),  # fmt: skip

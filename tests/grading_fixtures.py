@@ -25,8 +25,8 @@ SOURCE = ROOT / "exercises" / "00_patchify_attention.ipynb"
 EXERCISE = "00_patchify_attention"
 
 
-def source_nb() -> nbformat.NotebookNode:
-    return read_source(SOURCE)
+def source_nb(source: Path = SOURCE) -> nbformat.NotebookNode:
+    return read_source(source)
 
 
 def _cell(nb: nbformat.NotebookNode, cell_id: str) -> nbformat.NotebookNode:
@@ -43,10 +43,10 @@ def _clear(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     return nb
 
 
-def solved() -> nbformat.NotebookNode:
+def solved(source: Path = SOURCE) -> nbformat.NotebookNode:
     """A learner's correct submission: the solutions kept (markers removed), the
     instructor-only cells dropped, outputs cleared."""
-    nb = _clear(copy.deepcopy(source_nb()))
+    nb = _clear(copy.deepcopy(source_nb(source)))
     nb.cells = [c for c in nb.cells if "solution" not in c.get("metadata", {}).get("tags", [])]
     for c in nb.cells:
         c.source = "\n".join(ln for ln in c.source.split("\n")
@@ -54,16 +54,16 @@ def solved() -> nbformat.NotebookNode:
     return nb
 
 
-def untouched_student() -> nbformat.NotebookNode:
-    nb, _ = make_student(source_nb(), source_name=SOURCE.name, exercise=EXERCISE)
+def untouched_student(source: Path = SOURCE) -> nbformat.NotebookNode:
+    nb, _ = make_student(source_nb(source), source_name=source.name, exercise=source.stem)
     return nb
 
 
-def with_body(nb: nbformat.NotebookNode, cell_id: str, body: list[str]
-              ) -> nbformat.NotebookNode:
+def with_body(nb: nbformat.NotebookNode, cell_id: str, body: list[str],
+              source: Path = SOURCE) -> nbformat.NotebookNode:
     """Replace the solution region of a source cell by ``body`` lines (indented like it)."""
     nb = copy.deepcopy(nb)
-    src = _cell(source_nb(), cell_id).source
+    src = _cell(source_nb(source), cell_id).source
     marker = "__BODY__"
     text, n = strip_solutions(src, stub=marker, where=cell_id)
     assert n == 1

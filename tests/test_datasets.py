@@ -79,6 +79,8 @@ def test_caption_dataset(data, tok):
         CaptionDataset(data, tok, mode="sometimes")
     with pytest.raises(TypeError, match="ShapesData"):
         CaptionDataset([1, 2], tok)
+    with pytest.raises(TypeError, match="add_sos"):  # a misspelt text option is named
+        CaptionDataset(data, tok, add_sos=True)
 
 
 def test_itm_dataset(data, tok):

@@ -136,19 +136,21 @@ def test_broken_solutions_fail_with_a_pointed_message(name, fn, words):
 
 def test_exercise_02_registers_its_checks():
     names = [c.name for c in list_checks(EXERCISE)]
-    assert names == ["build_single_stream_input", "itm_loss", "mask_colour_words",
-                     "train_colour_mlm"]
-    assert sum(c.points for c in list_checks(EXERCISE)) == 10
+    assert names == ["build_single_stream_input", "itm_loss", "whole_word_choice",
+                     "corrupt_chosen", "mask_colour_words", "train_colour_mlm"]
+    assert sum(c.points for c in list_checks(EXERCISE)) == 13
     for c in list_checks(EXERCISE)[:2]:
         assert c.grad, c.name
 
 
 # ----------------------------------------------------------------------------- the notebooks
 def test_source_passes_all_checks_and_student_fails_them_cleanly():
-    stu_code = assert_source_passes_student_fails(SOURCE, EXERCISE, 4, timeout=60)
+    stu_code = assert_source_passes_student_fails(SOURCE, EXERCISE, 6, timeout=60)
     assert "BEGIN SOLUTION" not in stu_code and "torch.cat([text" not in stu_code
     assert "def build_single_stream_input(text_embeds" in stu_code
     assert "def itm_loss(pos_logits" in stu_code
+    assert "def whole_word_choice(continuation" in stu_code and ".cumsum(" not in stu_code
+    assert "def corrupt_chosen(input_ids" in stu_code and "to_random =" not in stu_code
     assert "def mask_colour_words(input_ids" in stu_code
     assert "def train_colour_mlm(num_objects" in stu_code and "opt.step()" not in stu_code
 
@@ -241,3 +243,87 @@ def test_train_check_fails_broken_loops():
 
 def test_train_check_untouched_is_not_attempted():
     assert_untouched_is_not_attempted("train_colour_mlm", "num_objects, seed", SEED)
+
+
+# ----------------------------------------------------------------------------- part 3: whole words
+from minivlm.grading.checks.ex02_vilt_masking import (  # noqa: E402
+    _choice_variant,
+    _corrupt_variant,
+)
+
+
+def choice_by_loop(continuation, special, word_noise, prob):
+    """Right, written as a learner might: walk each row, counting the words."""
+    chosen = torch.zeros_like(special)
+    for b in range(continuation.shape[0]):
+        k = -1
+        for t in range(continuation.shape[1]):
+            k += int(not continuation[b, t])
+            chosen[b, t] = bool(word_noise[b, k] < prob) and not bool(special[b, t])
+    return chosen
+
+
+def corrupt_by_clone(input_ids, chosen, how, random_ids, mask_id):
+    """Right, written with a copy and boolean indexing."""
+    masked = input_ids.clone()
+    masked[chosen & (how < 0.8)] = mask_id
+    rnd = chosen & (how >= 0.8) & (how < 0.9)
+    masked[rnd] = random_ids[rnd]
+    labels = torch.full_like(input_ids, -100)
+    labels[chosen] = input_ids[chosen]
+    return masked, labels
+
+
+def _hint(summary: str) -> str:
+    """The hint a failed check ends its summary with (the numbers before it vary by seed)."""
+    return summary.split("(hint: ")[-1][:40]
+
+
+def test_whole_word_checks_pass_right_ways():
+    from minivlm import objectives
+
+    for name, fn in [("whole_word_choice", objectives.whole_word_choice),
+                     ("corrupt_chosen", objectives.corrupt_chosen)]:
+        assert check(name, fn, seed=SEED, allow_library=True).passed  # the library's own
+    for name, fn in [("whole_word_choice", choice_by_loop),
+                     ("corrupt_chosen", corrupt_by_clone)]:
+        r = check(name, fn, seed=SEED)
+        assert r.passed and r.points == get_check(name).points, str(r)
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("per_piece", ["drawn on its own", "masks pieces, not words"]),
+    ("off_by_one", ["off by one", "subtract 1"]),
+    ("count_pieces", ["counted the '##' pieces"]),
+    ("first_piece_only", ["only the first piece"]),
+    ("above", ["below prob"]),
+    ("special_too", ["special tokens never are"]),
+])
+def test_whole_word_choice_broken_fails_pointedly(kind, words):
+    assert_broken_fails_pointedly("whole_word_choice", _choice_variant(kind), words, SEED,
+                                  kind=_hint)
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("labels_at_mask_only", ["labels", "every chosen position"]),
+    ("swap_random_keep", ["masked_ids", "swapped"]),
+    ("all_mask", ["masked_ids", "keeps 10 % unchanged"]),
+    ("ignore_chosen", ["masked_ids", "not chosen were replaced"]),
+    ("labels_are_inputs", ["labels", "corrupted ids"]),
+    ("ignore_zero", ["labels", "not 0"]),
+])
+def test_corrupt_chosen_broken_fails_pointedly(kind, words):
+    assert_broken_fails_pointedly("corrupt_chosen", _corrupt_variant(kind), words, SEED,
+                                  kind=summary_prefix)
+
+
+def test_corrupt_chosen_in_place_fails():
+    def in_place(input_ids, chosen, how, random_ids, mask_id):
+        labels = input_ids.masked_fill(~chosen, -100)
+        input_ids[chosen & (how < 0.8)] = mask_id  # changes the caller's tensor
+        rnd = chosen & (how >= 0.8) & (how < 0.9)
+        input_ids[rnd] = random_ids[rnd]
+        return input_ids, labels
+
+    r = check("corrupt_chosen", in_place, seed=SEED)
+    assert not r.passed and "in place" in r.summary, str(r)

@@ -322,3 +322,61 @@ def test_rows_are_written_as_each_submission_finishes_and_resume_keeps_them(tmp_
                  sandbox="none")
     assert [r.get("_resumed", False) for r in rows] == [True, False, False]
     assert len(out.read_text().splitlines()) == 4
+
+
+# ----------------------------------------------------------------------------- exercise 02
+EX02 = gf.ROOT / "exercises" / "02_vilt_fusion.ipynb"
+#: the graded functions without the training one (its check trains two small ViLTs; it is
+#: tested in test_ex02_checks.py) and no demos: a cheap notebook to execute and grade
+EX02_CELLS = ("imports", "build_single_stream_input", "itm_loss", "whole_word_choice",
+              "corrupt_chosen", "mask_colour_words")
+EX02_PARTS = {"build_single_stream_input": 3, "itm_loss": 2, "whole_word_choice": 2,
+              "corrupt_chosen": 1, "mask_colour_words": 2, "train_colour_mlm": 3}
+EX02_BROKEN = {  # one deliberate mistake in each of the whole-word parts
+    "whole_word_choice": ["return (word_noise < prob) & ~special  # a draw per piece"],
+    "corrupt_chosen": [
+        "to_mask = chosen & (how < 0.8)",
+        "to_random = chosen & (how >= 0.8) & (how < 0.9)",
+        "masked_ids = torch.where(to_random, random_ids, input_ids.masked_fill(to_mask, mask_id))",
+        "return masked_ids, input_ids.masked_fill(~to_mask, -100)  # labels only at [MASK]"],
+}
+
+
+def _ex02_tiny(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    nb.cells = [c for c in nb.cells if c.get("id") in EX02_CELLS]
+    imports = next(c for c in nb.cells if c.get("id") == "imports")  # not the training helpers
+    imports.source = "\n".join(ln for ln in imports.source.split("\n") if "vilt_mlm" not in ln)
+    return nb
+
+
+@pytest.fixture(scope="module")
+def graded_ex02(tmp_path_factory) -> dict:
+    """Exercise 02 solved, and with its two whole-word parts broken (an untouched notebook
+    scoring zero is tested with exercise 00 above and in test_ex02_checks.py)."""
+    subs = tmp_path_factory.mktemp("ex02") / "submissions"
+    subs.mkdir()
+    broken = gf.solved(EX02)
+    for cell_id, body in EX02_BROKEN.items():
+        broken = gf.with_body(broken, cell_id, body, source=EX02)
+    for name, nb in [("right", gf.solved(EX02)), ("broken", broken)]:
+        (subs / f"{name}.ipynb").write_text(gf.text(_ex02_tiny(nb)), encoding="utf-8")
+    rows = grade([subs], subs.parent / "gradebook.csv", exercise="02_vilt_fusion", timeout=60,
+                 check_timeout=5, jobs=2, log=None, sandbox="bwrap" if BWRAP else "none")
+    return {r["submission"].removesuffix(".ipynb"): r for r in rows}
+
+
+def _marks(row: dict) -> dict[str, float]:
+    return {part: float(row[part]) for part in EX02_PARTS}
+
+
+def test_exercise_02_whole_word_parts_are_graded(graded_ex02):
+    right, broken = graded_ex02["right"], graded_ex02["broken"]
+    assert all(float(r["max_total"]) == 13 for r in graded_ex02.values())
+    full = {**EX02_PARTS, "train_colour_mlm": 0}  # not in the tiny notebook
+    assert _marks(right) == full, right["notes"]
+    assert "train_colour_mlm: not defined" in right["notes"]
+    # each broken part loses exactly its own marks
+    assert _marks(broken) == {**full, "whole_word_choice": 0, "corrupt_chosen": 0}, broken
+    assert float(right["total"]) - float(broken["total"]) == 2 + 1
+    assert "whole_word_choice: " in broken["notes"] and "drawn on its own" in broken["notes"]
+    assert "corrupt_chosen: " in broken["notes"] and "only where [MASK]" in broken["notes"]

@@ -416,6 +416,31 @@ def test_mask_tokens_statistics():
     assert torch.equal(again[0], same[0]) and torch.equal(again[1], same[1])
 
 
+def test_mask_tokens_whole_words():
+    # ViLT §3.3: with WordPiece pieces ("gi ##raf ##fe"), a word is chosen or not as a whole
+    special = [0, 1, 2, 3, 4]
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 100, (300, 30), generator=g)
+    ids[:, 0], ids[:, 25:] = 2, 0  # [CLS], padding
+    cont = torch.rand(300, 30, generator=g) < 0.4
+    cont[:, :2] = cont[:, 25:] = False  # [CLS] and the padding are words of their own
+    masked, labels = mask_tokens(ids, 4, 100, special, prob=0.3, generator=g, continuation=cont)
+    chosen = labels != -100
+    word = (~cont).long().cumsum(1) - 1  # (B, T) word index of each token
+    for b in range(0, 300, 7):  # every piece of a word shares its word's choice
+        for w in word[b].unique():
+            assert chosen[b][word[b] == w].unique().numel() == 1
+    pieces = chosen & cont  # chosen continuation pieces: their word's first piece is chosen
+    assert pieces.any() and chosen[:, :-1][pieces[:, 1:]].all()
+    normal = ~torch.isin(ids, torch.tensor(special))
+    assert not chosen[~normal].any() and abs(chosen.sum() / normal.sum() - 0.3) < 0.02
+    # without continuation pieces it is token masking, draw for draw
+    a = mask_tokens(ids, 4, 100, special, 0.3, torch.Generator().manual_seed(3),
+                    continuation=torch.zeros_like(cont))
+    b = mask_tokens(ids, 4, 100, special, 0.3, torch.Generator().manual_seed(3))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
 def test_sample_itm_negatives():
     B = 6
     ids = torch.arange(B)[:, None].repeat(1, 4)  # caption i is full of i

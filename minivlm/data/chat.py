@@ -116,16 +116,7 @@ class DialogueDataset(ShapesTextDataset):
         num_image_tokens: int = 1,
         max_length: int | None = None,
     ) -> None:
-        super().__init__(
-            data,
-            tokenizer,
-            0,
-            max_length=max_length,
-            add_bos=False,
-            add_eos=False,
-            add_cls=False,
-            add_sep=False,
-        )
+        super().__init__(data, tokenizer, 0, max_length=max_length, add_bos=False, add_eos=False)
         self.task = task
         self.num_image_tokens = num_image_tokens
         self.max_length = max_length

@@ -35,7 +35,7 @@ the record and what is wrong.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import numpy as np
 import torch
@@ -56,6 +56,8 @@ __all__ = [
     "ClassificationDataset",
     "VQADataset",
     "ImageTextCollator",
+    "TEXT_DEFAULTS",
+    "TextOptions",
     "make_loader",
     "move_to",
 ]
@@ -89,30 +91,36 @@ def move_to(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+class TextOptions(TypedDict, total=False):
+    """How the text datasets and :class:`ImageTextCollator` tokenize (keyword arguments of the
+    tokenizer's ``__call__``): truncate to ``max_length`` tokens (None: the longest text) and
+    which special tokens to add. Defaults: :data:`TEXT_DEFAULTS`."""
+
+    max_length: int | None
+    add_bos: bool
+    add_eos: bool
+    add_cls: bool
+    add_sep: bool
+
+
+TEXT_DEFAULTS: TextOptions = dict(max_length=None, add_bos=True, add_eos=True, add_cls=False,
+                                  add_sep=False)  # fmt: skip
+
+
 class _TextOptions:
     """Tokenizer settings shared by the text datasets."""
 
-    def __init__(
-        self,
-        tokenizer: Any,
-        max_length: int | None,
-        add_bos: bool,
-        add_eos: bool,
-        add_cls: bool,
-        add_sep: bool,
-    ) -> None:
+    def __init__(self, tokenizer: Any, **text: Unpack[TextOptions]) -> None:
         if not callable(tokenizer) or not hasattr(tokenizer, "encode"):
             raise TypeError(
                 f"expected a Tokenizer (minivlm.data.tokenizer), got {type(tokenizer).__name__}"
             )
+        unknown = sorted(set(text) - set(TEXT_DEFAULTS))
+        if unknown:
+            raise TypeError(f"{type(self).__name__}: unknown keyword argument(s) {unknown}; the "
+                            f"text options are {list(TEXT_DEFAULTS)}")  # fmt: skip
         self.tokenizer = tokenizer
-        self.text_kwargs = dict(
-            max_length=max_length,
-            add_bos=add_bos,
-            add_eos=add_eos,
-            add_cls=add_cls,
-            add_sep=add_sep,
-        )
+        self.text_kwargs = {**TEXT_DEFAULTS, **text}
 
     def _tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         return self.tokenizer(list(texts), padding=True, truncation=True, **self.text_kwargs)
@@ -127,7 +135,8 @@ def _check_data(data: Any) -> ShapesData:
 
 
 class ShapesTextDataset(Dataset, _TextOptions):
-    def __init__(self, data: ShapesData, tokenizer: Any, seed: int, **text: Any) -> None:
+    def __init__(self, data: ShapesData, tokenizer: Any, seed: int,
+                 **text: Unpack[TextOptions]) -> None:  # fmt: skip
         _TextOptions.__init__(self, tokenizer, **text)
         self.data = _check_data(data)
         self.seed = seed
@@ -153,28 +162,9 @@ class CaptionDataset(ShapesTextDataset):
     Batch: pixel_values, input_ids, attention_mask, index.
     """
 
-    def __init__(
-        self,
-        data: ShapesData,
-        tokenizer: Any,
-        mode: str = "fixed",
-        seed: int = 0,
-        max_length: int | None = None,
-        add_bos: bool = True,
-        add_eos: bool = True,
-        add_cls: bool = False,
-        add_sep: bool = False,
-    ) -> None:
-        super().__init__(
-            data,
-            tokenizer,
-            seed,
-            max_length=max_length,
-            add_bos=add_bos,
-            add_eos=add_eos,
-            add_cls=add_cls,
-            add_sep=add_sep,
-        )
+    def __init__(self, data: ShapesData, tokenizer: Any, mode: str = "fixed", seed: int = 0,
+                 **text: Unpack[TextOptions]) -> None:  # fmt: skip
+        super().__init__(data, tokenizer, seed, **text)
         if mode not in ("fixed", "random", "all"):
             raise ValueError(f'mode must be "fixed", "random" or "all", got {mode!r}')
         self.mode = mode
@@ -214,28 +204,9 @@ class ITMDataset(ShapesTextDataset):
     ``NEGATIVE_KINDS``), index (B,).
     """
 
-    def __init__(
-        self,
-        data: ShapesData,
-        tokenizer: Any,
-        kinds: Sequence[str] | None = None,
-        seed: int = 0,
-        max_length: int | None = None,
-        add_bos: bool = True,
-        add_eos: bool = True,
-        add_cls: bool = False,
-        add_sep: bool = False,
-    ) -> None:
-        super().__init__(
-            data,
-            tokenizer,
-            seed,
-            max_length=max_length,
-            add_bos=add_bos,
-            add_eos=add_eos,
-            add_cls=add_cls,
-            add_sep=add_sep,
-        )
+    def __init__(self, data: ShapesData, tokenizer: Any, kinds: Sequence[str] | None = None,
+                 seed: int = 0, **text: Unpack[TextOptions]) -> None:  # fmt: skip
+        super().__init__(data, tokenizer, seed, **text)
         kinds = list(NEGATIVE_KINDS) if kinds is None else list(kinds)
         bad = [k for k in kinds if k not in NEGATIVE_KINDS]
         if bad or not kinds:
@@ -311,27 +282,9 @@ class VQADataset(ShapesTextDataset):
     (index in ``QTYPES``), index (B,).
     """
 
-    def __init__(
-        self,
-        data: ShapesData,
-        tokenizer: Any,
-        qtypes: Sequence[str] | None = None,
-        max_length: int | None = None,
-        add_bos: bool = True,
-        add_eos: bool = True,
-        add_cls: bool = False,
-        add_sep: bool = False,
-    ) -> None:
-        super().__init__(
-            data,
-            tokenizer,
-            0,
-            max_length=max_length,
-            add_bos=add_bos,
-            add_eos=add_eos,
-            add_cls=add_cls,
-            add_sep=add_sep,
-        )
+    def __init__(self, data: ShapesData, tokenizer: Any, qtypes: Sequence[str] | None = None,
+                 **text: Unpack[TextOptions]) -> None:  # fmt: skip
+        super().__init__(data, tokenizer, 0, **text)
         qtypes = list(QTYPES) if qtypes is None else list(qtypes)
         bad = [q for q in qtypes if q not in QTYPES]
         if bad or not qtypes:
@@ -365,16 +318,8 @@ class ImageTextCollator(_TextOptions):
     ``transform=image_transform(64)``. A list of captions uses its first one.
     Batch: pixel_values, input_ids, attention_mask."""
 
-    def __init__(
-        self,
-        tokenizer: Any,
-        max_length: int | None = None,
-        add_bos: bool = True,
-        add_eos: bool = True,
-        add_cls: bool = False,
-        add_sep: bool = False,
-    ) -> None:
-        super().__init__(tokenizer, max_length, add_bos, add_eos, add_cls, add_sep)
+    def __init__(self, tokenizer: Any, **text: Unpack[TextOptions]) -> None:
+        super().__init__(tokenizer, **text)
 
     def __call__(self, items: Sequence[Any]) -> dict[str, torch.Tensor]:
         images, texts = [], []

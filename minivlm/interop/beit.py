@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from minivlm.interop.common import hf_activation
-from minivlm.interop.mae import LAYER_RULES, from_hf_renamed, square
+from minivlm.interop.mae import LAYER_RULES, from_hf_renamed, vit_sizes_from_hf
 
 BEIT_RULES = [
     (r"^beit\.embeddings\.patch_embeddings\.projection\.", "patch_embed."),
@@ -26,17 +25,12 @@ def beit_config_from_hf(cfg) -> dict:
     where = "Beit.from_hf"
     if not cfg.use_mask_token:
         raise ValueError(f"{where}: masked image modelling needs use_mask_token=True")
-    if getattr(cfg, "head_dim", None) not in (None, cfg.hidden_size // cfg.num_attention_heads):
-        raise ValueError(f"{where}: a head_dim other than hidden_size / num_attention_heads")
+    sizes = vit_sizes_from_hf(cfg, where)
     shared, layer = cfg.use_shared_relative_position_bias, cfg.use_relative_position_bias
     if shared and layer:
         raise ValueError(f"{where}: both a shared and a per-layer relative position bias")
     return dict(
-        image_size=square(cfg.image_size, "images", where),
-        patch_size=square(cfg.patch_size, "patches", where),
-        in_chans=cfg.num_channels, dim=cfg.hidden_size, depth=cfg.num_hidden_layers,
-        num_heads=cfg.num_attention_heads, mlp_hidden=cfg.intermediate_size,
-        act=hf_activation(cfg.hidden_act, where), eps=cfg.layer_norm_eps,
+        **sizes,
         vocab_size=cfg.vocab_size, layer_scale=float(cfg.layer_scale_init_value or 0.0),
         rel_pos="shared" if shared else "layer" if layer else "none",
         abs_pos=cfg.use_absolute_position_embeddings, final_norm=not cfg.use_mean_pooling,

@@ -43,6 +43,21 @@ def square(value: object, what: str, where: str) -> int:
     return int(value)
 
 
+def vit_sizes_from_hf(cfg: Any, where: str) -> dict:
+    """The :class:`~minivlm.nn.vit.ViTSizes` keyword arguments of a Hugging Face ViT-style
+    config (``ViTMAEConfig``, ``BeitConfig``): square images and patches, the default head
+    size; a ValueError naming ``where`` otherwise."""
+    if getattr(cfg, "head_dim", None) not in (None, cfg.hidden_size // cfg.num_attention_heads):
+        raise ValueError(f"{where}: a head_dim other than hidden_size / num_attention_heads")
+    return dict(
+        image_size=square(cfg.image_size, "images", where),
+        patch_size=square(cfg.patch_size, "patches", where),
+        in_chans=cfg.num_channels, dim=cfg.hidden_size, depth=cfg.num_hidden_layers,
+        num_heads=cfg.num_attention_heads, mlp_hidden=cfg.intermediate_size,
+        act=hf_activation(cfg.hidden_act, where), eps=cfg.layer_norm_eps,
+    )  # fmt: skip
+
+
 def rename(state: dict, rules: list[tuple[str, str]]) -> dict:
     """Apply every (pattern, replacement) rule in turn to each key of ``state``."""
     out = {}
@@ -55,18 +70,11 @@ def rename(state: dict, rules: list[tuple[str, str]]) -> dict:
 
 def mae_config_from_hf(cfg) -> dict:
     """``ViTMAEConfig`` -> keyword arguments of :class:`minivlm.models.mae.MAEConfig`."""
-    where = "MAE.from_hf"
-    if getattr(cfg, "head_dim", None) not in (None, cfg.hidden_size // cfg.num_attention_heads):
-        raise ValueError(f"{where}: a head_dim other than hidden_size / num_attention_heads")
     return dict(
-        image_size=square(cfg.image_size, "images", where),
-        patch_size=square(cfg.patch_size, "patches", where),
-        in_chans=cfg.num_channels, dim=cfg.hidden_size, depth=cfg.num_hidden_layers,
-        num_heads=cfg.num_attention_heads, mlp_hidden=cfg.intermediate_size,
+        **vit_sizes_from_hf(cfg, "MAE.from_hf"),
         decoder_dim=cfg.decoder_hidden_size, decoder_depth=cfg.decoder_num_hidden_layers,
         decoder_heads=cfg.decoder_num_attention_heads,
         decoder_mlp_hidden=cfg.decoder_intermediate_size, qkv_bias=cfg.qkv_bias,
-        act=hf_activation(cfg.hidden_act, where), eps=cfg.layer_norm_eps,
         mask_ratio=cfg.mask_ratio, norm_pix_loss=cfg.norm_pix_loss,
     )
 

@@ -31,15 +31,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minivlm.nn.attention import MultiHeadAttention
-from minivlm.nn.blocks import MLP
-from minivlm.nn.vit import PatchGrid, patchify
+from minivlm.nn.blocks import MLP, init_weights
+from minivlm.nn.vit import ViTSizes, patchify
 
 Tensor = torch.Tensor
 
 
 @dataclass
-class BeitConfig(PatchGrid):
-    """Sizes and switches of BEiT (defaults: BEiT-B/16 pre-training, §3 and Table 8 of the paper).
+class BeitConfig(ViTSizes):
+    """Sizes and switches of BEiT (defaults: BEiT-B/16 pre-training, §3 and Table 8 of the paper;
+    the encoder's sizes are :class:`~minivlm.nn.vit.ViTSizes`, ViT-B/16).
 
     ``rel_pos``: "shared" (one relative position bias table for all layers, the pre-training
     choice), "layer" (one per layer, used when fine-tuning) or "none"; ``abs_pos`` adds learned
@@ -47,15 +48,6 @@ class BeitConfig(PatchGrid):
     layer-norms the encoder output before the MIM head's own norm (HF: not use_mean_pooling).
     """
 
-    image_size: int = 224
-    patch_size: int = 16
-    in_chans: int = 3
-    dim: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    mlp_hidden: int = 3072
-    act: str = "gelu"
-    eps: float = 1e-6
     vocab_size: int = 8192
     layer_scale: float = 0.1
     rel_pos: str = "shared"
@@ -244,11 +236,7 @@ class Beit(nn.Module):
 
     def reset_parameters(self) -> None:
         """Truncated-normal (0.02) linears, CLS, [M] and positions (BEiT's released code)."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_weights(self, truncated=True)
         for p in (self.cls_token, self.mask_token, self.pos_embed):
             if p is not None:
                 nn.init.trunc_normal_(p, std=0.02)

@@ -25,29 +25,21 @@ import torch
 import torch.nn as nn
 
 from minivlm.nn.blocks import TransformerBlock
-from minivlm.nn.vit import PatchGrid, ViT, ViTConfig, patchify
+from minivlm.nn.vit import ViT, ViTConfig, ViTSizes, patchify
 
 Tensor = torch.Tensor
 
 
 @dataclass
-class MAEConfig(PatchGrid):
-    """Sizes of an MAE (defaults: ViT-B/16 encoder, 8-block 512-wide decoder: MAE §A.1)."""
+class MAEConfig(ViTSizes):
+    """Sizes of an MAE (defaults: ViT-B/16 encoder, :class:`~minivlm.nn.vit.ViTSizes`, and an
+    8-block 512-wide decoder: MAE §A.1)."""
 
-    image_size: int = 224
-    patch_size: int = 16
-    in_chans: int = 3
-    dim: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    mlp_hidden: int = 3072
     decoder_dim: int = 512
     decoder_depth: int = 8
     decoder_heads: int = 16
     decoder_mlp_hidden: int = 2048
     qkv_bias: bool = True
-    act: str = "gelu"
-    eps: float = 1e-6
     mask_ratio: float = 0.75
     norm_pix_loss: bool = False
 

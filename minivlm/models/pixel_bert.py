@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minivlm.nn.bert import BertEncoder, BertMLMHead, TextConfig, init_weights
+from minivlm.nn.bert import BertEncoder, BertMLMHead, BertSizes, init_weights
 from minivlm.nn.convnet import ResNet, ResNetConfig
 from minivlm.utils import raise_first
 
@@ -38,19 +38,11 @@ __all__ = ["PixelBert", "PixelBertConfig", "PixelBertOutput", "sample_pixels"]
 
 
 @dataclass
-class PixelBertConfig:
+class PixelBertConfig(BertSizes):
     """Pixel-BERT: a ResNet (``cnn``, :class:`~minivlm.nn.convnet.ResNetConfig`) and a BERT of
-    ``depth`` layers of width ``dim``. ``sample_pixels`` cells per image in training (0: all)."""
+    ``depth`` layers of width ``dim`` (:class:`~minivlm.nn.bert.BertSizes`, BERT-base).
+    ``sample_pixels`` cells per image in training (0: all)."""
 
-    vocab_size: int = 30522
-    max_len: int = 512
-    dim: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    mlp_hidden: int = 3072
-    act: str = "gelu"
-    eps: float = 1e-12
-    dropout: float = 0.0
     cnn: ResNetConfig = field(default_factory=ResNetConfig)
     sample_pixels: int = 0
 
@@ -62,11 +54,6 @@ class PixelBertConfig:
              f"dim {self.dim} is not divisible by num_heads {self.num_heads}"),
             (self.sample_pixels >= 0, f"sample_pixels must be >= 0, got {self.sample_pixels}"),
         ])  # fmt: skip
-
-    def text_config(self) -> TextConfig:
-        return TextConfig(vocab_size=self.vocab_size, max_len=self.max_len, dim=self.dim,
-                          depth=self.depth, num_heads=self.num_heads, mlp_hidden=self.mlp_hidden,
-                          act=self.act, eps=self.eps, dropout=self.dropout)  # fmt: skip
 
 
 @dataclass

@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minivlm.nn.bert import BertEncoder, BertMLMHead, TextConfig, init_weights
+from minivlm.nn.bert import BertEncoder, BertMLMHead, BertSizes, init_weights
 from minivlm.nn.blocks import get_activation
 from minivlm.objectives import cost_matrix_cosine, ipot, wasserstein_distance, wpa_loss
 from minivlm.utils import raise_first
@@ -43,20 +43,13 @@ __all__ = ["Uniter", "UniterConfig", "UniterOutput", "mrc_kl_loss", "mrc_loss", 
 
 
 @dataclass
-class UniterConfig:
-    """Sizes of UNITER (defaults: UNITER-base, §4: BERT-base over 2048-d Faster R-CNN features
-    with 7-d boxes, 1601 Visual Genome detector classes). ``wra_weight`` scales the WRA loss
-    (UNITER pre-trains with it on ITM batches); ``wra_beta``/``wra_iters`` configure IPOT."""
+class UniterConfig(BertSizes):
+    """Sizes of UNITER (defaults: UNITER-base, §4: BERT-base cased, :class:`BertSizes`, over
+    2048-d Faster R-CNN features with 7-d boxes, 1601 Visual Genome detector classes).
+    ``wra_weight`` scales the WRA loss (UNITER pre-trains with it on ITM batches);
+    ``wra_beta``/``wra_iters`` configure IPOT."""
 
-    vocab_size: int = 28996
-    max_len: int = 512
-    dim: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    mlp_hidden: int = 3072
-    act: str = "gelu"
-    eps: float = 1e-12
-    dropout: float = 0.0
+    vocab_size: int = 28996  # BERT-base cased
     region_feat_dim: int = 2048
     region_pos_dim: int = 7
     num_region_classes: int = 1601
@@ -72,11 +65,6 @@ class UniterConfig:
              "region_feat_dim and region_pos_dim must be positive"),
             (self.num_region_classes >= 0, "num_region_classes must be >= 0"),
         ])  # fmt: skip
-
-    def text_config(self) -> TextConfig:
-        return TextConfig(vocab_size=self.vocab_size, max_len=self.max_len, dim=self.dim,
-                          depth=self.depth, num_heads=self.num_heads, mlp_hidden=self.mlp_hidden,
-                          act=self.act, eps=self.eps, dropout=self.dropout)  # fmt: skip
 
 
 @dataclass

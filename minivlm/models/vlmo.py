@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from minivlm.nn.attention import padding_mask
 from minivlm.nn.bert import BertEncoder, BertMLMHead, TextConfig, init_weights
 from minivlm.nn.blocks import MultiwayBlock
+from minivlm.nn.vit import ViTSizes
 from minivlm.objectives import mask_tokens, same_pair_mask, sample_hard_negatives
 from minivlm.utils import raise_first
 
@@ -53,11 +54,12 @@ STAGES = ("image", "text", "pair")
 
 
 @dataclass
-class VLMoConfig:
-    """Sizes of VLMo (defaults: VLMo-Base, §3.1: ViT-B/16 width and depth at 224 px, BERT's
-    uncased vocabulary, 40 text positions, VL-FFN in the top ``vl_layers`` = 2 of 12 layers,
-    layer scale 0.1 as BEiT). ``embed_dim``: ITC projection size; ``visual_vocab_size``: the
-    visual tokens of masked image modelling (BEiT's 8,192; 0 = no MIM head);
+class VLMoConfig(ViTSizes):
+    """Sizes of VLMo (defaults: VLMo-Base, §3.1: ViT-B/16 width and depth at 224 px, the
+    :class:`~minivlm.nn.vit.ViTSizes` defaults, BERT's uncased vocabulary, 40 text positions,
+    VL-FFN in the top ``vl_layers`` = 2 of 12 layers, layer scale 0.1 as BEiT). ``embed_dim``:
+    ITC projection size; ``visual_vocab_size``: the visual tokens of masked image modelling
+    (BEiT's 8,192; 0 = no MIM head);
     ``mask_token_id`` / ``special_token_ids``: the tokenizer's [MASK] and the ids MLM never
     masks (BERT's by default); ``mlm_prob``: masked fraction of words in pair pre-training.
 
@@ -75,16 +77,7 @@ class VLMoConfig:
     vocab_size: int = 30522
     max_text_len: int = 40
     pad_id: int = 0
-    image_size: int = 224
-    patch_size: int = 16
-    in_chans: int = 3
-    dim: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    mlp_hidden: int = 3072
     vl_layers: int = 2
-    act: str = "gelu"
-    eps: float = 1e-6
     layer_scale: float = 0.1
     embed_dim: int = 768
     temp: float = 0.07
@@ -106,10 +99,6 @@ class VLMoConfig:
              f"0..{self.vocab_size - 1}"),
         ]  # fmt: skip
         raise_first("VLMoConfig: ", checks)
-
-    @property
-    def num_patches(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
 
     @property
     def vl_from(self) -> int:

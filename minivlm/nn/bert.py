@@ -112,6 +112,29 @@ class TextConfig:
 
 
 @dataclass
+class BertSizes:
+    """The sizes of a post-norm BERT as a model's config names them (defaults: BERT-base): a
+    base of the UNITER and Pixel-BERT configs, which add their image inputs and heads and build
+    their encoder from :meth:`text_config`."""
+
+    vocab_size: int = 30522
+    max_len: int = 512
+    dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_hidden: int = 3072
+    act: str = "gelu"
+    eps: float = 1e-12
+    dropout: float = 0.0
+
+    def text_config(self) -> TextConfig:
+        """The :class:`TextConfig` of the BERT these sizes describe."""
+        return TextConfig(vocab_size=self.vocab_size, max_len=self.max_len, dim=self.dim,
+                          depth=self.depth, num_heads=self.num_heads, mlp_hidden=self.mlp_hidden,
+                          act=self.act, eps=self.eps, dropout=self.dropout)  # fmt: skip
+
+
+@dataclass
 class TextOutput:
     """What the text encoders return.
 

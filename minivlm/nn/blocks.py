@@ -36,16 +36,18 @@ class RMSNorm(nn.Module):
         return self.weight * x32.to(dtype)
 
 
-def init_weights(module: nn.Module, std: float = 0.02) -> None:
+def init_weights(module: nn.Module, std: float = 0.02, truncated: bool = False) -> None:
     """BERT / CLIP / Llama init: normal(0, ``std``) Linear and Embedding weights (the padding
-    row zeroed), zero biases, unit LayerNorm / RMSNorm weights."""
+    row zeroed), zero biases, unit LayerNorm / RMSNorm weights. ``truncated``: a normal
+    truncated at ±2 (timm's ViT and BEiT) instead."""
+    draw = nn.init.trunc_normal_ if truncated else nn.init.normal_
     for m in module.modules():
         if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, std=std)
+            draw(m.weight, std=std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, std=std)
+            draw(m.weight, std=std)
             if m.padding_idx is not None:
                 with torch.no_grad():
                     m.weight[m.padding_idx].zero_()

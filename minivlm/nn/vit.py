@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minivlm.nn.blocks import TransformerBlock, get_activation
+from minivlm.nn.blocks import TransformerBlock, get_activation, init_weights
 
 Tensor = torch.Tensor
 
@@ -63,6 +63,23 @@ class PatchGrid:
     @property
     def num_patches(self) -> int:
         return self.grid_size**2
+
+
+@dataclass
+class ViTSizes(PatchGrid):
+    """The sizes of a pre-norm ViT encoder as a model's config names them (defaults: ViT-B/16 at
+    224 px, LayerNorm eps 1e-6): a base of the MAE, BEiT and VLMo configs, which add their own
+    heads and switches."""
+
+    image_size: int = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_hidden: int = 3072
+    act: str = "gelu"
+    eps: float = 1e-6
 
 
 @dataclass
@@ -368,14 +385,7 @@ class ViT(nn.Module):
 
     def reset_parameters(self) -> None:
         """timm-style init: truncated normal (std 0.02) for linears and positions."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self, truncated=True)
         # the patch embedding is a linear map of C*p*p pixels: LeCun-style fan-in init
         w = self.patch_embed.weight
         nn.init.trunc_normal_(w, std=(1.0 / w[0].numel()) ** 0.5)

@@ -37,7 +37,7 @@ from minivlm.data.shapes.scenes import SIZE_RADIUS
 from minivlm.models.uniter import word_region_plan
 from minivlm.nn.convnet import box_position_features, roi_align
 from minivlm.objectives import cost_matrix_cosine, wpa_loss
-from minivlm.recipes.vilt_binding import KINDS, Text, binding_pairs, test_pairs
+from minivlm.recipes.vilt_binding import KINDS, ClippedAdamW, Text, binding_pairs, test_pairs
 
 __all__ = ["ARMS", "detect", "region_features", "depth_run", "train_binding",
            "binding_accuracy", "wra_accuracy", "pipeline_cost", "make_data"]  # fmt: skip
@@ -200,9 +200,7 @@ def train_binding(
     own = plan_fn is not None and arm.endswith("wra")
     model = make_model(arm, text, own_wra=own)
     scenes = sorted(data["pairs"])
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 30) * 0.5 * (1 + np.cos(np.pi * s / steps)))
+    opt = ClippedAdamW(model, lr, steps)
     gen = torch.Generator().manual_seed(seed)
     feats, pos = data["train_regions"]
     rm = data["train_det"]["mask"]
@@ -233,12 +231,7 @@ def train_binding(
                 h = out.last_hidden_state
                 loss = loss + wra_loss(h[:, :T], h[:, T:], tm, rm[idx].bool(), (~swap).long(),
                                        plan_fn)  # fmt: skip
-        opt.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+        losses.append(opt.step(loss))
     cpu = (time.process_time() - t0) / steps
     model.eval()
     return model, {"loss": losses, "cpu_per_step": cpu}

@@ -275,6 +275,28 @@ def where_loss(model: nn.Module, text: Text, data: Any, batch: list[int],
     return F.cross_entropy(cols[:, 0], left) + F.cross_entropy(cols[:, 1], top)  # (B, 2, 6)
 
 
+class ClippedAdamW:
+    """The optimizer of the hand-written loops of lectures 2 and 11: AdamW (weight decay 0.01),
+    a linear warm-up over ``warmup`` steps times a cosine decay to 0 at ``steps``, gradients
+    clipped at norm 1."""
+
+    def __init__(self, model: nn.Module, lr: float, steps: int, warmup: int = 30) -> None:
+        self.model = model
+        self.opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * s / steps))
+        )
+
+    def step(self, loss: torch.Tensor) -> float:
+        """One update from ``loss``; returns its value."""
+        self.opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.sched.step()
+        return loss.item()
+
+
 def pretrain(
     model: nn.Module,
     data: Any,
@@ -294,10 +316,7 @@ def pretrain(
     scenes = sorted(pairs)
     pixels = data.pixel_values()  # (n, 3, 64, 64)
     is_clip = hasattr(model, "encode_image")
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 30) * 0.5 * (1 + np.cos(np.pi * s / steps))
-    )
+    opt = ClippedAdamW(model, lr, steps)
     gen = torch.Generator().manual_seed(seed)
     losses = []
     model.train()
@@ -317,12 +336,7 @@ def pretrain(
             masked, labels = text.mask_colours(ids)
             out = model(input_ids=masked, attention_mask=am, pixel_values=px)
             loss = F.cross_entropy(out.mlm_logits.flatten(0, 1), labels.flatten())
-        opt.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+        losses.append(opt.step(loss))
     model.eval()
     return losses
 

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 
 import minivlm
 from minivlm.data import COLORS, ShapesWorld, shapes_tokenizer
+from minivlm.recipes.vilt_binding import ClippedAdamW
 
 TASKS = ("fixed query", "text only", "word decides")
 PATCHES = (16, 8)  # notebook 02's ViLT cuts 16x16 patches; the vilt_tiny preset 8x8
@@ -152,11 +153,7 @@ def run(
                                  patch_size=patch, num_answers=0)  # fmt: skip
     if pos_std is not None:
         nn.init.trunc_normal_(model.pos_embed, std=pos_std, a=-3 * pos_std, b=3 * pos_std)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    warmup = max(1, min(30, steps // 10))  # linear warm-up, then cosine decay to 0
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * s / steps))
-    )
+    opt = ClippedAdamW(model, lr, steps, warmup=max(1, min(30, steps // 10)))
     gen = torch.Generator().manual_seed(seed)
     curve, losses = [], []
     t0 = time.process_time()
@@ -166,12 +163,7 @@ def run(
         now = warm_task if step <= fixed_first else task
         scores = logits(model, now, train_split["pixels"][idx], side)  # (B, n_candidates)
         loss = F.cross_entropy(scores, now.target(train_split, idx, side))
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+        losses.append(opt.step(loss))
         if step % eval_every == 0 or step == steps:
             curve.append({"step": step, "acc": round(accuracy(model, task, test_split), 4),
                           "train_loss": round(float(np.mean(losses[-20:])), 4)})  # fmt: skip
