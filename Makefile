@@ -11,6 +11,9 @@ NB_PAR := -n 2 --dist loadscope
 # unit tests two at a time too, a test file per worker (its fixtures stay in one process);
 # without the nbval plugin, which imports nbformat (and a 2.6 s grammar, see tests/conftest.py)
 UNIT_PAR := -n 2 --dist loadfile -p no:nbval
+# one torch thread per worker: two workers on two cores; a second OpenMP thread per worker
+# only spin-waits for a core (the tests' models are tiny)
+UNIT_ENV := OMP_NUM_THREADS=1
 
 .PHONY: install lab test lint unit notebooks student slides sysdeps browser sandbox bench lock clean-venv
 
@@ -36,7 +39,7 @@ test:
 	@$(MAKE) --no-print-directory -j2 install sysdeps
 	$(VENV)/bin/ruff check .
 	$(PY) -m minivlm zoo build --jobs 2
-	$(PY) -m pytest tests -q $(UNIT_PAR)
+	$(UNIT_ENV) $(PY) -m pytest tests -q $(UNIT_PAR)
 	$(PY) -m pytest --nbval-lax notebooks -q -p no:cacheprovider $(NB_PAR)
 
 lint: $(STAMP)

@@ -23,15 +23,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     ap.add_argument("--n-train", type=int, default=3000)
     ap.add_argument("--vqa-steps", type=int, default=300, help="VQA fine-tuning of the ViLTs")
+    ap.add_argument("--n-test", type=int, default=400, help="held-out scenes scored")
     args = ap.parse_args(argv)
     fields = dict(steps=args.steps, warmup=args.warmup, seeds=args.seeds, n_train=args.n_train,
-                  vqa_steps=args.vqa_steps)  # fmt: skip
+                  n_test=args.n_test, vqa_steps=args.vqa_steps)  # fmt: skip
     res = ResultsFile.start("vilt_binding", args, argv, fields, summarize=summarize)
     if res is None:
         return 2
     jobs = [(arm, seed) for arm in args.arms for seed in args.seeds]
     res.run(jobs, lambda j: run(*j, args.steps, args.warmup, args.n_train,
-                                vqa_steps=args.vqa_steps)[0],
+                                vqa_steps=args.vqa_steps, n_test=args.n_test)[0],
             lambda j, r: f"{j[0]:12s} seed {j[1]}: " + ", ".join(f"{k} {r[k]:.3f}" for k in KINDS)
                          + f" ({r['cpu_seconds']:.0f} s CPU)")  # fmt: skip
     for arm, cell in res.finish()["summary"].items():

@@ -273,20 +273,67 @@ def _exporter(home: Path, theme: str) -> Any:
     return exporter
 
 
-def _execute(nb: Any, src: Path, timeout: int, kernel_name: str | None) -> None:
+#: run first in a shared kernel (see :class:`_SharedKernel`): the previous deck's names,
+#: figures, matplotlib settings and torch seed are gone, as in a fresh kernel
+_RESET_SOURCE = """%reset -f
+import sys as _s, matplotlib as _m, matplotlib.pyplot as _p, torch as _t
+_p.close("all")
+if not hasattr(_s, "_minivlm_fresh"):
+    _s._minivlm_fresh = (_m.rcParams.copy(), _t.initial_seed())
+_m.rcParams.update({k: v for k, v in _s._minivlm_fresh[0].items()
+                    if k not in ("backend", "interactive")})  # the inline backend's own
+_t.manual_seed(_s._minivlm_fresh[1])
+del _s, _m, _p, _t
+%reset -f"""
+
+
+class _SharedKernel:
+    """One kernel that executes every deck of :func:`build_all` in turn (a kernel start and
+    the torch/matplotlib imports cost seconds per deck). Before each deck a hidden first
+    cell clears what the previous one left: its names (``%reset -f``), figures, matplotlib
+    rcParams and the torch seed, so a deck that forgets an import still fails."""
+
+    def __init__(self, kernel_name: str, cwd: Path) -> None:
+        from jupyter_client.manager import KernelManager
+
+        self.kernel_name, self.cwd = kernel_name, Path(cwd).resolve()
+        self.km = KernelManager(kernel_name=kernel_name)
+        self.km.start_kernel(cwd=str(self.cwd))
+
+    def usable_for(self, name: str, src: Path) -> bool:
+        """Same kernel, same working folder (the deck's), still running."""
+        return name == self.kernel_name and src.parent.resolve() == self.cwd \
+            and self.km.is_alive()
+
+    def close(self) -> None:
+        self.km.shutdown_kernel(now=True)
+
+
+def _execute(nb: Any, src: Path, timeout: int, kernel_name: str | None,
+             shared: _SharedKernel | None = None) -> None:
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
     from nbconvert.preprocessors import ExecutePreprocessor
+    from nbformat.v4 import new_code_cell
 
     name = kernel_name or nb.metadata.get("kernelspec", {}).get("name") or "python3"
     ep = ExecutePreprocessor(timeout=timeout, kernel_name=name)
+    km = None
+    if shared is not None and shared.usable_for(name, src):
+        km = shared.km
+        nb.cells.insert(0, new_code_cell(_RESET_SOURCE))
     try:
-        ep.preprocess(nb, {"metadata": {"path": str(src.parent)}})
+        ep.preprocess(nb, {"metadata": {"path": str(src.parent)}}, km=km)
     except CellTimeoutError as e:
         raise SlidesError(f"{src}: a cell ran longer than {timeout} s\n{e}") from e
     except CellExecutionError as e:
         raise SlidesError(f"{src}: a cell failed while executing the deck:\n{e}") from e
     except DeadKernelError as e:
         raise SlidesError(f"{src}: the kernel died while executing the deck: {e}") from e
+    finally:
+        if km is not None:
+            nb.cells.pop(0)
+            if getattr(ep, "kc", None) is not None:
+                ep.kc.stop_channels()
 
 
 def build_deck(
@@ -299,6 +346,7 @@ def build_deck(
     kernel_name: str | None = None,
     home: str | os.PathLike | None = None,
     overwrite: bool = False,
+    _shared: _SharedKernel | None = None,
 ) -> Path:
     """Build one deck to ``out_dir/<name>.html`` (+ ``reveal.js/`` and ``katex/`` beside it).
 
@@ -331,7 +379,7 @@ def build_deck(
     if count_slides(nb) == 0:
         raise SlidesError(f"{src}: no visible cells (all are notes/skip/remove_cell)")
     if execute:
-        _execute(nb, src, timeout, kernel_name)
+        _execute(nb, src, timeout, kernel_name, _shared)
 
     exporter = _exporter(home_p, theme)
     resources = {
@@ -400,11 +448,14 @@ def build_all(
     out_dir: str | os.PathLike,
     execute: bool = True,
     timeout: int = 180,
+    share_kernel: bool = True,
     **kwargs: Any,
 ) -> list[Path]:
     """Build every ``*.ipynb`` directly in ``src_dir`` (names starting with ``_`` or ``.``
     are skipped) into ``out_dir``, plus an ``index.html`` linking them. Returns the decks'
-    HTML paths. All decks are attempted; failures are reported together at the end."""
+    HTML paths. All decks are attempted; failures are reported together at the end.
+    ``share_kernel``: execute the decks one after the other in one kernel, reset between
+    decks (see :class:`_SharedKernel`), instead of starting a kernel per deck."""
     src = Path(src_dir)
     if not src.is_dir():
         raise NotADirectoryError(f"build_all: not a directory: {src}")
@@ -413,17 +464,28 @@ def build_all(
         raise SlidesError(f"{src}: no deck notebooks (*.ipynb) found")
     built: list[tuple[Path, Path]] = []
     errors: list[str] = []
-    for nb_path in sources:
-        t0 = time.perf_counter()
-        try:
-            html = build_deck(nb_path, out_dir, execute=execute, timeout=timeout, **kwargs)
-        except SlidesError as e:
-            errors.append(str(e))
-            print(f"minivlm slides: FAILED {nb_path.name}", file=sys.stderr)
-            continue
-        built.append((nb_path, html))
-        print(f"minivlm slides: {nb_path.name} -> {html} ({time.perf_counter() - t0:.1f} s)",
-              file=sys.stderr)
+    shared = None
+    try:
+        for nb_path in sources:
+            t0 = time.perf_counter()
+            if execute and share_kernel and shared is None:
+                shared = _SharedKernel(kwargs.get("kernel_name") or "python3", src)
+            try:
+                html = build_deck(nb_path, out_dir, execute=execute, timeout=timeout,
+                                  _shared=shared, **kwargs)
+            except SlidesError as e:
+                errors.append(str(e))
+                print(f"minivlm slides: FAILED {nb_path.name}", file=sys.stderr)
+                if shared is not None:  # a failed deck may have left it busy or dead
+                    shared.close()
+                    shared = None
+                continue
+            built.append((nb_path, html))
+            print(f"minivlm slides: {nb_path.name} -> {html} "
+                  f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+    finally:
+        if shared is not None:
+            shared.close()
     if built:
         _write_index(Path(out_dir), built)
     if errors:

@@ -221,6 +221,7 @@ def test_exercise_01_registers_its_checks():
 
 # ----------------------------------------------------------------------------- tau_sweep
 # "implement, train, explain": graded on what the learner's trained models achieve
+@pytest.mark.usefixtures("reuse_references")  # the reference sweep trains once per seed
 def test_tau_sweep_right_passes_and_shows_the_temperature_effect():
     from minivlm.grading.checks.ex01_tau_sweep import _ref_tau_sweep
 
@@ -235,6 +236,7 @@ def test_tau_sweep_right_passes_and_shows_the_temperature_effect():
     (dict(tau="fixed"), ["values differ", "hardly depend on τ"]),
     (dict(zero_grad=False), ["values differ", "at τ =", "a correct sweep"]),
 ], ids=["sign", "fixed-tau", "no-zero-grad"])
+@pytest.mark.usefixtures("reuse_references")
 def test_tau_sweep_broken_fails(variant, words):
     from minivlm.grading.checks.ex01_tau_sweep import _sweep_variant
 

@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "exercises" / "03_albef_momentum.ipynb"
 EXERCISE = "03_albef_momentum"
 SEED = 1234
+# the training check's reference trains two models per (seed): once per test process
+pytestmark = pytest.mark.usefixtures("reuse_references")
 
 
 # ----------------------------------------------------------------------------- EMA

@@ -82,7 +82,7 @@ SOLUTIONS = {
 }
 
 
-#: the most different variants of each function, for the 300-seed run
+#: the most different variants of each function, for the 100-seed run with a margin
 DIFFERENT = {
     "zero_shot_predict": [predict(n_rsqrt, "einsum"), predict(n_normalize, "matmul"),
                           predict_via_log_softmax],
@@ -114,8 +114,18 @@ def test_correct_variants_pass_on_every_seed_quick():
 
 
 @pytest.mark.slow
-def test_correct_variants_pass_on_300_seeds():  # about 30 s of CPU
-    assert failures(range(300), DIFFERENT) == []
+def test_correct_variants_pass_with_a_third_of_the_tolerance_to_spare(monkeypatch):
+    """The most different variants on 100 seeds, graded with 2/3 of every tolerance (rtol,
+    atol and the float32-noise headroom): each correct answer must be 1.5x inside the real
+    limit, a margin, not just a pass. About 10 s of CPU; it replaced a pass/fail run on 300
+    seeds (40 s). Measured when it was written: at 2/3 of the tolerance no failure on
+    seeds 0-99 (nor at full tolerance on 300 seeds); at 1/2 one of 2,100 gradings (seed 59,
+    a float32 gradient) failed, so the margin is real but not large."""
+    tolerance = core._tolerance
+    monkeypatch.setattr(core, "_tolerance",
+                        lambda case, dtype: tuple(t / 1.5 for t in tolerance(case, dtype)))
+    monkeypatch.setattr(core, "NOISE_HEADROOM", core.NOISE_HEADROOM / 1.5)
+    assert failures(range(100), DIFFERENT) == []
 
 
 def test_grading_seed_is_fixed_per_check():

@@ -213,6 +213,21 @@ def test_build_deck_small_deck_and_errors(tmp_path):
         slides.build_deck(tmp_path / "x.txt", out)
 
 
+def test_decks_share_a_kernel_but_not_their_names(tmp_path):
+    """build_all runs the decks in one kernel; a deck that uses a name only an earlier deck
+    defined still fails, as it would on its own."""
+    _need_npm_assets()
+    src = tmp_path / "decks"
+    src.mkdir()
+    _deck([_cell(new_code_cell("import os\nleaked = os.getpid()\nprint(leaked)"), "slide")],
+          src / "a.ipynb")
+    _deck([_cell(new_code_cell("print(leaked)"), "slide")], src / "b.ipynb")
+    with pytest.raises(slides.SlidesError, match="1 of 2 deck") as e:
+        slides.build_all(src, tmp_path / "out", timeout=60)
+    assert "b.ipynb" in str(e.value) and "NameError" in str(e.value)
+    assert (tmp_path / "out" / "a.html").is_file()
+
+
 def test_cli_builds_one_deck_without_executing(tmp_path, capsys):
     _need_npm_assets()
     src = _deck([_cell(new_markdown_cell("# CLI deck"), "slide")], tmp_path / "cli.ipynb")

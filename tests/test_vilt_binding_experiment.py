@@ -21,9 +21,10 @@ def test_vilt_binding_experiment_writes_results_and_keeps_existing(tmp_path, cap
     out = tmp_path / "r.json"
     with restored_threads():
         argv = ["--out", str(out), "--steps", "3", "--warmup", "2", "--seeds", "0",
-                "--n-train", "64", "--vqa-steps", "2"]  # fmt: skip
+                "--n-train", "64", "--vqa-steps", "2", "--n-test", "60"]  # fmt: skip
         assert exp.main(argv) == 0
         res = json.loads(out.read_text())
+        assert res["n_test"] == 60
         assert [(r["arm"], r["warmup"]) for r in res["runs"]] == [
             ("vilt warm-up", 2), ("vilt cold", 0), ("clip", 0)
         ]  # fmt: skip

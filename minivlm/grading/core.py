@@ -482,6 +482,14 @@ def describe_inputs(chk: Check, case: Case) -> str:
     return ", ".join(words)
 
 
+def prepare_cases(chk: Check, seed: int) -> list[_Prepared]:
+    """The cases of ``chk`` drawn with ``seed``, each with the reference's answer: all that
+    :func:`evaluate` compares a learner's outcomes with (a function of ``chk`` and ``seed``)."""
+    ref = chk.resolve_reference()
+    gen = torch.Generator().manual_seed(seed)
+    return [_prepare(chk, ref, c, gen) for c in chk.cases(gen)]
+
+
 def evaluate(chk: Check, runner: Runner, *, timeout: float = 5.0,
              seed: int | None = None, allow_library: bool = False) -> CheckResult:
     """Run ``chk``: build cases, run the reference, run the learner's function through
@@ -493,10 +501,7 @@ def evaluate(chk: Check, runner: Runner, *, timeout: float = 5.0,
         seed = int.from_bytes(os.urandom(4), "little")
     timeout = max(timeout, chk.min_timeout)
     try:
-        ref = chk.resolve_reference()
-        gen = torch.Generator().manual_seed(seed)
-        cases = list(chk.cases(gen))
-        prepared = [_prepare(chk, ref, c, gen) for c in cases]
+        prepared = prepare_cases(chk, seed)
         forbidden = None if allow_library else chk.forbidden()
         for p in prepared:
             p.call.forbidden = forbidden

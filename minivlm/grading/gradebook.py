@@ -278,10 +278,10 @@ class NotebookHost:
         return self._recv(30)
 
     def run(self, name: str, calls: list, timeout: float) -> tuple[list[bytes], Any]:
-        from minivlm.grading.sandbox import RunStatus
+        from minivlm.grading.sandbox import RunStatus, wall_limit
 
         self.conn.send(("run", name, calls, timeout))
-        reply = self._recv(timeout + 30)
+        reply = self._recv(wall_limit(timeout) + 30)  # the calls' limit counts CPU seconds
         return list(reply["raw"]), RunStatus.from_dict(reply["status"])
 
     def close(self) -> None:

@@ -385,6 +385,11 @@ def run_calls(fn: Callable, calls: Sequence[Call], timeout: float,
               *, use_fork: bool | None = None) -> tuple[list[bytes], RunStatus]:
     """Run ``fn`` on each call within ``timeout`` seconds in all.
 
+    In a fork child (Linux) ``timeout`` counts the child's CPU seconds, so that a right
+    solution is not failed because a busy machine gave it only part of a core; a function
+    that waits without computing is stopped after :func:`wall_limit` seconds of wall time.
+    In the thread fallback it counts wall time.
+
     Returns the encoded outcome of each call that finished (``loads_safe`` them)
     and how the batch ended.
     """
@@ -422,6 +427,27 @@ def _child_setup() -> io.StringIO:
     return buf
 
 
+def wall_limit(timeout: float) -> float:
+    """The wall-clock cap of a fork child given ``timeout`` CPU seconds: room for a machine
+    whose cores are shared four ways, plus 10 s; a child that sleeps or blocks (no CPU) is
+    stopped there."""
+    return 4.0 * timeout + 10.0
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` (all its threads), from /proc; None
+    where it cannot be read (then the limit counts wall time)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime (fields 14, 15)
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _run_forked(fn: Callable, calls: Sequence[Call], timeout: float
                 ) -> tuple[list[bytes], RunStatus]:
     import multiprocessing as mp
@@ -448,12 +474,20 @@ def _run_forked(fn: Callable, calls: Sequence[Call], timeout: float
     results: list[bytes] = []
     status = RunStatus("died", 0.0)
     try:
-        deadline = t0 + timeout
+        deadline, cap = t0 + timeout, t0 + wall_limit(timeout)
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not recv.poll(remaining):
-                status = RunStatus("timeout", time.monotonic() - t0)
-                break
+            now = time.monotonic()
+            if now >= deadline:
+                # the wall-clock budget is spent: was the child computing all that time?
+                used = _cpu_seconds(pid)
+                if used is None or used >= timeout or now >= cap:
+                    status = RunStatus("timeout", now - t0, "" if used is None else
+                                       f"{used:.1f} s of CPU in {now - t0:.1f} s")
+                    break
+                deadline = min(cap, now + max(timeout - used, 0.05))
+                continue
+            if not recv.poll(deadline - now):
+                continue
             try:
                 data = recv.recv_bytes()
             except (EOFError, OSError):

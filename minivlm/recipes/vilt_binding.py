@@ -361,15 +361,16 @@ def run(
     batch_size: int = 32,
     pos_std: float = 0.5,
     vqa_steps: int = 300,
+    n_test: int = 400,
 ) -> tuple[dict[str, Any], nn.Module]:
-    """Train one arm and score it on the held-out binding pairs: (record, model). A ViLT arm
-    is then fine-tuned for ``vqa_steps`` on the training scenes' questions and scored by
-    question type (``vqa_by_type``; 0 skips it)."""
+    """Train one arm and score it on the held-out binding pairs of ``n_test`` scenes:
+    (record, model). A ViLT arm is then fine-tuned for ``vqa_steps`` on the training scenes'
+    questions and scored by question type (``vqa_by_type``; 0 skips it)."""
     if arm not in ARMS:
         raise ValueError(f"run: arm must be one of {ARMS}, got {arm!r}")
     text = Text()
     world = ShapesWorld(min_objects=2, max_objects=2)
-    train, test = world.generate(n_train, seed=seed), world.generate(400, seed=1000 + seed)
+    train, test = world.generate(n_train, seed=seed), world.generate(n_test, seed=1000 + seed)
     minivlm.seed_everything(seed)
     model = make_model(arm, text, pos_std)
     warm = warmup if arm == "vilt warm-up" else 0
