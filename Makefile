@@ -14,6 +14,11 @@ UNIT_PAR := -n 2 --dist loadfile -p no:nbval
 # one torch thread per worker: two workers on two cores; a second OpenMP thread per worker
 # only spin-waits for a core (the tests' models are tiny)
 UNIT_ENV := OMP_NUM_THREADS=1
+# make test runs the unit tests and the notebooks in one pool of two workers, a file (or a whole
+# notebook, in one kernel, cells in order) per worker, longest files first (tests/conftest.py
+# orders them; xdist's own reordering by test count is off): no core idles at the end of one phase
+# while the other core finishes that phase's last long file
+ALL_PAR := -n 2 --dist loadfile --no-loadscope-reorder
 
 .PHONY: install lab test lint unit notebooks student slides sysdeps browser sandbox bench lock clean-venv
 
@@ -32,15 +37,14 @@ install: $(STAMP)
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
 
-## make test: install, lint, build the zoo, unit tests, then every notebook through nbval (two at
-## a time); exercise 05's training check (tests/test_ex05_checks.py) loads the zoo's components
+## make test: install, lint, build the zoo, then the unit tests and every notebook through nbval
+## (two at a time); exercise 05's training check (tests/test_ex05_checks.py) loads the zoo's components
 test:
 	@# the Python install and the system packages download at the same time
 	@$(MAKE) --no-print-directory -j2 install sysdeps
 	$(VENV)/bin/ruff check .
 	$(PY) -m minivlm zoo build --jobs 2
-	$(UNIT_ENV) $(PY) -m pytest tests -q $(UNIT_PAR)
-	$(PY) -m pytest --nbval-lax notebooks -q -p no:cacheprovider $(NB_PAR)
+	$(UNIT_ENV) $(PY) -m pytest tests notebooks --nbval-lax -q -p no:cacheprovider $(ALL_PAR)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
