@@ -140,27 +140,8 @@ class ShapesTextDataset(Dataset, _TextOptions):
     def _rng(self, i: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, i])
 
-    _raw_images = False  # set by __getitems__: _image hands back the uint8 image
-
     def _image(self, i: int) -> torch.Tensor:
-        if self._raw_images:
-            return self.data.images[i]  # (3, H, W) uint8, converted by __getitems__
         return pixel_values(self.data.images[i])  # (3, H, W)
-
-    def __getitems__(self, ks: Sequence[int]) -> list[dict[str, Any]]:
-        """One batch for the DataLoader: ``[self[k] for k in ks]``, with the batch's images
-        turned into pixel values by one tensor op instead of one per item (the conversion is
-        elementwise, so the values are the same)."""
-        self._raw_images = True
-        try:
-            items = [self[k] for k in ks]
-        finally:
-            self._raw_images = False
-        if items:
-            px = pixel_values(torch.stack([it["pixel_values"] for it in items]))  # (B, 3, H, W)
-            for it, p in zip(items, px, strict=True):
-                it["pixel_values"] = p
-        return items
 
 
 # ---------------------------------------------------------------------------- shapes datasets
