@@ -294,8 +294,7 @@ def pretrain(
     scenes = sorted(pairs)
     pixels = data.pixel_values()  # (n, 3, 64, 64)
     is_clip = hasattr(model, "encode_image")
-    # foreach: on a CPU the same per-tensor arithmetic as the default loop, less Python per step
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, foreach=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 30) * 0.5 * (1 + np.cos(np.pi * s / steps))
     )
