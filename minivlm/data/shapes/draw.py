@@ -84,7 +84,7 @@ def render(scenes: Sequence[Scene], seed: int = 0) -> torch.Tensor:
         raise ValueError("all scenes must have the same image_size")
     out = torch.empty(len(scenes), 3, S, S, dtype=torch.uint8)
     for k, start in enumerate(range(0, len(scenes), _CHUNK)):
-        B = len(scenes[start : start + _CHUNK])
+        B = min(_CHUNK, len(scenes) - start)
         gen = torch.Generator().manual_seed(int(np.random.default_rng([seed, k]).integers(2**62)))
         noise = torch.randint(-4, 5, (B, S, S), generator=gen, dtype=torch.int8)  # (B, S, S)
         for sub in range(0, B, _SUB):
