@@ -277,13 +277,17 @@ def _jsonable(x: Any) -> Any:
 
 def _expected_recipe(recipe: _Recipe, steps: int, seed: int, tok: Any) -> dict[str, Any]:
     """What a cache file's JSON must say to be loadable for this (name, steps, seed)."""
-    with torch.device("meta"):  # only the config is needed, no weights
-        model = _make_model(recipe, tok)
+    from minivlm.presets import preset_config
+
+    # the model's config without building the model (``model.config`` is this object; even a
+    # meta-device model would import torch's meta kernels, 2 s of CPU in every process that
+    # loads a component; tests/test_zoo.py checks that they agree)
+    config = preset_config(recipe.model, vocab_size=tok.vocab_size, **recipe.overrides)
     return _jsonable(
         {
             "model": recipe.model,
             "overrides": recipe.overrides,
-            "config": dataclasses.asdict(model.config),
+            "config": dataclasses.asdict(config),
             "steps": steps,
             "seed": seed,
             "batch_size": recipe.batch_size,

@@ -1,5 +1,6 @@
 """The shapes world: pixels agree with scenes, text agrees with pixels, generation is fast."""
 
+import hashlib
 import itertools
 import re
 import time
@@ -74,6 +75,21 @@ def test_determinism():
     assert [a.vqa(i) for i in range(64)] == [b.vqa(i) for i in range(64)]
     assert not torch.equal(a.images, c.images)
     assert a.scenes != c.scenes
+
+
+def test_pixels_are_pinned():
+    """The exact bytes of a rendering (across the 1024-image noise chunk) and of its pixel
+    values, recorded before render/pixel_values were sped up: a faster drawing must not change
+    a bit (the zoo's weights and every notebook's numbers depend on them)."""
+
+    def sha(t: torch.Tensor) -> str:
+        return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()[:16]
+
+    a = ShapesWorld().generate(1100, seed=3)
+    b = ShapesWorld(image_size=33, max_objects=1).generate(40, seed=4)
+    assert sha(a.images) == "9abbb08c31e74435"
+    assert sha(pixel_values(a.images[1000:1064])) == "ef08626b8293aff0"
+    assert sha(b.images) == "ede611bf88bf56b0"
 
 
 def test_counts_and_attributes_in_range(data):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from pathlib import Path
@@ -59,6 +60,8 @@ def test_build_writes_files_and_load_returns_the_same_weights(built, monkeypatch
         assert record["torch"] == torch.__version__ and record["build_seconds"] > 0
         assert len(record["sha256"]) == 64 and record["bytes"] == weights.stat().st_size
         assert record["num_parameters"] == sum(p.numel() for p in model.parameters())
+        # the recorded config (from presets.preset_config, no model built) is the model's own
+        assert record["recipe"]["config"] == zoo._jsonable(dataclasses.asdict(model.config))
 
     # a valid cached copy is loaded, never rebuilt
     def no_build(*args, **kwargs):
