@@ -1,7 +1,7 @@
 """InstructBLIP vs plain BLIP-2 from the same stage-1 Q-Former, over seeds (Dai et al. 2023, §2.3).
 
-The command line over :mod:`minivlm.recipes.instructblip` (the code of lecture 4's section 6),
-run for several seeds; see that module for the recipe.
+The command line over :mod:`minivlm.recipes.instructblip` (the code of lecture 4's sections 4
+and 5), run for several seeds; see that module for the recipe.
 
   python experiments/instructblip.py --out experiments/results/instructblip.json
 

@@ -1,4 +1,4 @@
-"""Smoke test: experiments/instructblip.py (lecture 4, section 6) runs one seed end to end.
+"""Smoke test: experiments/instructblip.py (lecture 4, sections 4-5) runs one seed end to end.
 
 Random stand-ins replace the zoo's frozen encoder and LM (the zoo is built after the unit
 tests in ``make test``) and the step counts are cut to 2, so only the plumbing is checked:
