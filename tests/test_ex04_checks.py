@@ -305,6 +305,7 @@ def test_exercise_04_registers_its_checks():
 
 
 # ----------------------------------------------------------------------------- the notebooks
+@pytest.mark.usefixtures("reuse_references")  # the training reference runs once per process
 def test_source_passes_all_checks_and_student_fails_them_cleanly():
     stu_code = assert_source_passes_student_fails(SOURCE, EXERCISE, 5, timeout=60)
     assert "BEGIN SOLUTION" not in stu_code
