@@ -8,12 +8,13 @@ position t predicting token t+1); it returns ``qformer_stage1.evaluate(model, da
 held-out colour accuracy read under the right ITG mask and whether the ITC temperature moved.
 
 The check trains one seed and compares with the reference run on the same seed, with a margin of
-0.15. Measured on seeds 0-2 (``tests/test_ex04_checks.py`` feeds the same versions): the
-reference reaches a colour accuracy of 0.97-1.0 and a correct solution written differently (its
-float rounding sends training elsewhere) 0.92-0.995; a leaky ITG mask (text sees all the text)
-0.16-0.31, the ITG loss subtracted 0.0; a similarity never divided by the temperature leaves it
-at 0.07 (the second number). Not caught here: an ITC loss over one direction only, or over the
-wrong softmax axis (the colour is still learned: 0.90-0.995). The zoo components must be built
+0.3. Measured on seeds 0, 1, 2 and 775 (the seed the tests draw; ``tests/test_ex04_checks.py``
+feeds the same versions): the reference reaches a colour accuracy of 0.97, 1.0, 0.97, 0.87 and a
+correct solution written differently (its float rounding sends training elsewhere) 0.92, 0.995,
+0.99, 0.97; a leaky ITG mask (text sees all the text) 0.16, 0.21, 0.31, 0.14; the ITG loss
+subtracted 0.0 on all four; a similarity never divided by the temperature leaves it at 0.07 (the
+second number 0 on all four). Not reliably caught: an ITC loss over one direction only (0.90-0.995)
+or over the wrong softmax axis (0.90-0.995 on seeds 0-2, 0.45 on 775): the colour is still learned. The zoo components must be built
 (``minivlm zoo build``); about six seconds of CPU per run on one thread.
 """
 
@@ -27,7 +28,7 @@ from minivlm.grading.checks.ex04_blip2 import EXERCISE
 from minivlm.grading.core import Case, register_check
 
 Tensor = torch.Tensor
-MARGIN = 0.15  # colour accuracy on 200 held-out scenes; the second number is 0 or 1
+MARGIN = 0.3  # colour accuracy on 200 held-out scenes; the second number is 0 or 1
 
 
 @functools.lru_cache(maxsize=16)
