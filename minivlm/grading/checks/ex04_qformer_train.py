@@ -14,8 +14,9 @@ correct solution written differently (its float rounding sends training elsewher
 0.99, 0.97; a leaky ITG mask (text sees all the text) 0.16, 0.21, 0.31, 0.14; the ITG loss
 subtracted 0.0 on all four; a similarity never divided by the temperature leaves it at 0.07 (the
 second number 0 on all four). Not reliably caught: an ITC loss over one direction only (0.90-0.995)
-or over the wrong softmax axis (0.90-0.995 on seeds 0-2, 0.45 on 775): the colour is still learned. The zoo components must be built
-(``minivlm zoo build``); about six seconds of CPU per run on one thread.
+or over the wrong softmax axis (0.90-0.995 on seeds 0-2, 0.45 on 775): the colour is still
+learned. The zoo components must be built (``minivlm zoo build``); about six seconds of CPU per
+run on one thread.
 """
 
 from __future__ import annotations
