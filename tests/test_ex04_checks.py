@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from exercise_helpers import (
     assert_broken_fails_pointedly,
     assert_source_passes_student_fails,
+    assert_trained_broken_fail,
+    assert_untouched_is_not_attempted,
 )
 
 from minivlm.grading import check, get_check, list_checks
@@ -297,14 +299,15 @@ def test_an_unknown_score_mistake_gets_a_hint():
 
 def test_exercise_04_registers_its_checks():
     names = [c.name for c in list_checks(EXERCISE)]
-    assert names == ["itc_mask", "itm_mask", "itg_mask", "itc_score"]
-    assert sum(c.points for c in list_checks(EXERCISE)) == 7
+    assert names == ["itc_mask", "itm_mask", "itg_mask", "itc_score", "train_stage1"]
+    assert sum(c.points for c in list_checks(EXERCISE)) == 10
     assert get_check("itc_score").grad
 
 
 # ----------------------------------------------------------------------------- the notebooks
+@pytest.mark.usefixtures("reuse_references")  # the training reference runs once per process
 def test_source_passes_all_checks_and_student_fails_them_cleanly():
-    stu_code = assert_source_passes_student_fails(SOURCE, EXERCISE, 4)
+    stu_code = assert_source_passes_student_fails(SOURCE, EXERCISE, 5, timeout=60)
     assert "BEGIN SOLUTION" not in stu_code
     for solution in ("is_query[:, None]", ".tril()", "amax(dim=-1)", "F.normalize(query_embeds"):
         assert solution not in stu_code, solution
@@ -312,8 +315,70 @@ def test_source_passes_all_checks_and_student_fails_them_cleanly():
                       "def itg_mask(num_query", "def itc_score(query_embeds"):
         assert signature in stu_code
     assert "qformer_masks_by_blocks" not in stu_code  # the solution-tagged cell is dropped
+    assert "def train_stage1(seed" in stu_code and "loss_itg =" not in stu_code
 
 
 def test_committed_student_notebook_is_up_to_date():
     assert generate_student(SOURCE, check=True).status == "unchanged", (
         "run `python -m minivlm student exercises/04_qformer_masks.ipynb`")
+
+
+# ----------------------------------------------------------------------------- part 5: training
+# (needs the zoo's shapes_clip: `minivlm zoo build`, which `make test` runs first)
+def make_train(kind):
+    """Exercise 04's training loop with one deliberate mistake (the library's masks and score)."""
+    from minivlm.recipes import qformer_stage1 as stage1
+
+    def train_stage1(seed):
+        run = stage1.Stage1Run()
+        data = stage1.pairs(seed, run)
+        model = stage1.new_blip2(seed, run)
+        ids_all, img_all = data["input_ids"], data["image_embeds"]
+        T, Q = ids_all.shape[1], run.num_query
+        masks = qformer_masks(Q, T)
+        itg = masks["itg"].clone()
+        if kind == "leaky_itg_mask":  # the text sees the whole caption, the future included
+            itg[Q:, Q:] = True
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=run.lr)
+        for step, idx in enumerate(stage1.batches(seed, len(ids_all), run)):
+            for group in opt.param_groups:
+                group["lr"] = run.lr * min(1.0, (step + 1) / run.warmup)
+            ids, img = ids_all[idx], img_all[idx]
+            queries = model._queries(len(idx))
+            out = model.qformer(queries, ids, None, img, mask=masks["itc"])
+            sim = itc_similarity(F.normalize(model.vision_proj(out.query_output), dim=-1),
+                                 F.normalize(model.text_proj(out.text_output[:, 0]), dim=-1))
+            if kind != "no_temperature":
+                sim = sim / model.temp
+            target = torch.arange(len(idx))
+            loss_itc = (F.cross_entropy(sim, target) + F.cross_entropy(sim.T, target)) / 2
+            dec = ids.clone()
+            dec[:, 0] = data["dec_token_id"]
+            out = model.qformer(queries, dec, None, img, mask=itg)
+            logits = model.itg_head(out.text_output)
+            loss_itg = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+            loss = loss_itc - loss_itg if kind == "itg_sign_flipped" else loss_itc + loss_itg
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            model.clamp_temp_()
+        return stage1.evaluate(model, data)
+
+    return train_stage1
+
+
+@pytest.mark.usefixtures("reuse_references")
+def test_train_check_fails_a_leaky_mask_a_flipped_sign_and_no_temperature():
+    # the right loop passes in test_source_passes_all_checks_and_student_fails_them_cleanly
+    # (the notebook's solution, through the grader's call monitor); here the monitor is off
+    torch.set_num_threads(1)
+    assert_trained_broken_fail("train_stage1", {k: make_train(k) for k in (
+        "leaky_itg_mask", "itg_sign_flipped")}, "does not read the colour", SEED)
+    assert_trained_broken_fail("train_stage1", {"no_temperature": make_train("no_temperature")},
+                               "temperature never moved", SEED)
+
+
+def test_train_check_untouched_is_not_attempted():
+    assert_untouched_is_not_attempted("train_stage1", "seed", SEED)

@@ -1,0 +1,79 @@
+"""Exercise 04, "implement, train, explain": BLIP-2's stage 1 trained with the learner's own masks.
+
+The learner writes the body of ``train_stage1(seed)``'s step: a tiny Q-Former on the zoo's
+frozen ``shapes_clip`` tower (``qformer_stage1.new_blip2(seed)``) trained on one-object scenes
+with ITC (under *their* ``itc_mask``, scored by *their* ``itc_score`` over the learned
+temperature, symmetric cross-entropy) plus ITG (under *their* ``itg_mask``, [DEC] first,
+position t predicting token t+1); it returns ``qformer_stage1.evaluate(model, data)``: the
+held-out colour accuracy read under the right ITG mask and whether the ITC temperature moved.
+
+The check trains one seed and compares with the reference run on the same seed, with a margin of
+0.3. Measured on seeds 0, 1, 2 and 775 (the seed the tests draw; ``tests/test_ex04_checks.py``
+feeds the same versions): the reference reaches a colour accuracy of 0.97, 1.0, 0.97, 0.87 and a
+correct solution written differently (its float rounding sends training elsewhere) 0.92, 0.995,
+0.99, 0.97; a leaky ITG mask (text sees all the text) 0.16, 0.21, 0.31, 0.14; the ITG loss
+subtracted 0.0 on all four; a similarity never divided by the temperature leaves it at 0.07 (the
+second number 0 on all four). Not reliably caught: an ITC loss over one direction only (0.90-0.995)
+or over the wrong softmax axis (0.90-0.995 on seeds 0-2, 0.45 on 775): the colour is still
+learned. The zoo components must be built (``minivlm zoo build``); about six seconds of CPU per
+run on one thread.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from minivlm.grading.checks.ex04_blip2 import EXERCISE
+from minivlm.grading.core import Case, register_check
+
+Tensor = torch.Tensor
+MARGIN = 0.3  # colour accuracy on 200 held-out scenes; the second number is 0 or 1
+
+
+@functools.lru_cache(maxsize=16)
+def _ref_train_stage1(seed: int) -> Tensor:
+    from minivlm.recipes.qformer_stage1 import reference_train_stage1
+
+    return reference_train_stage1(seed)  # the same seed, the same result
+
+
+def _explain_train(case: Case, got: list, expected: list) -> str | None:
+    g = got[0] if got else None
+    if g is None or not isinstance(g, Tensor) or g.numel() != 2:
+        return None
+    acc, moved = (float(x) for x in g.reshape(-1))
+    ref = float(expected[0].reshape(-1)[0])
+    if acc < 0.5 < ref:
+        return (f"your Q-Former does not read the colour from the image (held-out {acc:.2f}, the "
+                f"reference {ref:.2f}, chance 0.17): is the ITG pass under your itg_mask, the "
+                "text causal (a text token that sees the next one learns to copy it, a low "
+                "training loss and nothing learned about the image)? is the loss "
+                "loss_itc + loss_itg, both with a plus sign, and does position t predict "
+                "token t+1 (logits[:, :-1] against ids[:, 1:])?")
+    if moved < 0.5:
+        return ("the ITC temperature never moved from 0.07: divide the similarities by "
+                "model.temp before the cross-entropy, so that it gets a gradient and is learned")
+    return ("your Q-Former learned, but not like the reference: the ITC pass under itc_mask, "
+            "the similarities itc_score(vision_proj(query outputs), text_proj([CLS] output)) / "
+            "model.temp, the mean of the two cross-entropies (image->text, text->image), the "
+            "ITG pass with data['dec_token_id'] replacing [CLS]")
+
+
+@register_check(
+    "train_stage1",
+    signature="train_stage1(seed)",
+    reference=_ref_train_stage1,
+    points=3,
+    exercise=EXERCISE,
+    shapes=("(2,) held-out colour accuracy, temperature moved (0/1)",),
+    library=("minivlm.recipes.qformer_stage1:reference_train_stage1",),
+    explain=_explain_train,
+    min_timeout=60.0,  # a training run: seconds on an idle core, more on a busy one
+)
+def train_stage1_cases(gen: torch.Generator):
+    seed = int(torch.randint(0, 1000, (1,), generator=gen))
+    yield Case(f"seed {seed}", seed, atol=MARGIN, rtol=0.0, grad=False,
+               hint=f"the held-out colour accuracy of your trained Q-Former differs from the "
+                    f"reference's by more than {MARGIN}, or its temperature did not move")
