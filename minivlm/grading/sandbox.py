@@ -434,18 +434,16 @@ def wall_limit(timeout: float) -> float:
     return 4.0 * timeout + 10.0
 
 
-_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
 def _cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of process ``pid`` (all its threads), from /proc; None
-    where it cannot be read (then the limit counts wall time)."""
+    """User + system CPU seconds of process ``pid`` (all its threads); None where it cannot
+    be read (then the limit counts wall time)."""
+    import psutil
+
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime (fields 14, 15)
-    except (OSError, IndexError, ValueError):
+        t = psutil.Process(pid).cpu_times()
+    except (psutil.Error, OSError):
         return None
+    return t.user + t.system
 
 
 def _run_forked(fn: Callable, calls: Sequence[Call], timeout: float
