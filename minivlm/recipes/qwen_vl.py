@@ -30,6 +30,7 @@ from minivlm.data.shapes.scenes import COLORS, SHAPES, Obj, Scene
 from minivlm.models.qwen_vl import Qwen2VL, Qwen2VLConfig, pack_images
 from minivlm.nn.lm import IGNORE_INDEX, MRopeLMConfig
 from minivlm.presets import preset_config
+from minivlm.train import TrainConfig, lr_at
 
 TOK = shapes_tokenizer()
 COLOR_IDS = [TOK.encode(c)[0] for c in COLORS]
@@ -70,14 +71,22 @@ def _n_tokens(img: torch.Tensor, cfg: Qwen2VLConfig) -> int:
     return (img.shape[1] // cfg.patch_size) * (img.shape[2] // cfg.patch_size) // cfg.merge_size**2
 
 
-def _fit(model: Qwen2VL, make_batch, steps: int, lr: float, seed: int) -> list[float]:
-    """AdamW on ``make_batch(step) -> (batch, choices, targets)``; returns the losses."""
+def _fit(model: Qwen2VL, make_batch, steps: int, lr: float, seed: int,
+         warmup: int | None = None) -> list[float]:
+    """AdamW on ``make_batch(step) -> (batch, choices, targets)``; returns the losses.
+    ``warmup=None``: constant ``lr``; an int: linear warm-up over that many steps, then a
+    cosine decay to 0 at ``steps`` (:func:`minivlm.train.lr_at`)."""
     torch.manual_seed(seed)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
                             weight_decay=0.0)
+    sched = None if warmup is None else TrainConfig(steps=steps, lr=lr, warmup_steps=warmup,
+                                                    min_lr_ratio=0.0)
     model.train()
     losses = []
     for step in range(steps):
+        if sched is not None:
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, sched)
         batch, choices, y = make_batch(step)
         loss = F.cross_entropy(readout(model, batch, choices), y)
         opt.zero_grad()
@@ -223,12 +232,17 @@ def _position_batch(model, rng, grids, n, tiles, colors):
     return collate(imgs, ids, model.config), COLOR_IDS, torch.tensor(ys)
 
 
-def train_positions(model: Qwen2VL, steps: int = 200, batch_size: int = 32, lr: float = 3e-3,
-                    seed: int = 0) -> list[float]:
+def train_positions(model: Qwen2VL, steps: int = 150, batch_size: int = 32, lr: float = 3e-3,
+                    seed: int = 0, warmup: int | None = 15) -> list[float]:
+    """"left" / "top" questions on TRAIN_GRIDS canvases. The learning rate warms up over
+    ``warmup`` steps and decays to 0 by ``steps`` (``warmup=None``: constant). At a constant
+    3e-3 some runs never settle: seed 2's loss stays at 0.9-1.3 even for 300 steps (the
+    right colour in its top 2 only 75% of the time), while the decayed schedule converges on
+    seeds 0-4 at the same cost."""
     tiles, colors = tile_bank(seed=seed)
     rng = np.random.default_rng(seed)
     return _fit(model, lambda s: _position_batch(model, rng, TRAIN_GRIDS, batch_size, tiles,
-                                                 colors), steps, lr, seed)
+                                                 colors), steps, lr, seed, warmup)
 
 
 @torch.no_grad()
