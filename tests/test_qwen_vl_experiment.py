@@ -32,5 +32,7 @@ def test_runs_writes_results_and_refuses_overwrite(experiment, tmp_path):
     s = res["seeds"][0]
     assert set(s["windowed"]["accuracy"]) == {"16", "32", "64"}
     assert set(s["mrope"]["left"]) == {"3x3", "4x4", "2x6", "6x2", "3x6", "6x6"}
+    for arm in ("mrope", "1d", "mrope const", "1d const"):  # scheduled and constant-lr runs
+        assert set(s[arm]) == {"left", "top", "final_loss"} and s[arm]["final_loss"] > 0
     assert s["text 0.0"]["before"] == s["text 0.5"]["before"] > 1
     assert experiment.main(["--out", str(out), *TINY]) == 2  # never overwrites unasked
