@@ -237,6 +237,38 @@ def register_check(
     return deco
 
 
+Registrar = Callable[..., Callable[[Callable[[torch.Generator], Iterable[Case]]],
+                                   Callable[[torch.Generator], Iterable[Case]]]]
+
+
+def exercise_checks(exercise: str) -> Registrar:
+    """:func:`register_check` for the checks of one exercise, in a shorter form.
+
+    ``register = exercise_checks("00_patchify_attention")``, then::
+
+        @register("patchify(images, patch_size)", _ref_patchify, points=2,
+                  returns="(B, N, C*p*p)", grad=True, mistakes=[...])
+        def patchify_cases(gen): ...
+
+    The check is named after the learner's function (``name=`` when it is not);
+    ``returns`` is the symbolic shape of the output for messages, or ``{part: shape}``
+    in order for a function that returns a tuple. Other keywords as in ``register_check``.
+    """
+
+    def register(signature: str, reference: Callable[..., Any] | str, *, points: float,
+                 returns: str | dict[str, str] | None = None, name: str | None = None,
+                 **options: Any):
+        if isinstance(returns, dict):
+            outputs, shapes = tuple(returns), tuple(returns.values())
+        else:
+            outputs, shapes = None, (returns,) if returns else None
+        return register_check(name or signature.split("(", 1)[0].strip(), signature=signature,
+                              reference=reference, points=points, exercise=exercise,
+                              outputs=outputs, shapes=shapes, **options)
+
+    return register
+
+
 def load_checks() -> None:
     """Import every module under ``minivlm.grading.checks`` (and EXTRA_CHECK_MODULES)."""
     global _LOADED

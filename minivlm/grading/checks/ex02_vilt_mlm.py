@@ -25,10 +25,11 @@ import torch
 # through the whole-word checks, so that they register before these whatever is imported
 # first: the notebook's order, and the gradebook's columns
 from minivlm.grading.checks.ex02_vilt_masking import EXERCISE
-from minivlm.grading.core import Case, register_check
+from minivlm.grading.core import Case, exercise_checks
 
 Tensor = torch.Tensor
 MARGIN = 0.1  # accuracy
+register = exercise_checks(EXERCISE)
 
 
 # ----------------------------------------------------------------------------- the masking
@@ -79,14 +80,9 @@ def _explain_mask(case: Case, got: list, expected: list) -> str | None:
     return None
 
 
-@register_check(
-    "mask_colour_words",
-    signature="mask_colour_words(input_ids, colour_ids, mask_id)",
-    reference=_ref_mask,
-    points=2,
-    exercise=EXERCISE,
-    outputs=("masked_ids", "labels"),
-    shapes=("(B, T)", "(B, T)"),
+@register(
+    "mask_colour_words(input_ids, colour_ids, mask_id)", _ref_mask, points=2,
+    returns={"masked_ids": "(B, T)", "labels": "(B, T)"},
     library=("minivlm.recipes.vilt_mlm:reference_mask_colour_words",),
     mistakes=[
         ("only the first colour word of a row was masked: hide every colour word (a caption "
@@ -161,13 +157,9 @@ def _explain_train(case: Case, got: list, expected: list) -> str | None:
             "labels.flatten())")
 
 
-@register_check(
-    "train_colour_mlm",
-    signature="train_colour_mlm(num_objects, seed)",
-    reference=_ref_train_colour_mlm,
-    points=3,
-    exercise=EXERCISE,
-    shapes=("(1,) held-out colour accuracy",),
+@register(
+    "train_colour_mlm(num_objects, seed)", _ref_train_colour_mlm, points=3,
+    returns="(1,) held-out colour accuracy",
     library=("minivlm.recipes.vilt_mlm:reference_train_colour_mlm",
              "minivlm.recipes.vilt_mlm:reference_mask_colour_words"),
     explain=_explain_train,

@@ -34,10 +34,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from minivlm.grading.core import Case, register_check
+from minivlm.grading.core import Case, exercise_checks
 
 Tensor = torch.Tensor
 EXERCISE = "03_albef_momentum"
+register = exercise_checks(EXERCISE)
 
 __all__ = ["inputs_after"]
 
@@ -167,14 +168,10 @@ def _explain_ema(case: Case, got: list, expected: list) -> str | None:
     return None
 
 
-@register_check(
-    "ema_update_",
-    signature="ema_update_(pairs, momentum)",
-    reference=_ref_ema,
-    points=2,
-    exercise=EXERCISE,
-    outputs=("params", "params_m"),
-    shapes=("(P,) every online parameter, flattened", "(P,) every momentum parameter"),
+@register(
+    "ema_update_(pairs, momentum)", _ref_ema, points=2,
+    returns={"params": "(P,) every online parameter, flattened",
+             "params_m": "(P,) every momentum parameter"},
     mistakes=[
         ("momentum and 1 - momentum are swapped: the momentum model keeps the fraction m of "
          "its own value, p_m ← m·p_m + (1 − m)·p, so with m = 0.995 it moves slowly",
@@ -255,14 +252,9 @@ def _enqueue_variant(kind: str):
     return enqueue
 
 
-@register_check(
-    "enqueue_",
-    signature="enqueue_(queue, ptr, feats)",
-    reference=_ref_enqueue,
-    points=2,
-    exercise=EXERCISE,
-    outputs=("queue", "ptr", "feats"),
-    shapes=("(E, K)", "() a 0-dim long tensor", "(B, E)"),
+@register(
+    "enqueue_(queue, ptr, feats)", _ref_enqueue, points=2,
+    returns={"queue": "(E, K)", "ptr": "() a 0-dim long tensor", "feats": "(B, E)"},
     mistakes=[
         ("the pointer did not move: after writing B features it must become (ptr + B) % K, "
          "set in place (ptr.fill_(...), ptr.copy_(...) or ptr[()] = ...); `ptr = ...` only "
@@ -373,14 +365,9 @@ def _explain_sampler(case: Case, got: list, expected: list) -> str | None:
             "once gives the same draws")
 
 
-@register_check(
-    "sample_hard_negatives",
-    signature="sample_hard_negatives(sim_i2t, sim_t2i, generator)",
-    reference=_ref_sampler,
-    points=3,
-    exercise=EXERCISE,
-    outputs=("neg_text_idx", "neg_image_idx"),
-    shapes=("(B,) long", "(B,) long"),
+@register(
+    "sample_hard_negatives(sim_i2t, sim_t2i, generator)", _ref_sampler, points=3,
+    returns={"neg_text_idx": "(B,) long", "neg_image_idx": "(B,) long"},
     mistakes=[
         ("the positive can be drawn: its weight must be exactly 0. Set the diagonal of the "
          "(B, B) logits to -inf before the softmax", _sampler_variant(mask=False)),
@@ -495,15 +482,11 @@ def _unit(gen: torch.Generator, *shape: int, dtype=torch.float32) -> Tensor:
     return F.normalize(torch.randn(*shape, generator=gen, dtype=dtype), dim=-1)
 
 
-@register_check(
-    "mod_itc_loss",
-    signature="mod_itc_loss(image_feat, text_feat, image_feat_m, text_feat_m, image_queue, "
-              "text_queue, temp, alpha)",
-    reference="minivlm.recipes.albef_noise:reference_mod_itc_loss",
-    points=2,
-    exercise=EXERCISE,
-    outputs=None,
-    shapes=("() a scalar",),
+@register(
+    "mod_itc_loss(image_feat, text_feat, image_feat_m, text_feat_m, image_queue, text_queue, "
+    "temp, alpha)",
+    "minivlm.recipes.albef_noise:reference_mod_itc_loss", points=2,
+    returns="() a scalar",
     mistakes=[
         ("α weighs the wrong term: the target is α·softmax(s_m/τ) + (1 − α)·one-hot (Eq. 6), "
          "so α = 0 gives the plain one-hot labels", _mod_loss_variant("swapped")),
@@ -550,13 +533,10 @@ def _train_hint(case: Case, got: list, expected: list) -> str | None:
             "queues; data, batches and init come from the given helpers")
 
 
-@register_check(
-    "train_noisy_itc",
-    signature="train_noisy_itc(noise, alpha, seed)",
-    reference="minivlm.recipes.albef_noise:reference_train_noisy_itc",
-    points=3,
-    exercise=EXERCISE,
-    shapes=("(1,) held-out R@1",),
+@register(
+    "train_noisy_itc(noise, alpha, seed)",
+    "minivlm.recipes.albef_noise:reference_train_noisy_itc", points=3,
+    returns="(1,) held-out R@1",
     explain=_train_hint,
 )
 def train_noisy_itc_cases(gen: torch.Generator):

@@ -26,10 +26,11 @@ import functools
 import torch
 
 from minivlm.grading.checks.ex04_blip2 import EXERCISE
-from minivlm.grading.core import Case, register_check
+from minivlm.grading.core import Case, exercise_checks
 
 Tensor = torch.Tensor
 MARGIN = 0.3  # colour accuracy on 200 held-out scenes; the second number is 0 or 1
+register = exercise_checks(EXERCISE)
 
 
 @functools.lru_cache(maxsize=16)
@@ -61,13 +62,9 @@ def _explain_train(case: Case, got: list, expected: list) -> str | None:
             "ITG pass with data['dec_token_id'] replacing [CLS]")
 
 
-@register_check(
-    "train_stage1",
-    signature="train_stage1(seed)",
-    reference=_ref_train_stage1,
-    points=3,
-    exercise=EXERCISE,
-    shapes=("(2,) held-out colour accuracy, temperature moved (0/1)",),
+@register(
+    "train_stage1(seed)", _ref_train_stage1, points=3,
+    returns="(2,) held-out colour accuracy, temperature moved (0/1)",
     library=("minivlm.recipes.qformer_stage1:reference_train_stage1",),
     explain=_explain_train,
     min_timeout=60.0,  # a training run: seconds on an idle core, more on a busy one

@@ -22,10 +22,11 @@ import functools
 import torch
 
 from minivlm.grading.checks.ex05_llava import EXERCISE
-from minivlm.grading.core import Case, register_check
+from minivlm.grading.core import Case, exercise_checks
 
 Tensor = torch.Tensor
 MARGIN = 0.06  # accuracy on 200 held-out questions
+register = exercise_checks(EXERCISE)
 
 
 @functools.lru_cache(maxsize=16)
@@ -52,13 +53,9 @@ def _explain_train(case: Case, got: list, expected: list) -> str | None:
             "small.batches(seed, n, run), and the language model's loss (labels=...)")
 
 
-@register_check(
-    "train_projector",
-    signature="train_projector(task, seed)",
-    reference=_ref_train_projector,
-    points=3,
-    exercise=EXERCISE,
-    shapes=("(1,) held-out colour accuracy",),
+@register(
+    "train_projector(task, seed)", _ref_train_projector, points=3,
+    returns="(1,) held-out colour accuracy",
     library=("minivlm.recipes.llava_align:reference_train_projector",
              "minivlm.recipes.llava_align:reference_assistant_labels",
              "minivlm.models.llava:merge_image_features"),
