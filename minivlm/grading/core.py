@@ -211,7 +211,8 @@ def register_check(
         mistakes: ``(hint, wrong_fn)`` pairs; when the learner's output equals
             ``wrong_fn``'s, ``hint`` is shown. Order matters: first match wins.
         explain: optional ``explain(case, got_parts, expected_parts) -> hint | None``
-            for hints no single wrong function captures.
+            for hints no single wrong function captures; it is called only when every
+            part the learner returned is a tensor of the expected shape.
         library: ``"module:attr"`` of library functions the learner's function may not
             call (besides the reference and any ``minivlm`` function of the same name).
         inplace: whether the function may change its tensor arguments in place; default:
@@ -824,6 +825,9 @@ def _explain(chk: Check, prep: _Prepared, got_tensors: list, j: int) -> str | No
         return None
     expected = [e.to(d) if isinstance(e, Tensor) and d is not None else e
                 for e, d in zip(prep.expected, prep.dtypes or [None] * len(prep.expected))]
+    if any(isinstance(e, Tensor) and (not isinstance(g, Tensor) or g.shape != e.shape)
+           for g, e in zip(got_tensors, expected)):
+        return None  # the shape check names a malformed part; explain() reads tensors only
     try:
         return chk.explain(prep.case, got_tensors, expected)
     except Exception:  # noqa: BLE001

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from minivlm.grading.checks._common import draw_seed
 from minivlm.grading.core import Case, exercise_checks
 
 Tensor = torch.Tensor
@@ -155,13 +156,10 @@ def _explain_ema(case: Case, got: list, expected: list) -> str | None:
     pairs = case.args[0]
     before_online = torch.cat([p.detach().reshape(-1) for p, _ in pairs])
     before_m = torch.cat([p_m.detach().reshape(-1) for _, p_m in pairs])
-    if len(got) < 2 or not all(isinstance(g, Tensor) for g in got[:2]):
-        return None
-    if got[0].shape == before_online.shape and not torch.allclose(
-            got[0].double(), before_online.double()):
+    if not torch.allclose(got[0].double(), before_online.double()):
         return ("the online parameters changed: the EMA only reads them (p is the model being "
                 "trained); only p_m is updated")
-    if got[1].shape == before_m.shape and torch.equal(got[1], before_m.to(got[1].dtype)):
+    if torch.equal(got[1], before_m.to(got[1].dtype)):
         return ("the momentum parameters did not change: update each p_m in place, e.g. "
                 "p_m.mul_(m).add_(p, alpha=1 - m) or p_m.copy_(...); `p_m = m * p_m + ...` "
                 "only rebinds a name, and new tensors (or a new list) never reach the model")
@@ -347,8 +345,6 @@ def _sampler_variant(*, mask: bool = True, columns: str = "batch", dim: int = 1,
 def _explain_sampler(case: Case, got: list, expected: list) -> str | None:
     B = case.args[0].shape[0]
     for name, g in zip(("neg_text_idx", "neg_image_idx"), got):
-        if g is None or g.shape != (B,):
-            return None
         rows = (g == torch.arange(B)).nonzero().flatten().tolist()
         if rows:
             return (f"{name}[{rows[0]}] = {rows[0]}: row {rows[0]} drew its own positive. Set "
@@ -522,9 +518,7 @@ def mod_itc_loss_cases(gen: torch.Generator):
 
 
 def _train_hint(case: Case, got: list, expected: list) -> str | None:
-    if not got or not isinstance(got[0], Tensor) or got[0].numel() != 1:
-        return None
-    r1 = float(got[0].reshape(-1)[0])
+    r1 = float(got[0])
     if r1 < 0.03:
         return ("your model stayed at chance (1/48 = 0.02): check the sign of the loss, that "
                 "the optimizer steps, and that the features come from the online towers")
@@ -540,7 +534,7 @@ def _train_hint(case: Case, got: list, expected: list) -> str | None:
     explain=_train_hint,
 )
 def train_noisy_itc_cases(gen: torch.Generator):
-    seed = int(torch.randint(0, 1000, (1,), generator=gen))
+    seed = draw_seed(gen)
     hint = ("the held-out R@1 of your trained towers differs from the reference's by more "
             "than 1.5 of 48 pairs")
     yield Case(f"30 % noisy captions, MoD (α = 0.4), seed {seed}", 0.3, 0.4, seed,
