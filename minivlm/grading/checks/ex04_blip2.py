@@ -238,6 +238,10 @@ def _score_variant(*, norm_q: int | None = -1, norm_t: int | None = -1, reduce: 
     return itc_score
 
 
+KEPT_QUERIES = ("you kept one score per query: reduce the query axis with a max to get one "
+                "score per (image, text) pair")  # an output (B_img, B_txt, Q) or (B_img, Q, B_txt)
+
+
 def _explain_score(case: Case, got: list, expected: list) -> str | None:
     g, e = got[0], expected[0]
     if not g.is_floating_point():
@@ -291,10 +295,8 @@ def _explain_score(case: Case, got: list, expected: list) -> str | None:
          _score_variant(reduce="max_texts")),
         ("you took the max over the images (the batch axis): take it over the queries",
          _score_variant(reduce="max_images")),
-        ("you kept one score per query: reduce the query axis with a max to get one score per "
-         "(image, text) pair", _score_variant(reduce="none")),
-        ("you kept one score per query: reduce the query axis with a max to get one score per "
-         "(image, text) pair", _score_variant(reduce="none_iqj")),
+        (KEPT_QUERIES, _score_variant(reduce="none")),
+        (KEPT_QUERIES, _score_variant(reduce="none_iqj")),
     ],
     explain=_explain_score,
 )
