@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from minivlm.nn.attention import MultiHeadAttention, causal_mask, padding_mask
 from minivlm.nn.bert import BertEncoder, BertMLMHead, TextConfig, check_ids
+from minivlm.nn.config import as_part
 from minivlm.nn.decoding import generate
 from minivlm.nn.vit import ViT, ViTConfig
 from minivlm.objectives import (
@@ -112,10 +113,8 @@ class BlipConfig:
     lm_weight: float = 1.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.vision, dict):
-            self.vision = blip_vision_config(**self.vision)
-        if isinstance(self.text, dict):
-            self.text = blip_text_config(**self.text)
+        self.vision = as_part("BlipConfig", "vision", self.vision, blip_vision_config, ViTConfig)
+        self.text = as_part("BlipConfig", "text", self.text, blip_text_config, TextConfig)
         text = dict(cross_attention_from=0, cross_attention_freq=1, cross_attention_layers=None,
                     kv_dim=self.vision.dim, causal=False)  # fmt: skip
         if self.vocab_size is not None:

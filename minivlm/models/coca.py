@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from minivlm.nn.attention import MultiHeadAttention, causal_mask
 from minivlm.nn.bert import TextConfig, check_ids, init_weights, run_blocks, text_blocks
 from minivlm.nn.blocks import MLP
+from minivlm.nn.config import as_part
 from minivlm.nn.decoding import generate
 from minivlm.nn.vit import ViT, ViTConfig, clip_vision_config
 from minivlm.utils import raise_first
@@ -89,10 +90,8 @@ class CoCaConfig:
     legacy_cls_mask: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.vision, dict):
-            self.vision = coca_vision_config(**self.vision)
-        if isinstance(self.text, dict):
-            self.text = coca_text_config(**self.text)
+        self.vision = as_part("CoCaConfig", "vision", self.vision, coca_vision_config, ViTConfig)
+        self.text = as_part("CoCaConfig", "text", self.text, coca_text_config, TextConfig)
         if self.vocab_size is not None:
             self.text = replace(self.text, vocab_size=self.vocab_size)
         self.decoder_heads = self.decoder_heads or self.text.num_heads

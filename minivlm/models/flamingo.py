@@ -35,6 +35,7 @@ import torch.nn as nn
 
 from minivlm.nn.attention import MultiHeadAttention
 from minivlm.nn.blocks import MLP, RMSNorm, SwiGLU
+from minivlm.nn.config import parts_of
 from minivlm.nn.lm import DecoderLM, LMConfig, lm_loss
 from minivlm.nn.vit import ViT, ViTConfig
 
@@ -259,12 +260,7 @@ class Flamingo(nn.Module):
             raise TypeError("Flamingo: language_model must be a minivlm.nn.lm.DecoderLM (e.g. "
                             f"zoo.load('shapes_lm')), got {type(language_model).__name__}")
         if config is None:
-            parts: dict[str, Any] = {}
-            if vision_encoder is not None:
-                parts["vision"] = vision_encoder.config
-            if language_model is not None:
-                parts["text"] = language_model.config
-            config = FlamingoConfig(**parts)
+            config = FlamingoConfig(**parts_of(vision_encoder, language_model))
         cfg = replace(config, **overrides) if overrides else config
         for name, mod, want in (("vision_encoder", vision_encoder, cfg.vision),
                                 ("language_model", language_model, cfg.text)):

@@ -43,6 +43,7 @@ from minivlm.data.chat import (
     LlavaCollator,
 )
 from minivlm.nn.blocks import MLP, get_activation
+from minivlm.nn.config import as_part, parts_of
 from minivlm.nn.lm import DecoderLM, LMConfig
 from minivlm.nn.vit import ViT, ViTConfig, clip_vision_config
 from minivlm.utils import raise_first
@@ -103,18 +104,12 @@ class LlavaConfig:
     image_token_id: int = IMAGE_TOKEN_ID
 
     def __post_init__(self) -> None:
-        if isinstance(self.vision, dict):
-            self.vision = clip_vision_config(**self.vision)
-        if isinstance(self.text, dict):
-            self.text = LMConfig(**self.text)
+        self.vision = as_part("LlavaConfig", "vision", self.vision, clip_vision_config, ViTConfig)
+        self.text = as_part("LlavaConfig", "text", self.text, LMConfig)
         self._check()
 
     def _check(self) -> None:
         """A clear error for parts of the wrong type or values out of range."""
-        for name, cls in (("vision", ViTConfig), ("text", LMConfig)):
-            if not isinstance(getattr(self, name), cls):
-                raise TypeError(f"LlavaConfig.{name}: expected a{'n' * (name == 'text')} "
-                                f"{cls.__name__} or dict, got {type(getattr(self, name)).__name__}")
         get_activation(self.projector_act)  # a clear error for an unknown name
         n, strategy = self.vision.depth + 1, self.vision_feature_select_strategy
         checks = [
@@ -275,16 +270,8 @@ class LLaVA(nn.Module):
         super().__init__()
         _check_parts(vision_encoder, language_model)
         if config is None:
-            parts: dict[str, Any] = {}
-            if vision_encoder is not None:
-                parts["vision"] = vision_encoder.config
-            if language_model is not None:
-                parts["text"] = language_model.config
-            cfg = LlavaConfig(**parts)
-        else:
-            cfg = config
-        if overrides:
-            cfg = replace(cfg, **overrides)
+            config = LlavaConfig(**parts_of(vision_encoder, language_model))
+        cfg = replace(config, **overrides) if overrides else config
         _check_parts(vision_encoder, language_model, cfg)
         self.config = cfg
         self.vision_tower = vision_encoder if vision_encoder is not None else ViT(cfg.vision)
