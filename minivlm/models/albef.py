@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minivlm.nn.bert import BertEncoder, BertMLMHead, TextConfig, TextOutput
-from minivlm.nn.config import as_part
+from minivlm.nn.config import as_part, in_vocab
 from minivlm.nn.vit import ViT, ViTConfig
 from minivlm.objectives import (
     concat_all_gather,
@@ -153,9 +153,7 @@ class ALBEFConfig:
             (self.temp > 0, f"temp must be > 0, got {self.temp}"),
             (0.0 <= self.mlm_probability <= 1.0,
              f"mlm_probability must be in [0, 1], got {self.mlm_probability}"),
-            (0 <= self.mask_token_id < self.text.vocab_size,
-             f"mask_token_id {self.mask_token_id} is outside the vocabulary "
-             f"0..{self.text.vocab_size - 1}"),
+            in_vocab(self, "mask_token_id", self.text.vocab_size),
         ]  # fmt: skip
         raise_first("ALBEFConfig: ", checks)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["as_part", "divisible", "one_of", "parts_of"]
+__all__ = ["as_part", "divisible", "in_vocab", "one_of", "parts_of"]
 
 
 def as_part(owner: str, name: str, value: Any, build: Callable[..., Any], *types: type) -> Any:
@@ -46,6 +46,14 @@ def divisible(cfg: Any, name: str, by: str) -> tuple[bool, str]:
     """Row: field ``name`` of ``cfg`` is a multiple of field ``by`` (heads split the width)."""
     a, b = getattr(cfg, name), getattr(cfg, by)
     return a % b == 0, f"{name} {a} is not divisible by {by} {b}"
+
+
+def in_vocab(cfg: Any, name: str, vocab_size: int) -> tuple[bool, str]:
+    """Row: token id field ``name`` of ``cfg`` is a row of a ``vocab_size`` vocabulary."""
+    value = getattr(cfg, name)
+    return 0 <= value < vocab_size, (
+        f"{name} {value} is outside the vocabulary 0..{vocab_size - 1}"
+    )
 
 
 def one_of(cfg: Any, name: str, choices: tuple[str, ...]) -> tuple[bool, str]:

@@ -18,6 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minivlm.nn.blocks import TransformerBlock, get_activation, init_weights
+from minivlm.nn.config import divisible, one_of
+from minivlm.utils import raise_first
 
 Tensor = torch.Tensor
 
@@ -113,21 +115,13 @@ class ViTConfig(PatchGrid):
     global_pool: str = "token"  # "token" (CLS) or "avg" (mean of patch tokens)
 
     def __post_init__(self) -> None:
-        if self.image_size % self.patch_size:
-            raise ValueError(
-                f"ViTConfig: image_size {self.image_size} is not divisible by "
-                f"patch_size {self.patch_size}"
-            )
-        if self.dim % self.num_heads:
-            raise ValueError(
-                f"ViTConfig: dim {self.dim} is not divisible by num_heads {self.num_heads}"
-            )
-        if self.global_pool not in ("token", "avg"):
-            raise ValueError(
-                f"ViTConfig: global_pool must be 'token' or 'avg', got {self.global_pool!r}"
-            )
-        if self.global_pool == "token" and not self.class_token:
-            raise ValueError("ViTConfig: global_pool='token' needs class_token=True (or use 'avg')")
+        raise_first("ViTConfig: ", [
+            divisible(self, "image_size", "patch_size"),
+            divisible(self, "dim", "num_heads"),
+            one_of(self, "global_pool", ("token", "avg")),
+            (self.global_pool != "token" or self.class_token,
+             "global_pool='token' needs class_token=True (or use 'avg')"),
+        ])  # fmt: skip
         get_activation(self.act)  # raises a clear error for an unknown name
 
     @property
