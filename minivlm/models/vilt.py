@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from minivlm.nn.attention import padding_mask
 from minivlm.nn.bert import BertEncoder, BertMLMHead, TextConfig, init_weights
 from minivlm.nn.blocks import TransformerBlock, get_activation
-from minivlm.nn.config import divisible, one_of
+from minivlm.nn.config import MLPHidden, divisible, one_of
 from minivlm.nn.vit import PatchGrid, check_padded_images, embed_padded_images
 from minivlm.objectives import mask_tokens, sample_itm_negatives, wasserstein_distance, wpa_loss
 from minivlm.utils import raise_first
@@ -54,7 +54,7 @@ TEXT_TYPE, IMAGE_TYPE = 0, 1  # modality-type ids (§3.1): t^type for words, v^t
 
 
 @dataclass
-class ViLTConfig(PatchGrid):
+class ViLTConfig(PatchGrid, MLPHidden):
     """Sizes and switches of ViLT (defaults: ViLT-B/32 as Hugging Face's ``ViltConfig()``).
 
     Text (BERT's embedding layer): ``vocab_size`` words, ``max_text_len`` learned positions
@@ -111,10 +111,6 @@ class ViLTConfig(PatchGrid):
         ]  # fmt: skip
         raise_first("ViLTConfig: ", checks)
         get_activation(self.act)  # raises a clear error for an unknown name
-
-    @property
-    def hidden(self) -> int:
-        return self.mlp_hidden or int(self.dim * self.mlp_ratio)
 
 
 @dataclass

@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from minivlm.nn.attention import causal_mask, padding_mask
 from minivlm.nn.blocks import TransformerBlock, get_activation, init_weights
-from minivlm.nn.config import divisible
+from minivlm.nn.config import MLPHidden, divisible
 from minivlm.utils import raise_first
 
 Tensor = torch.Tensor
@@ -34,7 +34,7 @@ Tensor = torch.Tensor
 
 
 @dataclass
-class TextConfig:
+class TextConfig(MLPHidden):
     """Sizes and switches of a text transformer (defaults: BERT-base, uncased).
 
     Cross-attention (to image tokens of width ``kv_dim``, default ``dim``) is
@@ -85,10 +85,6 @@ class TextConfig:
                     f"TextConfig: cross_attention_layers {bad} are outside 0..{self.depth - 1}"
                 )
         get_activation(self.act)  # raises a clear error for an unknown name
-
-    @property
-    def hidden(self) -> int:
-        return self.mlp_hidden or int(self.dim * self.mlp_ratio)
 
     @property
     def cross_attention_ids(self) -> tuple[int, ...]:

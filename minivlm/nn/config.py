@@ -16,7 +16,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["as_part", "divisible", "in_vocab", "one_of", "parts_of"]
+__all__ = ["MLPHidden", "as_part", "divisible", "in_vocab", "one_of", "parts_of"]
+
+
+class MLPHidden:
+    """``hidden`` of a config with ``dim``, ``mlp_ratio`` and an optional ``mlp_hidden`` (a base
+    of the text, ViT and ViLT configs; it adds no dataclass fields)."""
+
+    dim: int
+    mlp_ratio: float
+    mlp_hidden: int | None
+
+    @property
+    def hidden(self) -> int:
+        """The MLP's width: ``mlp_hidden`` when given, else ``int(dim * mlp_ratio)``."""
+        return self.mlp_hidden or int(self.dim * self.mlp_ratio)
 
 
 def as_part(owner: str, name: str, value: Any, build: Callable[..., Any], *types: type) -> Any:

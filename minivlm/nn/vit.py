@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minivlm.nn.blocks import TransformerBlock, get_activation, init_weights
-from minivlm.nn.config import divisible, one_of
+from minivlm.nn.config import MLPHidden, divisible, one_of
 from minivlm.utils import raise_first
 
 Tensor = torch.Tensor
@@ -85,7 +85,7 @@ class ViTSizes(PatchGrid):
 
 
 @dataclass
-class ViTConfig(PatchGrid):
+class ViTConfig(PatchGrid, MLPHidden):
     """Sizes and switches of a Vision Transformer (defaults: ViT-B/16 at 224 px).
 
     ``pre_norm`` adds a LayerNorm between the embeddings and the first block
@@ -128,10 +128,6 @@ class ViTConfig(PatchGrid):
     def num_prefix_tokens(self) -> int:
         """Tokens before the patches (1 for the CLS token, else 0)."""
         return int(self.class_token)
-
-    @property
-    def hidden(self) -> int:
-        return self.mlp_hidden or int(self.dim * self.mlp_ratio)
 
 
 def clip_vision_config(**overrides) -> ViTConfig:
