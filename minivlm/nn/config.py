@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["MLPHidden", "as_part", "divisible", "in_vocab", "one_of", "parts_of"]
+__all__ = ["MLPHidden", "as_part", "divisible", "in_vocab", "one_of"]
 
 
 class MLPHidden:
@@ -47,13 +47,6 @@ def as_part(owner: str, name: str, value: Any, build: Callable[..., Any], *types
         expected = ", ".join(names[:-1]) + " or " + names[-1]
         raise TypeError(f"{owner}.{name}: expected {expected}, got {type(value).__name__}")
     return value
-
-
-def parts_of(vision_encoder: Any, language_model: Any) -> dict[str, Any]:
-    """The config parts of the given modules: ``{"vision": ..., "text": ...}`` for those given
-    (a vision-language model built around a given ViT and/or language model)."""
-    given = {"vision": vision_encoder, "text": language_model}
-    return {k: module.config for k, module in given.items() if module is not None}
 
 
 def divisible(cfg: Any, name: str, by: str) -> tuple[bool, str]:
