@@ -1,4 +1,5 @@
-"""What every config dataclass checks, written once: parts given as dicts, and the usual rules.
+"""What the config dataclasses share, written once: parts given as dicts, the usual rules, and
+the MLP width (:class:`MLPHidden`).
 
 A model's config is made of parts (``vision=ViTConfig(...)`` or ``vision=dict(depth=2)``):
 :func:`as_part` turns a dict into the part's config and rejects anything else with a clear
