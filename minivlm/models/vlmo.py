@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from minivlm.nn.attention import padding_mask
 from minivlm.nn.bert import BertEncoder, BertMLMHead, TextConfig, init_weights
 from minivlm.nn.blocks import MultiwayBlock
+from minivlm.nn.config import divisible, in_vocab
 from minivlm.nn.vit import ViTSizes
 from minivlm.objectives import mask_tokens, same_pair_mask, sample_hard_negatives
 from minivlm.utils import raise_first
@@ -88,15 +89,11 @@ class VLMoConfig(ViTSizes):
 
     def __post_init__(self) -> None:
         checks = [
-            (self.dim % self.num_heads == 0,
-             f"dim {self.dim} is not divisible by num_heads {self.num_heads}"),
+            divisible(self, "dim", "num_heads"),
             (0 <= self.vl_layers <= self.depth,
              f"vl_layers must be in 0..depth={self.depth}, got {self.vl_layers}"),
-            (self.image_size % self.patch_size == 0,
-             f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}"),
-            (0 <= self.mask_token_id < self.vocab_size,
-             f"mask_token_id {self.mask_token_id} is outside the vocabulary "
-             f"0..{self.vocab_size - 1}"),
+            divisible(self, "image_size", "patch_size"),
+            in_vocab(self, "mask_token_id", self.vocab_size),
         ]  # fmt: skip
         raise_first("VLMoConfig: ", checks)
 
