@@ -58,7 +58,11 @@ def from_vilt(vilt: nn.Module, **overrides: Any) -> VLMo:
     """A ``vlmo_tiny`` with ``vilt``'s weights: embeddings, shared attention, final norm, ITM
     pooler/head and MLM head copied; ViLT's one MLP (and its LayerNorm) copied into every
     expert (V, L and VL). The text segment embedding (always row 0 in ViLT) is folded into the
-    positions; ViLT's modality rows (text 0, image 1) are swapped into VLMo's order."""
+    positions; ViLT's modality rows (text 0, image 1) are swapped into VLMo's order. ViLT has
+    absolute position tables, so the copy has them too (``position="absolute"``)."""
+    if overrides.get("position", "absolute") != "absolute":
+        raise ValueError(f"from_vilt: ViLT's positions are absolute tables; got position="
+                         f"{overrides['position']!r} (only 'absolute' can take them)")
     c = vilt.config
     model = minivlm.create_model("vlmo_tiny", vocab_size=c.vocab_size, max_text_len=c.max_text_len,
                                  image_size=c.image_size, patch_size=c.patch_size, dim=c.dim,
