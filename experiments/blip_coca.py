@@ -53,8 +53,7 @@ def main(argv: list[str] | None = None) -> int:
                                        n_train=args.coca_n_train))
         return {"capfilt": capfilt, "coca": {"seed": seed, "arms": coca}}
 
-    res.run(args.seeds, one_seed,
-            lambda seed, _: f"seed {seed} done ({res.data['cpu_seconds']} s CPU)")
+    res.run(args.seeds, one_seed, res.seed_done)
     print_tables(res.finish())
     return 0
 

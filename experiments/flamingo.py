@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     res.run(args.seeds,
             lambda seed: one_seed(rf.setup(bank=args.bank, heldout=args.n_eval, seed=seed), seed,
                                   args.steps, args.mask_steps, args.n_eval),
-            lambda seed, _: f"seed {seed} done ({res.data['cpu_seconds']} s CPU)")  # fmt: skip
+            res.seed_done)  # fmt: skip
     out = res.finish()
     for arm in ("interleaved", "pairs only"):
         rows = np.array([[s[arm]["few_shot"][str(k)] for k in rf.SHOTS] for s in out["seeds"]])

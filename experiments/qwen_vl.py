@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     res.run(args.seeds,
             lambda seed: one_seed(seed, args.steps, args.position_steps, args.forget_steps,
                                   args.n_eval, args.scenes),
-            lambda seed, _: f"seed {seed} done ({res.data['cpu_seconds']} s CPU)")  # fmt: skip
+            res.seed_done)  # fmt: skip
     res.finish()
     return 0
 

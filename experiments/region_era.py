@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     res.run(args.seeds,
             lambda seed: one_seed(seed, args.steps, args.depth_steps, args.arms, args.n_train,
                                   args.n_test, args.depth_n, args.bind_steps),
-            lambda seed, _: f"seed {seed} done ({res.data['cpu_seconds']} s CPU)")  # fmt: skip
+            res.seed_done)  # fmt: skip
     out = res.finish(cost_ms_per_image=rr.pipeline_cost(args.cost_images))
     for arm in args.arms:
         rows = [s["binding"][arm]["clean"] for s in out["seeds"]]

@@ -77,6 +77,24 @@ class Family:
 _VISION = ("vision",)
 _IMAGE = {"image_size": _VISION, "patch_size": _VISION, "in_chans": _VISION}  # ViT input sizes
 
+
+def _encoders(model: str, config: str, vision: str, text: str) -> Family:
+    """An image encoder and a text encoder (ALBEF, BLIP, CoCa): parts ``vision`` and ``text``
+    built by the given config builders; ``max_len`` goes to the text part, the ViT input sizes
+    to the vision part."""
+    return Family(model, config, parts={"vision": vision, "text": text},
+                  shortcuts={"max_len": ("text",), **_IMAGE})  # fmt: skip
+
+
+def _vision_lm(model: str, config: str) -> Family:
+    """A CLIP-style ViT feeding a decoder LM (LLaVA, Flamingo): ``vocab_size`` goes to the LM,
+    ``image_size`` to the ViT."""
+    return Family(model, config,
+                  parts={"vision": "minivlm.nn.vit:clip_vision_config",
+                         "text": "minivlm.nn.lm:LMConfig"},
+                  shortcuts={"vocab_size": ("text",), "image_size": _VISION})  # fmt: skip
+
+
 FAMILIES: dict[str, Family] = {
     "vit": Family("minivlm.nn.vit:ViT", "minivlm.nn.vit:ViTConfig"),
     "bert": Family("minivlm.nn.bert:BertEncoder", "minivlm.nn.bert:TextConfig"),
@@ -91,24 +109,14 @@ FAMILIES: dict[str, Family] = {
         shortcuts={"vocab_size": ("text",), "max_len": ("text",), **_IMAGE},
     ),  # fmt: skip
     "vilt": Family("minivlm.models.vilt:ViLT", "minivlm.models.vilt:ViLTConfig"),
-    "albef": Family(
-        "minivlm.models.albef:ALBEF", "minivlm.models.albef:ALBEFConfig",
-        parts={"vision": "minivlm.models.albef:albef_vision_config",
-               "text": "minivlm.nn.bert:TextConfig"},
-        shortcuts={"max_len": ("text",), **_IMAGE},
-    ),  # fmt: skip
-    "blip": Family(
-        "minivlm.models.blip:Blip", "minivlm.models.blip:BlipConfig",
-        parts={"vision": "minivlm.models.blip:blip_vision_config",
-               "text": "minivlm.models.blip:blip_text_config"},
-        shortcuts={"max_len": ("text",), **_IMAGE},
-    ),  # fmt: skip
-    "coca": Family(
-        "minivlm.models.coca:CoCa", "minivlm.models.coca:CoCaConfig",
-        parts={"vision": "minivlm.models.coca:coca_vision_config",
-               "text": "minivlm.models.coca:coca_text_config"},
-        shortcuts={"max_len": ("text",), **_IMAGE},
-    ),  # fmt: skip
+    "albef": _encoders("minivlm.models.albef:ALBEF", "minivlm.models.albef:ALBEFConfig",
+                       "minivlm.models.albef:albef_vision_config", "minivlm.nn.bert:TextConfig"),
+    "blip": _encoders("minivlm.models.blip:Blip", "minivlm.models.blip:BlipConfig",
+                      "minivlm.models.blip:blip_vision_config",
+                      "minivlm.models.blip:blip_text_config"),
+    "coca": _encoders("minivlm.models.coca:CoCa", "minivlm.models.coca:CoCaConfig",
+                      "minivlm.models.coca:coca_vision_config",
+                      "minivlm.models.coca:coca_text_config"),
     "blip2": Family(
         "minivlm.models.blip2:Blip2", "minivlm.models.blip2:Blip2Config",
         parts={"vision": "minivlm.models.blip2:blip2_vision_config",
@@ -118,16 +126,9 @@ FAMILIES: dict[str, Family] = {
                    "vocab_size": ("qformer", "lm")},
         optional=("lm",),
     ),  # fmt: skip
-    "llava": Family(
-        "minivlm.models.llava:LLaVA", "minivlm.models.llava:LlavaConfig",
-        parts={"vision": "minivlm.nn.vit:clip_vision_config", "text": "minivlm.nn.lm:LMConfig"},
-        shortcuts={"vocab_size": ("text",), "image_size": _VISION},
-    ),
-    "flamingo": Family(
-        "minivlm.models.flamingo:Flamingo", "minivlm.models.flamingo:FlamingoConfig",
-        parts={"vision": "minivlm.nn.vit:clip_vision_config", "text": "minivlm.nn.lm:LMConfig"},
-        shortcuts={"vocab_size": ("text",), "image_size": _VISION},
-    ),
+    "llava": _vision_lm("minivlm.models.llava:LLaVA", "minivlm.models.llava:LlavaConfig"),
+    "flamingo": _vision_lm("minivlm.models.flamingo:Flamingo",
+                           "minivlm.models.flamingo:FlamingoConfig"),
     "qwen2_vl": Family(
         "minivlm.models.qwen_vl:Qwen2VL", "minivlm.models.qwen_vl:Qwen2VLConfig",
         parts={"lm": "minivlm.nn.lm:MRopeLMConfig"}, shortcuts={"vocab_size": ("lm",)},

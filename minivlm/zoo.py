@@ -72,7 +72,7 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -128,13 +128,13 @@ class _Recipe:
 
     name: str
     model: str
-    description: str
     steps: int
     batch_size: int
     lr: float
     warmup_steps: int
     num_scenes: int
-    overrides: dict[str, Any]
+    description: str
+    overrides: dict[str, Any] = field(default_factory=dict)  # of the registry preset
     block: int | None = None  # LM: train on packed rows of this many tokens
     where_steps: int = 0  # ViLT: steps of the "where" warm-up before colour-word MLM
     max_objects: int = 4  # objects per training scene (at most)
@@ -144,81 +144,41 @@ class _Recipe:
         return max(8, min(self.num_scenes, steps * self.batch_size))
 
 
-_RECIPES: dict[str, _Recipe] = {
-    "shapes_clip": _Recipe(
-        name="shapes_clip",
-        model="clip_tiny",
-        description="clip_tiny (16x16 patches) trained contrastively on shapes-world captions; "
-        "use .image_encoder",
-        steps=250,
-        batch_size=64,
-        lr=1e-3,
-        warmup_steps=20,
-        num_scenes=4000,
-        overrides={"patch_size": 16},
-    ),
-    "shapes_lm": _Recipe(
-        name="shapes_lm",
-        model="lm_tiny",
-        description="lm_tiny trained as a causal LM on shapes-world captions, VQA and dialogues",
-        steps=160,
-        batch_size=32,
-        lr=4e-3,
-        warmup_steps=20,
-        num_scenes=600,
-        overrides={},
-        block=64,
-    ),
-    "shapes_vilt": _Recipe(
-        name="shapes_vilt",
-        model="vilt_tiny",
-        description="vilt_tiny (16x16 patches) after lecture 2's 'where' warm-up and colour-word "
-        "MLM on two-object scenes: binds colour to position",
-        steps=1000,
-        batch_size=32,
-        lr=1e-3,
-        warmup_steps=30,
-        num_scenes=3000,
-        overrides={"patch_size": 16, "max_text_len": 24, "num_answers": 0},
-        where_steps=400,
-    ),
-    "shapes_clip_cnn": _Recipe(
-        name="shapes_clip_cnn",
-        model="clip_tiny_cnn",
-        description="clip_tiny_cnn trained contrastively on one-object scenes' captions: learns "
-        "shape (lecture 1 section 9, recipes.clip_shape)",
-        steps=700,
-        batch_size=64,
-        lr=1e-3,
-        warmup_steps=10,
-        num_scenes=4000,
-        overrides={},
-        max_objects=1,
-    ),
+_RECIPES: dict[str, _Recipe] = {r.name: r for r in (
+    _Recipe("shapes_clip", "clip_tiny", steps=250, batch_size=64, lr=1e-3, warmup_steps=20,
+            num_scenes=4000, overrides={"patch_size": 16},
+            description="clip_tiny (16x16 patches) trained contrastively on shapes-world "
+            "captions; use .image_encoder"),
+    _Recipe("shapes_lm", "lm_tiny", steps=160, batch_size=32, lr=4e-3, warmup_steps=20,
+            num_scenes=600, block=64,
+            description="lm_tiny trained as a causal LM on shapes-world captions, VQA and "
+            "dialogues"),
+    _Recipe("shapes_vilt", "vilt_tiny", steps=1000, batch_size=32, lr=1e-3, warmup_steps=30,
+            num_scenes=3000, where_steps=400,
+            overrides={"patch_size": 16, "max_text_len": 24, "num_answers": 0},
+            description="vilt_tiny (16x16 patches) after lecture 2's 'where' warm-up and "
+            "colour-word MLM on two-object scenes: binds colour to position"),
+    _Recipe("shapes_clip_cnn", "clip_tiny_cnn", steps=700, batch_size=64, lr=1e-3,
+            warmup_steps=10, num_scenes=4000, max_objects=1,
+            description="clip_tiny_cnn trained contrastively on one-object scenes' captions: "
+            "learns shape (lecture 1 section 9, recipes.clip_shape)"),
     # recipes.albef_align.train_arm(1.0, seed): its own data (the 2,000 scenes of
     # ShapesWorld().generate(2000, seed=0), as in lecture 3) and its own fan-in init, so the
     # build equals the with-ITC arm of experiments/albef_align.py bit for bit; these overrides
     # are that arm's model (albef_noise.MODEL + albef_align.FUSION_MODEL, MoD ramped over the
     # first epoch of 31 steps); tests/test_zoo.py checks that they match
-    "shapes_albef": _Recipe(
-        name="shapes_albef",
-        model="albef_tiny",
-        description="lecture 3's ALBEF (ITC + ITM + MLM with momentum distillation) after 250 "
-        "steps on clean captions (recipes.albef_align.train_arm(1.0, seed))",
-        steps=250,
-        batch_size=64,
-        lr=1e-3,
-        warmup_steps=20,
-        num_scenes=2000,
-        overrides={
-            "vision_dim": 64, "vision_depth": 2, "vision_mlp_hidden": 128, "patch_size": 16,
-            "text_dim": 64, "text_depth": 4, "text_mlp_hidden": 128, "fusion_from": 2,
-            "embed_dim": 64, "queue_size": 64, "momentum": 0.9, "alpha": 0.4, "temp": 0.07,
-            "temp_min": 0.07, "temp_max": 0.07, "itm_weight": 1.0, "mlm_weight": 1.0,
-            "itc_weight": 1.0, "distill": True, "alpha_warmup_steps": 31,
-        },
-    ),
-}
+    _Recipe("shapes_albef", "albef_tiny", steps=250, batch_size=64, lr=1e-3, warmup_steps=20,
+            num_scenes=2000,
+            overrides={
+                "vision_dim": 64, "vision_depth": 2, "vision_mlp_hidden": 128, "patch_size": 16,
+                "text_dim": 64, "text_depth": 4, "text_mlp_hidden": 128, "fusion_from": 2,
+                "embed_dim": 64, "queue_size": 64, "momentum": 0.9, "alpha": 0.4, "temp": 0.07,
+                "temp_min": 0.07, "temp_max": 0.07, "itm_weight": 1.0, "mlm_weight": 1.0,
+                "itc_weight": 1.0, "distill": True, "alpha_warmup_steps": 31,
+            },
+            description="lecture 3's ALBEF (ITC + ITM + MLM with momentum distillation) after "
+            "250 steps on clean captions (recipes.albef_align.train_arm(1.0, seed))"),
+)}  # fmt: skip
 
 
 def list_components() -> list[str]:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 import minivlm
 from minivlm.models.blip2 import (
     Blip2,
+    Blip2Config,
     Blip2Output,
     Blip2Stage1Output,
     Blip2Stage2,
@@ -55,6 +56,15 @@ def batch(b: int = B, seed: int = 1, first: int = 2) -> dict[str, torch.Tensor]:
 
 def frozen_params(model: Blip2) -> list[torch.nn.Parameter]:
     return [p for m in model.frozen_modules() for p in m.parameters()]
+
+
+def test_config_parts_are_configs_or_dicts():
+    """A part given as a dict is built; anything else is named in a TypeError (nn/config.py)."""
+    assert Blip2Config(qformer=dict(dim=64, depth=2, num_heads=2)).qformer.depth == 2
+    with pytest.raises(TypeError, match=r"Blip2Config\.lm: expected LMConfig, dict or None, got int"):
+        Blip2Config(lm=3)
+    with pytest.raises(TypeError, match=r"Blip2Config\.qformer: expected QFormerConfig or dict"):
+        Blip2Config(qformer="big")
 
 
 # --------------------------------------------------------------------------- masks

@@ -3,6 +3,8 @@ freezing, presets and parity with transformers' IDEFICS (tiny random models)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -125,6 +127,8 @@ def test_wraps_trained_parts_without_copying():
                             mlp_hidden=48))
     model = Flamingo(language_model=lm)
     assert model.lm is lm and model.config.text == lm.config and len(model.xattn) == 2
+    with pytest.raises(ValueError, match=r"language_model.*config\.text.*mlp_hidden: 48 vs 64"):
+        Flamingo(model.config, language_model=lm, text=replace(lm.config, mlp_hidden=64))
 
 
 def test_preset_registered():

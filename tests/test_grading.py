@@ -564,3 +564,33 @@ def test_a_new_check_takes_a_few_lines(monkeypatch):
     with pytest.raises(ValueError, match="registered twice"):
         register_check("toy_softmax", signature="softmax(x)", reference=softmax_ref)(
             lambda gen: [])
+
+
+def test_exercise_checks_names_the_check_and_explain_reads_well_formed_parts(monkeypatch):
+    monkeypatch.setattr(grading_core, "_CHECKS", dict(grading_core._CHECKS))
+    register = grading_core.exercise_checks("99_toy")
+    seen = []
+
+    def explain(case, got, expected):
+        seen.append([tuple(g.shape) for g in got])
+        return "the halves are swapped"
+
+    @register("split(x)", lambda x: (x[:, :2], x[:, 2:]), points=2,
+              returns={"left": "(B, 2)", "right": "(B, 2)"}, explain=explain)
+    def split_cases(gen):
+        yield Case("a (3, 4) matrix", torch.randn(3, 4, generator=gen))
+
+    @register("double(x)", lambda x: 2 * x, points=1, returns="(B, D)", name="toy_double2")
+    def double_cases(gen):
+        yield Case("a (2, 3) matrix", torch.randn(2, 3, generator=gen))
+
+    chk = get_check("split")
+    assert (chk.exercise, chk.points, chk.outputs, chk.shapes) == (
+        "99_toy", 2.0, ("left", "right"), ("(B, 2)", "(B, 2)"))
+    dbl = get_check("toy_double2")
+    assert (dbl.function, dbl.outputs, dbl.shapes) == ("double", None, ("(B, D)",))
+    r = check("split", lambda x: (x[:, 2:], x[:, :2]))
+    assert "hint: the halves are swapped" in r.message and seen == [[(3, 2), (3, 2)]], (r, seen)
+    seen.clear()  # the second part's shape is wrong: the shape message, explain() not called
+    r = check("split", lambda x: (x[:, 2:], x[:, 1:]))
+    assert "the halves are swapped" not in r.message and seen == [], (r, seen)

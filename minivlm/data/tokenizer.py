@@ -104,11 +104,31 @@ def _as_id_list(ids: Any) -> list[int]:
 
 
 class _TokenizerMixin:
-    """Padding and batching shared by ``Tokenizer`` and ``HFTokenizerAdapter``."""
+    """Encoding with special tokens, padding and batching shared by ``Tokenizer`` and
+    ``HFTokenizerAdapter`` (each supplies ``vocab_size`` and ``_word_ids``)."""
 
     pad_id: int
+    vocab_size: int  # a property of each subclass
 
-    def encode(self, text: str, **kwargs: Any) -> list[int]:  # pragma: no cover - overridden
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def encode(
+        self,
+        text: str,
+        add_bos: bool = False,
+        add_eos: bool = False,
+        add_cls: bool = False,
+        add_sep: bool = False,
+        **options: Any,
+    ) -> list[int]:
+        """Text -> ids: ``[CLS]? [BOS]? words... [EOS]? [SEP]?``. ``options`` go to the word
+        lookup (``Tokenizer``: ``strict=True`` raises a ValueError listing every unknown word
+        instead of mapping it to [UNK])."""
+        prefix, suffix = self._special_ids(add_bos, add_eos, add_cls, add_sep)
+        return prefix + self._word_ids(text, **options) + suffix
+
+    def _word_ids(self, text: str) -> list[int]:  # pragma: no cover - overridden
         raise NotImplementedError
 
     def _special_ids(
@@ -284,9 +304,6 @@ class Tokenizer(_TokenizerMixin):
     def vocab_size(self) -> int:
         return len(self.tokens)
 
-    def __len__(self) -> int:
-        return len(self.tokens)
-
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, strict={self.strict})"
 
@@ -328,19 +345,10 @@ class Tokenizer(_TokenizerMixin):
         return split_words(text)
 
     # ------------------------------------------------------------------ encode / decode
-    def encode(
-        self,
-        text: str,
-        add_bos: bool = False,
-        add_eos: bool = False,
-        add_cls: bool = False,
-        add_sep: bool = False,
-        strict: bool | None = None,
-    ) -> list[int]:
-        """Text -> ids: ``[CLS]? [BOS]? words... [EOS]? [SEP]?``. Unknown words -> [UNK], or with
+    def _word_ids(self, text: str, strict: bool | None = None) -> list[int]:
+        """The words' ids (``encode`` adds the special tokens). Unknown words -> [UNK], or with
         ``strict`` a ValueError listing every unknown word."""
-        prefix, suffix = self._special_ids(add_bos, add_eos, add_cls, add_sep)
-        return prefix + self.convert_tokens_to_ids(split_words(text), strict=strict) + suffix
+        return self.convert_tokens_to_ids(split_words(text), strict=strict)
 
     def decode(self, ids: Any, skip_special_tokens: bool = True) -> str:
         """Ids -> text. With ``skip_special_tokens`` every special token except [UNK] is dropped."""
@@ -434,23 +442,11 @@ class HFTokenizerAdapter(_TokenizerMixin):
     def vocab_size(self) -> int:
         return len(self.hf)
 
-    def __len__(self) -> int:
-        return len(self.hf)
-
     def __repr__(self) -> str:
         return f"HFTokenizerAdapter({type(self.hf).__name__}, vocab_size={self.vocab_size})"
 
-    def encode(
-        self,
-        text: str,
-        add_bos: bool = False,
-        add_eos: bool = False,
-        add_cls: bool = False,
-        add_sep: bool = False,
-    ) -> list[int]:
-        prefix, suffix = self._special_ids(add_bos, add_eos, add_cls, add_sep)
-        ids = self.hf(text, add_special_tokens=False)["input_ids"]
-        return prefix + list(ids) + suffix
+    def _word_ids(self, text: str) -> list[int]:
+        return list(self.hf(text, add_special_tokens=False)["input_ids"])
 
     def decode(self, ids: Any, skip_special_tokens: bool = True) -> str:
         return self.hf.decode(_as_id_list(ids), skip_special_tokens=skip_special_tokens)

@@ -10,8 +10,8 @@ Instructors::
     minivlm student exercises/                       # NN_topic.ipynb -> NN_topic_student.ipynb
     minivlm grade submissions/ --out gradebook.csv   # execute, grade, one CSV row per notebook
 
-Lecture authors add checks with :func:`register_check` in a module under
-``minivlm/grading/checks/`` (see ``exercises/README.md``).
+Lecture authors add checks with :func:`exercise_checks` (or :func:`register_check`) in a
+module under ``minivlm/grading/checks/`` (see ``exercises/README.md``).
 """
 
 from minivlm.grading.core import (
@@ -20,6 +20,7 @@ from minivlm.grading.core import (
     CheckResult,
     add_check,
     check,
+    exercise_checks,
     get_check,
     list_checks,
     list_exercises,
@@ -34,6 +35,7 @@ __all__ = [
     "add_check",
     "add_cli",
     "check",
+    "exercise_checks",
     "generate_student",
     "get_check",
     "grade",

@@ -211,7 +211,8 @@ def register_check(
         mistakes: ``(hint, wrong_fn)`` pairs; when the learner's output equals
             ``wrong_fn``'s, ``hint`` is shown. Order matters: first match wins.
         explain: optional ``explain(case, got_parts, expected_parts) -> hint | None``
-            for hints no single wrong function captures.
+            for hints no single wrong function captures; it is called only when every
+            part the learner returned is a tensor of the expected shape.
         library: ``"module:attr"`` of library functions the learner's function may not
             call (besides the reference and any ``minivlm`` function of the same name).
         inplace: whether the function may change its tensor arguments in place; default:
@@ -235,6 +236,38 @@ def register_check(
         return fn
 
     return deco
+
+
+Registrar = Callable[..., Callable[[Callable[[torch.Generator], Iterable[Case]]],
+                                   Callable[[torch.Generator], Iterable[Case]]]]
+
+
+def exercise_checks(exercise: str) -> Registrar:
+    """:func:`register_check` for the checks of one exercise, in a shorter form.
+
+    ``register = exercise_checks("00_patchify_attention")``, then::
+
+        @register("patchify(images, patch_size)", _ref_patchify, points=2,
+                  returns="(B, N, C*p*p)", grad=True, mistakes=[...])
+        def patchify_cases(gen): ...
+
+    The check is named after the learner's function (``name=`` when it is not);
+    ``returns`` is the symbolic shape of the output for messages, or ``{part: shape}``
+    in order for a function that returns a tuple. Other keywords as in ``register_check``.
+    """
+
+    def register(signature: str, reference: Callable[..., Any] | str, *, points: float,
+                 returns: str | dict[str, str] | None = None, name: str | None = None,
+                 **options: Any):
+        if isinstance(returns, dict):
+            outputs, shapes = tuple(returns), tuple(returns.values())
+        else:
+            outputs, shapes = None, (returns,) if returns else None
+        return register_check(name or signature.split("(", 1)[0].strip(), signature=signature,
+                              reference=reference, points=points, exercise=exercise,
+                              outputs=outputs, shapes=shapes, **options)
+
+    return register
 
 
 def load_checks() -> None:
@@ -792,6 +825,9 @@ def _explain(chk: Check, prep: _Prepared, got_tensors: list, j: int) -> str | No
         return None
     expected = [e.to(d) if isinstance(e, Tensor) and d is not None else e
                 for e, d in zip(prep.expected, prep.dtypes or [None] * len(prep.expected))]
+    if any(isinstance(e, Tensor) and (not isinstance(g, Tensor) or g.shape != e.shape)
+           for g, e in zip(got_tensors, expected)):
+        return None  # the shape check names a malformed part; explain() reads tensors only
     try:
         return chk.explain(prep.case, got_tensors, expected)
     except Exception:  # noqa: BLE001

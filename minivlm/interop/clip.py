@@ -8,13 +8,12 @@ vision tower is CLIP's.
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from minivlm.interop.common import CLIP_LAYER_NAMES, hf_activation
+from minivlm.interop.common import CLIP_LAYER_NAMES, hf_activation, hf_from_pretrained
 from minivlm.nn.causal_text import CausalTextEncoder
 from minivlm.nn.vit import ViTConfig, clip_vision_config
 
@@ -87,29 +86,6 @@ def clip_from_hf(cls: type[nn.Module], config_cls: type, model: nn.Module) -> An
 def clip_from_pretrained(cls: Any, name_or_path: str, **kwargs: Any) -> Any:
     """``transformers.CLIPModel.from_pretrained(name_or_path, **kwargs)``, copied; failures
     raise a RuntimeError that says how to fix them."""
-    try:
-        from transformers import CLIPModel
-    except ImportError as e:
-        raise RuntimeError(
-            "CLIP.from_pretrained needs the transformers package: pip install transformers"
-        ) from e
-    try:
-        hf = CLIPModel.from_pretrained(name_or_path, **kwargs)
-    except Exception as e:  # noqa: BLE001 - re-raised with advice, the cause attached
-        offline = any(
-            os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")
-            for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-        )
-        where = (
-            "HF_HUB_OFFLINE is set, so only the local cache was searched"
-            if offline
-            else "the Hub could not be reached or has no such model"
-        )
-        raise RuntimeError(
-            f"CLIP.from_pretrained: could not load {name_or_path!r} with "
-            f"transformers.CLIPModel.from_pretrained ({where}; {type(e).__name__}: {e}). "
-            "To fix: check the name (e.g. 'openai/clip-vit-base-patch32'); download it once "
-            "while online (it is then cached and loads offline), or pass the path of a "
-            "local folder written by CLIPModel.save_pretrained."
-        ) from e
-    return cls.from_hf(hf.eval())
+    hf = hf_from_pretrained("CLIPModel", name_or_path, "CLIP.from_pretrained",
+                            "openai/clip-vit-base-patch32", **kwargs)  # fmt: skip
+    return cls.from_hf(hf)

@@ -7,14 +7,24 @@ the matching minivlm config, maps parameter names, and loads the weights with
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn
 
 Tensor = torch.Tensor
 
-__all__ = ["ACTIVATIONS", "CLIP_LAYER_NAMES", "add_linear", "hf_activation", "load_converted"]
+__all__ = [
+    "ACTIVATIONS",
+    "CLIP_LAYER_NAMES",
+    "add_linear",
+    "hf_activation",
+    "hf_from_pretrained",
+    "load_converted",
+    "rename_layers",
+]
 
 # Hugging Face ``hidden_act`` names -> minivlm's (minivlm.nn.blocks.get_activation)
 ACTIVATIONS: dict[str, str] = {
@@ -57,6 +67,28 @@ def add_linear(sd: dict[str, Tensor], dst: str, src: nn.Module) -> None:
         sd[dst + ".bias"] = src.bias
 
 
+def rename_layers(
+    sd: dict[str, Tensor],
+    src: str,
+    dst: str,
+    depth: int,
+    names: Mapping[str, str],
+    suffixes: tuple[str, ...] = (".weight", ".bias"),
+    pop: bool = False,
+) -> dict[str, Tensor]:
+    """The weights of ``depth`` layers under minivlm's names: ``{src}{i}.{theirs}{suffix}`` ->
+    ``{dst}{i}.{ours}{suffix}`` for each layer i, each ``theirs -> ours`` of ``names`` and each
+    suffix that ``sd`` holds (a missing one, such as an absent bias, is skipped); ``pop=True``
+    takes them out of ``sd``, so that what is left can be reported as unexpected."""
+    out: dict[str, Tensor] = {}
+    for i in range(depth):
+        for theirs, ours in names.items():
+            for s in suffixes:
+                if (key := f"{src}{i}.{theirs}{s}") in sd:
+                    out[f"{dst}{i}.{ours}{s}"] = sd.pop(key) if pop else sd[key]
+    return out
+
+
 def load_converted(
     module: nn.Module, sd: Mapping[str, Tensor], like: Tensor, training: bool
 ) -> nn.Module:
@@ -65,3 +97,37 @@ def load_converted(
     module.to(device=like.device, dtype=like.dtype)
     module.load_state_dict({k: v.detach().clone() for k, v in sd.items()}, strict=True)
     return module.train(training)
+
+
+def hf_from_pretrained(
+    hf_class: str, name_or_path: str, who: str, example: str, /, **kwargs: Any
+) -> nn.Module:
+    """``transformers.<hf_class>.from_pretrained(name_or_path, **kwargs)`` in eval mode. Without
+    transformers, or when the checkpoint cannot be loaded, a RuntimeError names ``who`` (the
+    minivlm method), the cause, and how to fix it (``example``: a checkpoint name that works)."""
+    try:
+        import transformers
+
+        loader = getattr(transformers, hf_class)
+    except ImportError as e:
+        raise RuntimeError(f"{who} needs the transformers package: pip install transformers") from e
+    try:
+        hf = loader.from_pretrained(name_or_path, **kwargs)
+    except Exception as e:  # noqa: BLE001 - re-raised with advice, the cause attached
+        offline = any(
+            os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")
+            for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+        )
+        where = (
+            "HF_HUB_OFFLINE is set, so only the local cache was searched"
+            if offline
+            else "the Hub could not be reached or has no such model"
+        )
+        raise RuntimeError(
+            f"{who}: could not load {name_or_path!r} with "
+            f"transformers.{hf_class}.from_pretrained ({where}; {type(e).__name__}: {e}). "
+            f"To fix: check the name (e.g. {example!r}); download it once while online (it is "
+            "then cached and loads offline), or pass the path of a local folder written by "
+            f"{hf_class}.save_pretrained."
+        ) from e
+    return hf.eval()

@@ -23,17 +23,13 @@ import torch
 import torch.nn as nn
 
 from minivlm.interop.clip import clip_vision_state_from_hf
-from minivlm.interop.common import ACTIVATIONS
+from minivlm.interop.common import hf_activation, rename_layers
+from minivlm.interop.llama import LLAMA_LAYER_NAMES
 from minivlm.nn.lm import LMConfig
 from minivlm.nn.vit import ViTConfig
 
 Tensor = torch.Tensor
 
-_LLAMA = {"input_layernorm": "norm1", "post_attention_layernorm": "norm2",
-          "self_attn.q_proj": "attn.q_proj", "self_attn.k_proj": "attn.k_proj",
-          "self_attn.v_proj": "attn.v_proj", "self_attn.o_proj": "attn.out_proj",
-          "mlp.gate_proj": "mlp.gate_proj", "mlp.up_proj": "mlp.up_proj",
-          "mlp.down_proj": "mlp.down_proj"}  # fmt: skip
 _GATED = {"input_layernorm": "norm_xattn", "post_attention_layernorm": "norm_dense",
           "cross_attn.q_proj": "xattn.q_proj", "cross_attn.k_proj": "xattn.k_proj",
           "cross_attn.v_proj": "xattn.v_proj", "cross_attn.o_proj": "xattn.out_proj",
@@ -58,9 +54,7 @@ def _config_from_hf(hc: Any, config_cls: type) -> Any:
     rope = getattr(hc, "rope_parameters", None) or {}
     if rope.get("rope_type", "default") != "default":
         raise ValueError(f"flamingo_from_hf: only default RoPE is supported, got {rope}")
-    act = ACTIVATIONS.get(vc.hidden_act)
-    if act is None:
-        raise ValueError(f"flamingo_from_hf: unsupported vision hidden_act {vc.hidden_act!r}")
+    act = hf_activation(vc.hidden_act, "flamingo_from_hf (vision)")
     vision = ViTConfig(image_size=vc.image_size, patch_size=vc.patch_size, dim=vc.embed_dim,
                        depth=vc.num_hidden_layers, num_heads=vc.num_attention_heads,
                        mlp_hidden=vc.intermediate_size, act=act, eps=vc.layer_norm_eps,
@@ -97,22 +91,14 @@ def flamingo_from_hf(cls: type[nn.Module], config_cls: type, hf_model: nn.Module
     if cfg.use_resampler:
         p = pre + "perceiver_resampler."
         out["resampler.latents"] = sd.pop(p + "latents")
-        for i in range(cfg.resampler_depth):
-            for src, dst in _PERCEIVER.items():
-                for w in ("weight", "bias"):
-                    key = f"{p}blocks.{i}.{src}.{w}"
-                    if key in sd:
-                        out[f"resampler.layers.{i}.{dst}.{w}"] = sd.pop(key)
+        out.update(rename_layers(sd, f"{p}blocks.", "resampler.layers.", cfg.resampler_depth,
+                                 _PERCEIVER, pop=True))  # fmt: skip
         for w in ("weight", "bias"):
             out[f"resampler.norm.{w}"] = sd.pop(f"{p}layer_norm.{w}")
-    for i in range(cfg.num_cross_layers):
-        for src, dst in _GATED.items():
-            for w in ("", ".weight"):
-                key = f"{pre}gated_cross_attn_layers.{i}.{src}{w}"
-                if key in sd:
-                    out[f"xattn.{i}.{dst}{w}"] = sd.pop(key)
-    for i in range(cfg.text.depth):
-        for src, dst in _LLAMA.items():
+    out.update(rename_layers(sd, f"{pre}gated_cross_attn_layers.", "xattn.", cfg.num_cross_layers,
+                             _GATED, suffixes=("", ".weight"), pop=True))  # fmt: skip
+    for i in range(cfg.text.depth):  # every Llama weight must be there (no biases)
+        for src, dst in LLAMA_LAYER_NAMES.items():
             out[f"lm.blocks.{i}.{dst}.weight"] = sd.pop(f"{pre}layers.{i}.{src}.weight")
     out["lm.embed_tokens.weight"] = sd.pop(pre + "embed_tokens.weight")
     out["lm.norm.weight"] = sd.pop(pre + "norm.weight")

@@ -7,6 +7,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from minivlm.interop.common import rename_layers
+
 Tensor = torch.Tensor
 
 # one HF LlamaDecoderLayer -> a minivlm TransformerBlock (RMSNorm, SwiGLU)
@@ -21,13 +23,7 @@ LLAMA_LAYER_NAMES: dict[str, str] = {
 
 def llama_layers(sd: dict[str, Tensor], src: str, dst: str, depth: int) -> dict[str, Tensor]:
     """HF decoder layers ``{src}{i}.`` -> minivlm blocks ``{dst}{i}.`` (weights and any biases)."""
-    out: dict[str, Tensor] = {}
-    for i in range(depth):
-        for hf_name, ours in LLAMA_LAYER_NAMES.items():
-            for p in ("weight", "bias"):
-                if f"{src}{i}.{hf_name}.{p}" in sd:
-                    out[f"{dst}{i}.{ours}.{p}"] = sd[f"{src}{i}.{hf_name}.{p}"]
-    return out
+    return rename_layers(sd, src, dst, depth, LLAMA_LAYER_NAMES)
 
 
 def decoder_lm_from_hf(cls: type[nn.Module], config_cls: type, hf_model: Any) -> Any:

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from minivlm.interop.clip import clip_vision_config_from_hf, clip_vision_state_from_hf
-from minivlm.interop.common import hf_activation
+from minivlm.interop.common import hf_activation, hf_from_pretrained
 from minivlm.nn.lm import DecoderLM
 
 Tensor = torch.Tensor
@@ -89,21 +89,9 @@ def llava_from_hf(cls: type[nn.Module], config_cls: type, model: nn.Module) -> A
 
 def llava_from_pretrained(cls: Any, name_or_path: str, **kwargs: Any) -> Any:
     """``LlavaForConditionalGeneration.from_pretrained(name_or_path, **kwargs)``, copied."""
-    try:
-        from transformers import LlavaForConditionalGeneration
-    except ImportError as e:
-        raise RuntimeError(
-            "LLaVA.from_pretrained needs transformers: pip install transformers"
-        ) from e
-    try:
-        hf = LlavaForConditionalGeneration.from_pretrained(name_or_path, **kwargs)
-    except Exception as e:  # noqa: BLE001 - re-raised with advice, the cause attached
-        raise RuntimeError(
-            f"LLaVA.from_pretrained: could not load {name_or_path!r} with transformers "
-            f"({type(e).__name__}: {e}). Check the name (e.g. 'llava-hf/llava-1.5-7b-hf'), "
-            "download it once while online, or pass a local folder."
-        ) from e
-    return cls.from_hf(hf.eval())
+    hf = hf_from_pretrained("LlavaForConditionalGeneration", name_or_path, "LLaVA.from_pretrained",
+                            "llava-hf/llava-1.5-7b-hf", **kwargs)  # fmt: skip
+    return cls.from_hf(hf)
 
 
 class _HFView:

@@ -38,6 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minivlm.nn.bert import BertEncoder, BertMLMHead, TextConfig, TextOutput
+from minivlm.nn.config import as_part, in_vocab
 from minivlm.nn.vit import ViT, ViTConfig
 from minivlm.objectives import (
     concat_all_gather,
@@ -113,10 +114,8 @@ class ALBEFConfig:
     mlm_weight: float = 1.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.vision, dict):
-            self.vision = albef_vision_config(**self.vision)
-        if isinstance(self.text, dict):
-            self.text = TextConfig(**self.text)
+        self.vision = as_part("ALBEFConfig", "vision", self.vision, albef_vision_config, ViTConfig)
+        self.text = as_part("ALBEFConfig", "text", self.text, TextConfig)
         self._check_parts()
         # BERT layers fusion_from.. cross-attend to every ViT token
         text = dict(cross_attention_from=self.fusion_from, cross_attention_freq=1,
@@ -132,10 +131,6 @@ class ALBEFConfig:
         return self.text.depth - self.fusion_from
 
     def _check_parts(self) -> None:
-        for name, cls in (("vision", ViTConfig), ("text", TextConfig)):
-            if not isinstance(getattr(self, name), cls):
-                raise TypeError(f"ALBEFConfig.{name}: expected a {cls.__name__} or dict, got "
-                                f"{type(getattr(self, name)).__name__}")  # fmt: skip
         checks = [
             (not self.text.causal, ".text: ALBEF's BERT is bidirectional; causal must be False"),
             (self.vision.class_token, ".vision: ALBEF reads the image CLS token; class_token=True"),
@@ -158,9 +153,7 @@ class ALBEFConfig:
             (self.temp > 0, f"temp must be > 0, got {self.temp}"),
             (0.0 <= self.mlm_probability <= 1.0,
              f"mlm_probability must be in [0, 1], got {self.mlm_probability}"),
-            (0 <= self.mask_token_id < self.text.vocab_size,
-             f"mask_token_id {self.mask_token_id} is outside the vocabulary "
-             f"0..{self.text.vocab_size - 1}"),
+            in_vocab(self, "mask_token_id", self.text.vocab_size),
         ]  # fmt: skip
         raise_first("ALBEFConfig: ", checks)
 

@@ -32,8 +32,10 @@ import torch.nn.functional as F
 
 from minivlm.nn.attention import MultiHeadAttention
 from minivlm.nn.blocks import MLP, init_weights
+from minivlm.nn.config import divisible, one_of
 from minivlm.nn.relpos import RelativePositionBias, relative_position_index  # noqa: F401
 from minivlm.nn.vit import ViTSizes, patchify
+from minivlm.utils import raise_first
 
 Tensor = torch.Tensor
 
@@ -56,12 +58,10 @@ class BeitConfig(ViTSizes):
     final_norm: bool = False
 
     def __post_init__(self) -> None:
-        if self.rel_pos not in ("shared", "layer", "none"):
-            raise ValueError(f"BeitConfig: rel_pos must be 'shared', 'layer' or 'none', got "
-                             f"{self.rel_pos!r}")
-        if self.image_size % self.patch_size:
-            raise ValueError(f"BeitConfig: image_size {self.image_size} is not divisible by "
-                             f"patch_size {self.patch_size}")
+        raise_first("BeitConfig: ", [
+            one_of(self, "rel_pos", ("shared", "layer", "none")),
+            divisible(self, "image_size", "patch_size"),
+        ])  # fmt: skip
 
 
 @dataclass

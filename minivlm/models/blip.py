@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from minivlm.nn.attention import MultiHeadAttention, causal_mask, padding_mask
 from minivlm.nn.bert import BertEncoder, BertMLMHead, TextConfig, check_ids
+from minivlm.nn.config import as_part, in_vocab
 from minivlm.nn.decoding import generate
 from minivlm.nn.vit import ViT, ViTConfig
 from minivlm.objectives import (
@@ -112,23 +113,19 @@ class BlipConfig:
     lm_weight: float = 1.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.vision, dict):
-            self.vision = blip_vision_config(**self.vision)
-        if isinstance(self.text, dict):
-            self.text = blip_text_config(**self.text)
+        self.vision = as_part("BlipConfig", "vision", self.vision, blip_vision_config, ViTConfig)
+        self.text = as_part("BlipConfig", "text", self.text, blip_text_config, TextConfig)
         text = dict(cross_attention_from=0, cross_attention_freq=1, cross_attention_layers=None,
                     kv_dim=self.vision.dim, causal=False)  # fmt: skip
         if self.vocab_size is not None:
             text["vocab_size"] = self.vocab_size
         self.text = replace(self.text, **text)
         V = self.text.vocab_size
-        ids = {k: getattr(self, k) for k in ("cls_token_id", "enc_token_id", "dec_token_id",
-                                             "sep_token_id", "pad_token_id")}  # fmt: skip
         raise_first("BlipConfig: ", [
             (self.vision.class_token, "vision.class_token must be True (ITC reads the image CLS)"),
             (not self.text.prenorm, "text must be post-norm (BERT)"),
-            *[(0 <= v < V, f"{k} {v} is outside the vocabulary 0..{V - 1}")
-              for k, v in ids.items()],
+            *[in_vocab(self, k, V) for k in ("cls_token_id", "enc_token_id", "dec_token_id",
+                                             "sep_token_id", "pad_token_id")],
             (self.queue_size >= 1, f"queue_size must be >= 1, got {self.queue_size}"),
             (0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}"),
             (0.0 < self.temp_min <= self.temp <= self.temp_max,

@@ -37,6 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minivlm.nn.bert import BertMLMHead, init_weights
+from minivlm.nn.config import as_part
 from minivlm.nn.lm import IGNORE_INDEX, DecoderLM, LMConfig
 from minivlm.nn.qformer import QFormer, QFormerConfig, QFormerOutput, qformer_masks
 from minivlm.nn.vit import ViT, ViTConfig
@@ -111,18 +112,9 @@ class Blip2Config:
     freeze_lm: bool = True
 
     def __post_init__(self) -> None:
-        if isinstance(self.vision, dict):
-            self.vision = blip2_vision_config(**self.vision)
-        if isinstance(self.qformer, dict):
-            self.qformer = QFormerConfig(**self.qformer)
-        if isinstance(self.lm, dict):
-            self.lm = LMConfig(**self.lm)
-        for name, cls in (("vision", ViTConfig), ("qformer", QFormerConfig)):
-            if not isinstance(getattr(self, name), cls):
-                raise TypeError(f"Blip2Config.{name}: expected a {cls.__name__} or dict, got "
-                                f"{type(getattr(self, name)).__name__}")  # fmt: skip
-        if self.lm is not None and not isinstance(self.lm, LMConfig):
-            raise TypeError(f"Blip2Config.lm: expected an LMConfig, dict or None, got {self.lm!r}")
+        self.vision = as_part("Blip2Config", "vision", self.vision, blip2_vision_config, ViTConfig)
+        self.qformer = as_part("Blip2Config", "qformer", self.qformer, QFormerConfig)
+        self.lm = as_part("Blip2Config", "lm", self.lm, LMConfig, LMConfig, type(None))
         checks = [
             (not self.instruct or self.qformer.text,
              "instruct=True needs the Q-Former's text side"),

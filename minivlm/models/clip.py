@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from minivlm.nn.bert import TextConfig
 from minivlm.nn.causal_text import CausalTextEncoder
+from minivlm.nn.config import as_part
 from minivlm.nn.convnet import ConvNet, ConvNetConfig
 from minivlm.nn.vit import ViT, ViTConfig, clip_vision_config
 
@@ -89,19 +90,9 @@ class CLIPConfig:
     def __post_init__(self) -> None:
         temperature, eos_token_id = self.temperature, self.eos_token_id
         self.temperature = self.eos_token_id = None  # consumed: one source of truth each
-        if isinstance(self.vision, dict):
-            self.vision = clip_vision_config(**self.vision)
-        if isinstance(self.text, dict):
-            self.text = TextConfig.clip(**self.text)
-        if not isinstance(self.vision, ViTConfig | ConvNetConfig):
-            raise TypeError(
-                "CLIPConfig.vision: expected a ViTConfig, ConvNetConfig or dict, got "
-                f"{type(self.vision).__name__}"
-            )
-        if not isinstance(self.text, TextConfig):
-            raise TypeError(
-                f"CLIPConfig.text: expected a TextConfig or dict, got {type(self.text).__name__}"
-            )
+        self.vision = as_part("CLIPConfig", "vision", self.vision, clip_vision_config,
+                              ViTConfig, ConvNetConfig)  # fmt: skip
+        self.text = as_part("CLIPConfig", "text", self.text, TextConfig.clip, TextConfig)
         v = self.vision
         if isinstance(v, ViTConfig) and (
             not (v.class_token and v.global_pool == "token") or v.fc_norm or v.num_classes

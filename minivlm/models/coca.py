@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from minivlm.nn.attention import MultiHeadAttention, causal_mask
 from minivlm.nn.bert import TextConfig, check_ids, init_weights, run_blocks, text_blocks
 from minivlm.nn.blocks import MLP
+from minivlm.nn.config import as_part, divisible, in_vocab
 from minivlm.nn.decoding import generate
 from minivlm.nn.vit import ViT, ViTConfig, clip_vision_config
 from minivlm.utils import raise_first
@@ -89,10 +90,8 @@ class CoCaConfig:
     legacy_cls_mask: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.vision, dict):
-            self.vision = coca_vision_config(**self.vision)
-        if isinstance(self.text, dict):
-            self.text = coca_text_config(**self.text)
+        self.vision = as_part("CoCaConfig", "vision", self.vision, coca_vision_config, ViTConfig)
+        self.text = as_part("CoCaConfig", "text", self.text, coca_text_config, TextConfig)
         if self.vocab_size is not None:
             self.text = replace(self.text, vocab_size=self.vocab_size)
         self.decoder_heads = self.decoder_heads or self.text.num_heads
@@ -103,13 +102,11 @@ class CoCaConfig:
             (self.vision.class_token, "vision.class_token must be True"),
             (self.n_queries >= 2,
              f"n_queries must be >= 2 (1 contrastive + N), got {self.n_queries}"),
-            (self.embed_dim % self.pooler_heads == 0,
-             f"embed_dim {self.embed_dim} is not divisible by pooler_heads {self.pooler_heads}"),
+            divisible(self, "embed_dim", "pooler_heads"),
             (self.text.dim % self.decoder_heads == 0,
              f"text.dim {self.text.dim} is not divisible by decoder_heads {self.decoder_heads}"),
             (self.decoder_depth >= 1, f"decoder_depth must be >= 1, got {self.decoder_depth}"),
-            *[(0 <= getattr(self, k) < V, f"{k} {getattr(self, k)} is outside 0..{V - 1}")
-              for k in ("pad_id", "bos_id", "eos_id")],
+            *[in_vocab(self, k, V) for k in ("pad_id", "bos_id", "eos_id")],
         ])  # fmt: skip
 
 

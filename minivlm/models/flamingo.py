@@ -27,7 +27,7 @@ lives in :mod:`minivlm.interop.flamingo`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -36,6 +36,7 @@ import torch.nn as nn
 from minivlm.nn.attention import MultiHeadAttention
 from minivlm.nn.blocks import MLP, RMSNorm, SwiGLU
 from minivlm.nn.lm import DecoderLM, LMConfig, lm_loss
+from minivlm.nn.parts import config_around
 from minivlm.nn.vit import ViT, ViTConfig
 
 Tensor = torch.Tensor
@@ -252,25 +253,8 @@ class Flamingo(nn.Module):
     def __init__(self, config: FlamingoConfig | None = None, *, vision_encoder: ViT | None = None,
                  language_model: DecoderLM | None = None, **overrides: Any) -> None:
         super().__init__()
-        if vision_encoder is not None and not isinstance(vision_encoder, ViT):
-            raise TypeError("Flamingo: vision_encoder must be a minivlm.nn.vit.ViT (e.g. "
-                            f"zoo.load_image_encoder()), got {type(vision_encoder).__name__}")
-        if language_model is not None and not isinstance(language_model, DecoderLM):
-            raise TypeError("Flamingo: language_model must be a minivlm.nn.lm.DecoderLM (e.g. "
-                            f"zoo.load('shapes_lm')), got {type(language_model).__name__}")
-        if config is None:
-            parts: dict[str, Any] = {}
-            if vision_encoder is not None:
-                parts["vision"] = vision_encoder.config
-            if language_model is not None:
-                parts["text"] = language_model.config
-            config = FlamingoConfig(**parts)
-        cfg = replace(config, **overrides) if overrides else config
-        for name, mod, want in (("vision_encoder", vision_encoder, cfg.vision),
-                                ("language_model", language_model, cfg.text)):
-            if mod is not None and mod.config != want:
-                raise ValueError(f"Flamingo: {name}.config differs from the FlamingoConfig's "
-                                 f"({mod.config} vs {want})")
+        cfg = config_around("Flamingo", FlamingoConfig, config, overrides, vision_encoder,
+                            language_model)  # fmt: skip
         self.config = cfg
         self.vision_tower = vision_encoder if vision_encoder is not None else ViT(cfg.vision)
         dv, t = cfg.vision.dim, cfg.text

@@ -29,7 +29,7 @@ Padding is on the right.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -43,7 +43,9 @@ from minivlm.data.chat import (
     LlavaCollator,
 )
 from minivlm.nn.blocks import MLP, get_activation
+from minivlm.nn.config import as_part
 from minivlm.nn.lm import DecoderLM, LMConfig
+from minivlm.nn.parts import config_around
 from minivlm.nn.vit import ViT, ViTConfig, clip_vision_config
 from minivlm.utils import raise_first
 
@@ -103,18 +105,12 @@ class LlavaConfig:
     image_token_id: int = IMAGE_TOKEN_ID
 
     def __post_init__(self) -> None:
-        if isinstance(self.vision, dict):
-            self.vision = clip_vision_config(**self.vision)
-        if isinstance(self.text, dict):
-            self.text = LMConfig(**self.text)
+        self.vision = as_part("LlavaConfig", "vision", self.vision, clip_vision_config, ViTConfig)
+        self.text = as_part("LlavaConfig", "text", self.text, LMConfig)
         self._check()
 
     def _check(self) -> None:
         """A clear error for parts of the wrong type or values out of range."""
-        for name, cls in (("vision", ViTConfig), ("text", LMConfig)):
-            if not isinstance(getattr(self, name), cls):
-                raise TypeError(f"LlavaConfig.{name}: expected a{'n' * (name == 'text')} "
-                                f"{cls.__name__} or dict, got {type(getattr(self, name)).__name__}")
         get_activation(self.projector_act)  # a clear error for an unknown name
         n, strategy = self.vision.depth + 1, self.vision_feature_select_strategy
         checks = [
@@ -273,19 +269,7 @@ class LLaVA(nn.Module):
         **overrides: Any,
     ) -> None:
         super().__init__()
-        _check_parts(vision_encoder, language_model)
-        if config is None:
-            parts: dict[str, Any] = {}
-            if vision_encoder is not None:
-                parts["vision"] = vision_encoder.config
-            if language_model is not None:
-                parts["text"] = language_model.config
-            cfg = LlavaConfig(**parts)
-        else:
-            cfg = config
-        if overrides:
-            cfg = replace(cfg, **overrides)
-        _check_parts(vision_encoder, language_model, cfg)
+        cfg = config_around("LLaVA", LlavaConfig, config, overrides, vision_encoder, language_model)
         self.config = cfg
         self.vision_tower = vision_encoder if vision_encoder is not None else ViT(cfg.vision)
         self.projector = build_projector(
@@ -440,37 +424,3 @@ class LLaVA(nn.Module):
         from minivlm.interop.llava import llava_from_pretrained
 
         return llava_from_pretrained(cls, name_or_path, **kwargs)
-
-
-def _check_parts(vision: Any, lm: Any, cfg: LlavaConfig | None = None) -> None:
-    """Given modules are minivlm's ViT / DecoderLM and, once the config is known, match it."""
-    if vision is not None and not isinstance(vision, ViT):
-        raise TypeError(
-            "LLaVA: vision_encoder must be a minivlm.nn.vit.ViT (e.g. "
-            f"zoo.load_image_encoder()), got {type(vision).__name__}"
-        )
-    if lm is not None and not isinstance(lm, DecoderLM):
-        raise TypeError(
-            "LLaVA: language_model must be a minivlm.nn.lm.DecoderLM (e.g. "
-            f"zoo.load('shapes_lm')), got {type(lm).__name__}"
-        )
-    if cfg is not None and vision is not None:
-        _check_same_config("vision_encoder", vision.config, "config.vision", cfg.vision)
-    if cfg is not None and lm is not None:
-        _check_same_config("language_model", lm.config, "config.text", cfg.text)
-
-
-def _check_same_config(module_name: str, got: Any, config_name: str, want: Any) -> None:
-    """ValueError naming every field where a passed-in module's config differs from the one
-    LLaVA was configured with (``dim`` is the width, ``vocab_size`` the vocabulary)."""
-    diff = [
-        f"{f.name}: {getattr(got, f.name)!r} vs {getattr(want, f.name)!r}"
-        for f in fields(want)
-        if getattr(got, f.name) != getattr(want, f.name)
-    ]
-    if diff:
-        raise ValueError(
-            f"LLaVA: {module_name}'s config does not match {config_name} ({module_name} vs "
-            f"{config_name}: {'; '.join(diff)}); leave out config to take the sizes from the "
-            "modules, or build it from theirs"
-        )

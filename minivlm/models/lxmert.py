@@ -30,6 +30,7 @@ import torch.nn as nn
 from minivlm.nn.attention import MultiHeadAttention
 from minivlm.nn.bert import BertEncoder, TextConfig, init_weights, key_mask
 from minivlm.nn.blocks import TransformerBlock
+from minivlm.nn.config import divisible
 from minivlm.utils import raise_first
 
 Tensor = torch.Tensor
@@ -60,8 +61,7 @@ class LxmertConfig:
 
     def __post_init__(self) -> None:
         raise_first("LxmertConfig: ", [
-            (self.dim % self.num_heads == 0,
-             f"dim {self.dim} is not divisible by num_heads {self.num_heads}"),
+            divisible(self, "dim", "num_heads"),
             (min(self.l_layers, self.r_layers, self.x_layers) >= 0, "layer counts must be >= 0"),
             (self.visual_feat_dim > 0 and self.visual_pos_dim > 0,
              "visual_feat_dim and visual_pos_dim must be positive"),

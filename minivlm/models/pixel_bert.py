@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minivlm.nn.bert import BertEncoder, BertMLMHead, BertSizes, init_weights
+from minivlm.nn.config import as_part, divisible
 from minivlm.nn.convnet import ResNet, ResNetConfig
 from minivlm.utils import raise_first
 
@@ -47,11 +48,9 @@ class PixelBertConfig(BertSizes):
     sample_pixels: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.cnn, dict):
-            self.cnn = ResNetConfig(**self.cnn)
+        self.cnn = as_part("PixelBertConfig", "cnn", self.cnn, ResNetConfig)
         raise_first("PixelBertConfig: ", [
-            (self.dim % self.num_heads == 0,
-             f"dim {self.dim} is not divisible by num_heads {self.num_heads}"),
+            divisible(self, "dim", "num_heads"),
             (self.sample_pixels >= 0, f"sample_pixels must be >= 0, got {self.sample_pixels}"),
         ])  # fmt: skip
 

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from minivlm.nn.bert import BertEncoder, BertMLMHead, BertSizes, init_weights
 from minivlm.nn.blocks import get_activation
+from minivlm.nn.config import divisible
 from minivlm.objectives import cost_matrix_cosine, ipot, wasserstein_distance, wpa_loss
 from minivlm.utils import raise_first
 
@@ -59,8 +60,7 @@ class UniterConfig(BertSizes):
 
     def __post_init__(self) -> None:
         raise_first("UniterConfig: ", [
-            (self.dim % self.num_heads == 0,
-             f"dim {self.dim} is not divisible by num_heads {self.num_heads}"),
+            divisible(self, "dim", "num_heads"),
             (self.region_feat_dim > 0 and self.region_pos_dim > 0,
              "region_feat_dim and region_pos_dim must be positive"),
             (self.num_region_classes >= 0, "num_region_classes must be >= 0"),

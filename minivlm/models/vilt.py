@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from minivlm.nn.attention import padding_mask
 from minivlm.nn.bert import BertEncoder, BertMLMHead, TextConfig, init_weights
 from minivlm.nn.blocks import TransformerBlock, get_activation
+from minivlm.nn.config import MLPHidden, divisible, one_of
 from minivlm.nn.vit import PatchGrid, check_padded_images, embed_padded_images
 from minivlm.objectives import mask_tokens, sample_itm_negatives, wasserstein_distance, wpa_loss
 from minivlm.utils import raise_first
@@ -53,7 +54,7 @@ TEXT_TYPE, IMAGE_TYPE = 0, 1  # modality-type ids (§3.1): t^type for words, v^t
 
 
 @dataclass
-class ViLTConfig(PatchGrid):
+class ViLTConfig(PatchGrid, MLPHidden):
     """Sizes and switches of ViLT (defaults: ViLT-B/32 as Hugging Face's ``ViltConfig()``).
 
     Text (BERT's embedding layer): ``vocab_size`` words, ``max_text_len`` learned positions
@@ -98,24 +99,18 @@ class ViLTConfig(PatchGrid):
 
     def __post_init__(self) -> None:
         checks = [
-            (self.dim % self.num_heads == 0,
-             f"dim {self.dim} is not divisible by num_heads {self.num_heads}"),
+            divisible(self, "dim", "num_heads"),
             (self.image_size >= self.patch_size,
              f"image_size {self.image_size} is smaller than patch_size {self.patch_size}"),
             (self.modality_type_vocab_size >= 2, "modality_type_vocab_size must be >= 2 "
              f"(text 0, image 1), got {self.modality_type_vocab_size}"),
-            (self.vqa_loss in ("bce", "ce"),
-             f"vqa_loss must be 'bce' or 'ce', got {self.vqa_loss!r}"),
+            one_of(self, "vqa_loss", ("bce", "ce")),
             (self.num_answers >= 0, f"num_answers must be >= 0, got {self.num_answers}"),
             (self.pooler or not (self.itm_head or self.num_answers), "the ITM and VQA heads read "
              "the pooled output; set pooler=True or itm_head=False, num_answers=0"),
         ]  # fmt: skip
         raise_first("ViLTConfig: ", checks)
         get_activation(self.act)  # raises a clear error for an unknown name
-
-    @property
-    def hidden(self) -> int:
-        return self.mlp_hidden or int(self.dim * self.mlp_ratio)
 
 
 @dataclass

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from minivlm.nn.attention import padding_mask
 from minivlm.nn.bert import BertEncoder, BertMLMHead, TextConfig, check_len, init_weights
 from minivlm.nn.blocks import MultiwayBlock
+from minivlm.nn.config import divisible, in_vocab, one_of
 from minivlm.nn.relpos import num_relative_positions, relative_position_index
 from minivlm.nn.vit import ViTSizes
 from minivlm.objectives import mask_tokens, same_pair_mask, sample_hard_negatives
@@ -100,17 +101,12 @@ class VLMoConfig(ViTSizes):
 
     def __post_init__(self) -> None:
         checks = [
-            (self.dim % self.num_heads == 0,
-             f"dim {self.dim} is not divisible by num_heads {self.num_heads}"),
+            divisible(self, "dim", "num_heads"),
             (0 <= self.vl_layers <= self.depth,
              f"vl_layers must be in 0..depth={self.depth}, got {self.vl_layers}"),
-            (self.image_size % self.patch_size == 0,
-             f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}"),
-            (0 <= self.mask_token_id < self.vocab_size,
-             f"mask_token_id {self.mask_token_id} is outside the vocabulary "
-             f"0..{self.vocab_size - 1}"),
-            (self.position in ("absolute", "relative"),
-             f"position must be 'absolute' or 'relative', got {self.position!r}"),
+            divisible(self, "image_size", "patch_size"),
+            in_vocab(self, "mask_token_id", self.vocab_size),
+            one_of(self, "position", ("absolute", "relative")),
             (self.position == "absolute" or self.max_text_len >= 2,
              f"position='relative' needs max_text_len >= 2 (CLS + a word), got "
              f"{self.max_text_len}"),

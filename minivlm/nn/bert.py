@@ -22,6 +22,8 @@ import torch.nn as nn
 
 from minivlm.nn.attention import causal_mask, padding_mask
 from minivlm.nn.blocks import TransformerBlock, get_activation, init_weights
+from minivlm.nn.config import MLPHidden, divisible
+from minivlm.utils import raise_first
 
 Tensor = torch.Tensor
 
@@ -32,7 +34,7 @@ Tensor = torch.Tensor
 
 
 @dataclass
-class TextConfig:
+class TextConfig(MLPHidden):
     """Sizes and switches of a text transformer (defaults: BERT-base, uncased).
 
     Cross-attention (to image tokens of width ``kv_dim``, default ``dim``) is
@@ -70,14 +72,11 @@ class TextConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.dim % self.num_heads:
-            raise ValueError(
-                f"TextConfig: dim {self.dim} is not divisible by num_heads {self.num_heads}"
-            )
-        if self.cross_attention_freq < 1:
-            raise ValueError(
-                f"TextConfig: cross_attention_freq must be >= 1, got {self.cross_attention_freq}"
-            )
+        raise_first("TextConfig: ", [
+            divisible(self, "dim", "num_heads"),
+            (self.cross_attention_freq >= 1,
+             f"cross_attention_freq must be >= 1, got {self.cross_attention_freq}"),
+        ])  # fmt: skip
         if self.cross_attention_layers is not None:
             self.cross_attention_layers = tuple(int(i) for i in self.cross_attention_layers)
             bad = [i for i in self.cross_attention_layers if not 0 <= i < self.depth]
@@ -86,10 +85,6 @@ class TextConfig:
                     f"TextConfig: cross_attention_layers {bad} are outside 0..{self.depth - 1}"
                 )
         get_activation(self.act)  # raises a clear error for an unknown name
-
-    @property
-    def hidden(self) -> int:
-        return self.mlp_hidden or int(self.dim * self.mlp_ratio)
 
     @property
     def cross_attention_ids(self) -> tuple[int, ...]:

@@ -24,6 +24,8 @@ import torch.nn as nn
 from minivlm.nn.attention import combine_masks, padding_mask
 from minivlm.nn.bert import init_weights
 from minivlm.nn.blocks import MLP, TransformerBlock, get_activation
+from minivlm.nn.config import divisible
+from minivlm.utils import raise_first
 
 Tensor = torch.Tensor
 
@@ -58,10 +60,7 @@ class QFormerConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.dim % self.num_heads:
-            raise ValueError(
-                f"QFormerConfig: dim {self.dim} is not divisible by num_heads {self.num_heads}"
-            )
+        raise_first("QFormerConfig: ", [divisible(self, "dim", "num_heads")])
         for name in ("depth", "cross_attention_freq", "num_query_tokens", "mlp_hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"QFormerConfig.{name} must be >= 1, got {getattr(self, name)}")

@@ -18,6 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minivlm.nn.blocks import TransformerBlock, get_activation, init_weights
+from minivlm.nn.config import MLPHidden, divisible, one_of
+from minivlm.utils import raise_first
 
 Tensor = torch.Tensor
 
@@ -83,7 +85,7 @@ class ViTSizes(PatchGrid):
 
 
 @dataclass
-class ViTConfig(PatchGrid):
+class ViTConfig(PatchGrid, MLPHidden):
     """Sizes and switches of a Vision Transformer (defaults: ViT-B/16 at 224 px).
 
     ``pre_norm`` adds a LayerNorm between the embeddings and the first block
@@ -113,31 +115,19 @@ class ViTConfig(PatchGrid):
     global_pool: str = "token"  # "token" (CLS) or "avg" (mean of patch tokens)
 
     def __post_init__(self) -> None:
-        if self.image_size % self.patch_size:
-            raise ValueError(
-                f"ViTConfig: image_size {self.image_size} is not divisible by "
-                f"patch_size {self.patch_size}"
-            )
-        if self.dim % self.num_heads:
-            raise ValueError(
-                f"ViTConfig: dim {self.dim} is not divisible by num_heads {self.num_heads}"
-            )
-        if self.global_pool not in ("token", "avg"):
-            raise ValueError(
-                f"ViTConfig: global_pool must be 'token' or 'avg', got {self.global_pool!r}"
-            )
-        if self.global_pool == "token" and not self.class_token:
-            raise ValueError("ViTConfig: global_pool='token' needs class_token=True (or use 'avg')")
+        raise_first("ViTConfig: ", [
+            divisible(self, "image_size", "patch_size"),
+            divisible(self, "dim", "num_heads"),
+            one_of(self, "global_pool", ("token", "avg")),
+            (self.global_pool != "token" or self.class_token,
+             "global_pool='token' needs class_token=True (or use 'avg')"),
+        ])  # fmt: skip
         get_activation(self.act)  # raises a clear error for an unknown name
 
     @property
     def num_prefix_tokens(self) -> int:
         """Tokens before the patches (1 for the CLS token, else 0)."""
         return int(self.class_token)
-
-    @property
-    def hidden(self) -> int:
-        return self.mlp_hidden or int(self.dim * self.mlp_ratio)
 
 
 def clip_vision_config(**overrides) -> ViTConfig:

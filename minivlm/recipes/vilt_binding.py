@@ -39,6 +39,7 @@ about 15 minutes of CPU time in one thread)::
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -298,6 +299,23 @@ class ClippedAdamW:
         return loss.item()
 
 
+def binding_batches(
+    data: Any, batch_size: int, gen: torch.Generator
+) -> Iterator[tuple[list[int], list[str]]]:
+    """Endless batches ``(scene indices, captions)`` for training on bindings: ``batch_size``
+    scenes drawn with replacement among those with a binding pair, then one pair kind per
+    scene, whose true caption is used; every draw comes from ``gen``."""
+    pairs = {i: p for i in range(len(data)) if (p := binding_pairs(data, i))}
+    scenes = sorted(pairs)
+    while True:
+        batch = [scenes[j] for j in torch.randint(len(scenes), (batch_size,), generator=gen)]
+        caps = []
+        for i in batch:
+            kinds = list(pairs[i])
+            caps.append(pairs[i][kinds[int(torch.randint(len(kinds), (1,), generator=gen))]][0])
+        yield batch, caps
+
+
 def pretrain(
     model: nn.Module,
     data: Any,
@@ -313,20 +331,14 @@ def pretrain(
     for a CLIP, its contrastive loss on the same batches). AdamW (weight decay 0.01), linear
     warm-up over 30 steps then cosine decay, gradients clipped at norm 1. Returns the losses."""
     text = text or Text()
-    pairs = {i: p for i in range(len(data)) if (p := binding_pairs(data, i))}
-    scenes = sorted(pairs)
+    batches = binding_batches(data, batch_size, torch.Generator().manual_seed(seed))
     pixels = data.pixel_values()  # (n, 3, 64, 64)
     is_clip = hasattr(model, "encode_image")
     opt = ClippedAdamW(model, lr, steps)
-    gen = torch.Generator().manual_seed(seed)
     losses = []
     model.train()
     for step in range(1, steps + 1):
-        batch = [scenes[j] for j in torch.randint(len(scenes), (batch_size,), generator=gen)]
-        caps = []
-        for i in batch:
-            kinds = list(pairs[i])
-            caps.append(pairs[i][kinds[int(torch.randint(len(kinds), (1,), generator=gen))]][0])
+        batch, caps = next(batches)
         ids, am = text.encode(caps)
         px = pixels[batch]
         if step <= warmup:

@@ -40,7 +40,13 @@ from minivlm.models.vlmo import VLMo
 from minivlm.nn.blocks import MultiwayBlock, TransformerBlock
 from minivlm.objectives import mask_tokens
 from minivlm.recipes.mae_beit import train_tokenizer
-from minivlm.recipes.vilt_binding import KINDS, Text, binding_pairs, pair_accuracy, test_pairs
+from minivlm.recipes.vilt_binding import (
+    KINDS,
+    Text,
+    binding_batches,
+    pair_accuracy,
+    test_pairs,
+)
 from minivlm.train import TrainConfig, train
 
 ARMS = ("image-stage attention, frozen", "random attention, frozen", "free")
@@ -174,17 +180,11 @@ def ranking_seconds(model: VLMo, images: torch.Tensor, caption: str, text: Text 
 def pair_batches(data: Any, steps: int, batch_size: int, seed: int, text: Text) -> list[dict]:
     """``steps`` batches of (true binding caption, image, scene index), drawn with ``seed``;
     MLM hides the colour words, as lecture 2 trained ``shapes_vilt``."""
-    pairs = {i: p for i in range(len(data)) if (p := binding_pairs(data, i))}
-    scenes = sorted(pairs)
+    batches = binding_batches(data, batch_size, torch.Generator().manual_seed(seed))
     pixels = data.pixel_values()
-    g = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(steps):
-        batch = [scenes[j] for j in torch.randint(len(scenes), (batch_size,), generator=g)]
-        caps = []
-        for i in batch:
-            kinds = list(pairs[i])
-            caps.append(pairs[i][kinds[int(torch.randint(len(kinds), (1,), generator=g))]][0])
+        batch, caps = next(batches)
         ids, am = text.encode(caps)
         masked, labels = text.mask_colours(ids)
         out.append({"input_ids": ids, "attention_mask": am, "pixel_values": pixels[batch],

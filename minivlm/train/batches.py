@@ -112,13 +112,8 @@ class DatasetBatches:
         return batch
 
     def state(self) -> dict[str, Any]:
-        return {
-            "kind": "dataset",
-            "epoch": self.epoch,
-            "pos": self.pos,
-            "n": self.n,
-            "batch_size": self.config.batch_size,
-        }
+        return {"kind": "dataset", "epoch": self.epoch, "pos": self.pos, "n": self.n,
+                "batch_size": self.config.batch_size}  # fmt: skip
 
 
 def _set_epoch(obj: Any, epoch: int) -> None:
@@ -212,12 +207,8 @@ class IterableBatches:
         self.pos = pos
 
     def state(self) -> dict[str, Any]:
-        return {
-            "kind": "iterable",
-            "epoch": self.epoch,
-            "pos": self.pos,
-            "epoch_rng": self.epoch_rng,
-        }
+        return {"kind": "iterable", "epoch": self.epoch, "pos": self.pos,
+                "epoch_rng": self.epoch_rng}  # fmt: skip
 
 
 def shard(batch: Any, rank: int, world: int) -> Any:

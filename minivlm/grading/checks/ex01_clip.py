@@ -16,10 +16,11 @@ import math
 import torch
 import torch.nn.functional as F
 
-from minivlm.grading.core import Case, register_check
+from minivlm.grading.core import Case, exercise_checks
 
 Tensor = torch.Tensor
 EXERCISE = "01_clip_contrastive"
+register = exercise_checks(EXERCISE)
 LOG_INV_007 = math.log(1 / 0.07)  # CLIP's initial logit_scale (§2.5)
 
 
@@ -74,14 +75,9 @@ def _loss_variant(*, scale: str = "exp", normalise: str = "both", direction: str
     return clip_loss
 
 
-@register_check(
-    "clip_loss",
-    signature="clip_loss(image_embeds, text_embeds, logit_scale)",
-    reference=_ref_clip_loss,
-    points=3,
-    exercise=EXERCISE,
-    shapes=("() a scalar",),
-    grad=True,
+@register(
+    "clip_loss(image_embeds, text_embeds, logit_scale)", _ref_clip_loss, points=3, grad=True,
+    returns="() a scalar",
     mistakes=[
         ("the sign is flipped: the loss is the cross-entropy -log p(positive), which is >= 0; "
          "minimising your value would push the matching pairs apart",
@@ -154,14 +150,9 @@ def _ref_zero_shot_classifier(class_text_embeds: Tensor) -> Tensor:
     return F.normalize(prompts.mean(dim=1), dim=-1)  # (C, E) average, back on the sphere
 
 
-@register_check(
-    "zero_shot_classifier",
-    signature="zero_shot_classifier(class_text_embeds)",
-    reference=_ref_zero_shot_classifier,
-    points=2,
-    exercise=EXERCISE,
-    shapes=("(C, E)",),
-    grad=True,
+@register(
+    "zero_shot_classifier(class_text_embeds)", _ref_zero_shot_classifier, points=2, grad=True,
+    returns="(C, E)",
     mistakes=[
         ("the average of unit vectors is shorter than 1: renormalise the mean so that each "
          "class weight is a unit vector again (normalise, average, normalise)",
@@ -227,14 +218,10 @@ def _predict_variant(*, scale: str = "exp", normalise: bool = True, dim: int = -
     return zero_shot_predict
 
 
-@register_check(
-    "zero_shot_predict",
-    signature="zero_shot_predict(image_embeds, weights, logit_scale)",
-    reference=_ref_zero_shot_predict,
-    points=1,
-    exercise=EXERCISE,
-    shapes=("(B, C)",),
-    grad=True,
+@register(
+    "zero_shot_predict(image_embeds, weights, logit_scale)",
+    _ref_zero_shot_predict, points=1, grad=True,
+    returns="(B, C)",
     mistakes=[
         ("softmax over the wrong axis: each image's probabilities over the C classes (the "
          "last axis, dim=-1) must sum to 1", _predict_variant(dim=0)),

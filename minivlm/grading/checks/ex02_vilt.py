@@ -12,10 +12,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minivlm.grading.core import Case, register_check
+from minivlm.grading.core import Case, exercise_checks
 
 Tensor = torch.Tensor
 EXERCISE = "02_vilt_fusion"
+register = exercise_checks(EXERCISE)
 
 
 # ----------------------------------------------------------------------------- single stream
@@ -62,11 +63,7 @@ def _stream_variant(*, image_first: bool = False, text_type: int | None = 0, ima
 
 
 def _explain_stream(case: Case, got: list, expected: list) -> str | None:
-    if len(got) < 2 or not all(isinstance(g, Tensor) for g in got[:2]):
-        return None
-    x, mask = got[0], got[1]
-    if x.shape != expected[0].shape or mask.shape != expected[1].shape:
-        return None
+    x, mask = got
     if torch.allclose(x.double(), expected[0].double(), rtol=1e-4, atol=1e-5):
         if mask.dtype == expected[1].dtype and not torch.equal(mask, expected[1]):
             return ("the sequence x is right but the mask is not: it must be "
@@ -75,16 +72,10 @@ def _explain_stream(case: Case, got: list, expected: list) -> str | None:
     return None
 
 
-@register_check(
-    "build_single_stream_input",
-    signature="build_single_stream_input(text_embeds, image_embeds, text_mask, image_mask, "
-              "type_embedding)",
-    reference=_ref_single_stream,
-    points=3,
-    exercise=EXERCISE,
-    outputs=("x", "mask"),
-    shapes=("(B, T+1+N, D)", "(B, T+1+N)"),
-    grad=True,
+@register(
+    "build_single_stream_input(text_embeds, image_embeds, text_mask, image_mask, type_embedding)",
+    _ref_single_stream, points=3, grad=True,
+    returns={"x": "(B, T+1+N, D)", "mask": "(B, T+1+N)"},
     mistakes=[
         ("the mask is concatenated in the wrong order: x is [text; image], so the mask must "
          "be torch.cat([text_mask, image_mask], dim=1)", _stream_variant(mask_order="image_first")),
@@ -175,14 +166,9 @@ def _itm_variant(*, flip: bool = False, softmax_dim: int = 1, reduce: str = "mea
     return itm_loss
 
 
-@register_check(
-    "itm_loss",
-    signature="itm_loss(pos_logits, neg_logits)",
-    reference=_ref_itm_loss,
-    points=2,
-    exercise=EXERCISE,
-    shapes=("()",),
-    grad=True,
+@register(
+    "itm_loss(pos_logits, neg_logits)", _ref_itm_loss, points=2, grad=True,
+    returns="()",
     mistakes=[
         ("the labels are flipped: a matching pair (pos_logits) has label 1, a negative label 0 "
          "(column 1 of the logits is 'match')", _itm_variant(flip=True)),

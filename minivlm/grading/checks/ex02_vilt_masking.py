@@ -19,10 +19,11 @@ from __future__ import annotations
 import torch
 
 from minivlm.grading.checks.ex02_vilt import EXERCISE
-from minivlm.grading.core import Case, register_check
+from minivlm.grading.core import Case, exercise_checks
 
 Tensor = torch.Tensor
 SPECIAL = {"cls": 2, "sep": 3, "pad": 0}
+register = exercise_checks(EXERCISE)
 
 
 # ----------------------------------------------------------------------------- word choice
@@ -51,9 +52,7 @@ def _choice_variant(kind: str):
 
 
 def _explain_choice(case: Case, got: list, expected: list) -> str | None:
-    chosen = got[0] if got else None
-    if not isinstance(chosen, Tensor) or chosen.shape != case.args[0].shape:
-        return None
+    chosen = got[0]
     continuation, special = case.args[0], case.args[1]
     if chosen.dtype == torch.bool and bool((chosen & special).any()):
         return "a special token ([CLS], [SEP], [PAD]) was chosen: special tokens never are"
@@ -67,13 +66,10 @@ def _explain_choice(case: Case, got: list, expected: list) -> str | None:
     return None
 
 
-@register_check(
-    "whole_word_choice",
-    signature="whole_word_choice(continuation, special, word_noise, prob)",
-    reference="minivlm.objectives:whole_word_choice",
-    points=2,
-    exercise=EXERCISE,
-    shapes=("(B, T) bool",),
+@register(
+    "whole_word_choice(continuation, special, word_noise, prob)",
+    "minivlm.objectives:whole_word_choice", points=2,
+    returns="(B, T) bool",
     precise=False,  # a comparison with prob: the float32 reference is exact
     library=("minivlm.objectives:mask_tokens",),
     mistakes=[
@@ -147,14 +143,10 @@ def _corrupt_variant(kind: str):
     return corrupt_chosen
 
 
-@register_check(
-    "corrupt_chosen",
-    signature="corrupt_chosen(input_ids, chosen, how, random_ids, mask_id)",
-    reference="minivlm.objectives:corrupt_chosen",
-    points=1,
-    exercise=EXERCISE,
-    outputs=("masked_ids", "labels"),
-    shapes=("(B, T)", "(B, T)"),
+@register(
+    "corrupt_chosen(input_ids, chosen, how, random_ids, mask_id)",
+    "minivlm.objectives:corrupt_chosen", points=1,
+    returns={"masked_ids": "(B, T)", "labels": "(B, T)"},
     precise=False,  # comparisons with 0.8 and 0.9: the float32 reference is exact
     library=("minivlm.objectives:mask_tokens",),
     mistakes=[

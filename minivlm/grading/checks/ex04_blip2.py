@@ -20,10 +20,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from minivlm.grading.core import Case, register_check
+from minivlm.grading.core import Case, exercise_checks
 
 Tensor = torch.Tensor
 EXERCISE = "04_qformer_masks"
+register = exercise_checks(EXERCISE)
 
 
 # ----------------------------------------------------------------------------- masks
@@ -72,8 +73,6 @@ TEXT_FIRST = ("the layout is [queries; text]: positions 0..Q-1 are the Q learned
 def _explain_mask(case: Case, got: list, expected: list) -> str | None:
     """Name the block (queries/text x queries/text) where a mask first differs."""
     g, e = got[0], expected[0]
-    if g is None or g.shape != e.shape:
-        return None
     Q = case.args[0]
     bad = (g != e).nonzero()
     if not len(bad):
@@ -106,13 +105,9 @@ def _mask_cases(kind: str):
     return cases
 
 
-register_check(
-    "itc_mask",
-    signature="itc_mask(num_query, num_text)",
-    reference=_ref_mask("itc"),
-    points=1,
-    exercise=EXERCISE,
-    shapes=("(Q+T, Q+T) bool",),
+register(
+    "itc_mask(num_query, num_text)", _ref_mask("itc"), points=1,
+    returns="(Q+T, Q+T) bool",
     mistakes=[
         ("the text can see the queries: in ITC each modality is encoded on its own (uni-modal "
          "mask), so text rows must be False in the query columns; otherwise the text feature "
@@ -138,13 +133,9 @@ register_check(
     explain=_explain_mask,
 )(_mask_cases("itc"))
 
-register_check(
-    "itm_mask",
-    signature="itm_mask(num_query, num_text)",
-    reference=_ref_mask("itm"),
-    points=1,
-    exercise=EXERCISE,
-    shapes=("(Q+T, Q+T) bool",),
+register(
+    "itm_mask(num_query, num_text)", _ref_mask("itm"), points=1,
+    returns="(Q+T, Q+T) bool",
     mistakes=[
         ("inverted: ITM is bi-directional, every position may attend to every other, so the "
          "mask is all True (True = may attend)", lambda Q, T: torch.zeros(Q + T, Q + T,
@@ -166,13 +157,9 @@ register_check(
     explain=_explain_mask,
 )(_mask_cases("itm"))
 
-register_check(
-    "itg_mask",
-    signature="itg_mask(num_query, num_text)",
-    reference=_ref_mask("itg"),
-    points=2,
-    exercise=EXERCISE,
-    shapes=("(Q+T, Q+T) bool",),
+register(
+    "itg_mask(num_query, num_text)", _ref_mask("itg"), points=2,
+    returns="(Q+T, Q+T) bool",
     mistakes=[
         ("off by one: text token t must also attend to itself, so the diagonal of the text "
          "block is True (causal = columns j <= i; tril keeps the diagonal by default)",
@@ -251,9 +238,13 @@ def _score_variant(*, norm_q: int | None = -1, norm_t: int | None = -1, reduce: 
     return itc_score
 
 
+KEPT_QUERIES = ("you kept one score per query: reduce the query axis with a max to get one "
+                "score per (image, text) pair")  # an output (B_img, B_txt, Q) or (B_img, Q, B_txt)
+
+
 def _explain_score(case: Case, got: list, expected: list) -> str | None:
     g, e = got[0], expected[0]
-    if g is None or g.shape != e.shape or not g.is_floating_point():
+    if not g.is_floating_point():
         return None
     top = g.abs().max().item()
     if top > 1 + 1e-4:
@@ -266,14 +257,9 @@ def _explain_score(case: Case, got: list, expected: list) -> str | None:
     return None
 
 
-@register_check(
-    "itc_score",
-    signature="itc_score(query_embeds, text_embeds)",
-    reference=_ref_itc_score,
-    points=3,
-    exercise=EXERCISE,
-    shapes=("(B_img, B_txt)",),
-    grad=True,
+@register(
+    "itc_score(query_embeds, text_embeds)", _ref_itc_score, points=3, grad=True,
+    returns="(B_img, B_txt)",
     mistakes=[
         ("you averaged over the queries: BLIP-2 takes the best query, the *max* of the Q "
          "cosines, so that each query may specialise in something a caption can mention",
@@ -309,10 +295,8 @@ def _explain_score(case: Case, got: list, expected: list) -> str | None:
          _score_variant(reduce="max_texts")),
         ("you took the max over the images (the batch axis): take it over the queries",
          _score_variant(reduce="max_images")),
-        ("you kept one score per query: reduce the query axis with a max to get one score per "
-         "(image, text) pair", _score_variant(reduce="none")),
-        ("you kept one score per query: reduce the query axis with a max to get one score per "
-         "(image, text) pair", _score_variant(reduce="none_iqj")),
+        (KEPT_QUERIES, _score_variant(reduce="none")),
+        (KEPT_QUERIES, _score_variant(reduce="none_iqj")),
     ],
     explain=_explain_score,
 )

@@ -21,30 +21,20 @@ run on one thread.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
+from minivlm.grading.checks._common import TRAINING_TIMEOUT, cached_run, draw_seed
 from minivlm.grading.checks.ex04_blip2 import EXERCISE
-from minivlm.grading.core import Case, register_check
+from minivlm.grading.core import Case, exercise_checks
 
-Tensor = torch.Tensor
 MARGIN = 0.3  # colour accuracy on 200 held-out scenes; the second number is 0 or 1
-
-
-@functools.lru_cache(maxsize=16)
-def _ref_train_stage1(seed: int) -> Tensor:
-    from minivlm.recipes.qformer_stage1 import reference_train_stage1
-
-    return reference_train_stage1(seed)  # the same seed, the same result
+register = exercise_checks(EXERCISE)
+_ref_train_stage1 = cached_run("minivlm.recipes.qformer_stage1:reference_train_stage1")
 
 
 def _explain_train(case: Case, got: list, expected: list) -> str | None:
-    g = got[0] if got else None
-    if g is None or not isinstance(g, Tensor) or g.numel() != 2:
-        return None
-    acc, moved = (float(x) for x in g.reshape(-1))
-    ref = float(expected[0].reshape(-1)[0])
+    acc, moved = got[0].tolist()
+    ref = float(expected[0][0])
     if acc < 0.5 < ref:
         return (f"your Q-Former does not read the colour from the image (held-out {acc:.2f}, the "
                 f"reference {ref:.2f}, chance 0.17): is the ITG pass under your itg_mask, the "
@@ -61,19 +51,15 @@ def _explain_train(case: Case, got: list, expected: list) -> str | None:
             "ITG pass with data['dec_token_id'] replacing [CLS]")
 
 
-@register_check(
-    "train_stage1",
-    signature="train_stage1(seed)",
-    reference=_ref_train_stage1,
-    points=3,
-    exercise=EXERCISE,
-    shapes=("(2,) held-out colour accuracy, temperature moved (0/1)",),
+@register(
+    "train_stage1(seed)", _ref_train_stage1, points=3,
+    returns="(2,) held-out colour accuracy, temperature moved (0/1)",
     library=("minivlm.recipes.qformer_stage1:reference_train_stage1",),
     explain=_explain_train,
-    min_timeout=60.0,  # a training run: seconds on an idle core, more on a busy one
+    min_timeout=TRAINING_TIMEOUT,
 )
 def train_stage1_cases(gen: torch.Generator):
-    seed = int(torch.randint(0, 1000, (1,), generator=gen))
+    seed = draw_seed(gen)
     yield Case(f"seed {seed}", seed, atol=MARGIN, rtol=0.0, grad=False,
                hint=f"the held-out colour accuracy of your trained Q-Former differs from the "
                     f"reference's by more than {MARGIN}, or its temperature did not move")

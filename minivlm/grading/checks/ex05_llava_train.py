@@ -17,29 +17,19 @@ the image tokens 0.17-0.19). The zoo components must be built (``minivlm zoo bui
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
+from minivlm.grading.checks._common import TRAINING_TIMEOUT, cached_run, draw_seed
 from minivlm.grading.checks.ex05_llava import EXERCISE
-from minivlm.grading.core import Case, register_check
+from minivlm.grading.core import Case, exercise_checks
 
-Tensor = torch.Tensor
 MARGIN = 0.06  # accuracy on 200 held-out questions
-
-
-@functools.lru_cache(maxsize=16)
-def _ref_train_projector(task: str, seed: int) -> Tensor:
-    from minivlm.recipes.llava_align import reference_train_projector
-
-    return reference_train_projector(task, seed)  # the same seed, the same result
+register = exercise_checks(EXERCISE)
+_ref_train_projector = cached_run("minivlm.recipes.llava_align:reference_train_projector")
 
 
 def _explain_train(case: Case, got: list, expected: list) -> str | None:
-    g = got[0] if got else None
-    if g is None or not isinstance(g, Tensor) or g.numel() != 1:
-        return None
-    acc, ref = float(g.reshape(-1)[0]), float(expected[0].reshape(-1)[0])
+    acc, ref = float(got[0]), float(expected[0])
     if acc < 0.25 < ref:
         return ("your projector did not learn to answer (the untrained model is at 0.12-0.16): "
                 "are the labels -100 everywhere but the answers (your assistant_labels, not "
@@ -52,21 +42,17 @@ def _explain_train(case: Case, got: list, expected: list) -> str | None:
             "small.batches(seed, n, run), and the language model's loss (labels=...)")
 
 
-@register_check(
-    "train_projector",
-    signature="train_projector(task, seed)",
-    reference=_ref_train_projector,
-    points=3,
-    exercise=EXERCISE,
-    shapes=("(1,) held-out colour accuracy",),
+@register(
+    "train_projector(task, seed)", _ref_train_projector, points=3,
+    returns="(1,) held-out colour accuracy",
     library=("minivlm.recipes.llava_align:reference_train_projector",
              "minivlm.recipes.llava_align:reference_assistant_labels",
              "minivlm.models.llava:merge_image_features"),
     explain=_explain_train,
-    min_timeout=60.0,  # a training run: seconds on an idle core, more on a busy one
+    min_timeout=TRAINING_TIMEOUT,
 )
 def train_projector_cases(gen: torch.Generator):
-    seed = int(torch.randint(0, 1000, (1,), generator=gen))
+    seed = draw_seed(gen)
     yield Case(f'task "color", seed {seed}', "color", seed, atol=MARGIN, rtol=0.0, grad=False,
                hint=f"the held-out colour accuracy of your trained projector differs from the "
                     f"reference's by more than {MARGIN}")

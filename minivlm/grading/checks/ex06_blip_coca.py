@@ -14,10 +14,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from minivlm.grading.core import Case, register_check
+from minivlm.grading.core import Case, exercise_checks
 
 Tensor = torch.Tensor
 EXERCISE = "06_blip_coca"
+register = exercise_checks(EXERCISE)
 
 
 # ----------------------------------------------------------------------------- [DEC] and mask
@@ -49,14 +50,9 @@ def _decoder_variant(how: str):
     return decoder_inputs
 
 
-@register_check(
-    "decoder_inputs",
-    signature="decoder_inputs(input_ids, attention_mask, dec_token_id)",
-    reference=_ref_decoder,
-    points=2,
-    exercise=EXERCISE,
-    outputs=("ids", "mask", "labels"),
-    shapes=("(B, T)", "(B, T, T)", "(B, T)"),
+@register(
+    "decoder_inputs(input_ids, attention_mask, dec_token_id)", _ref_decoder, points=2,
+    returns={"ids": "(B, T)", "mask": "(B, T, T)", "labels": "(B, T)"},
     mistakes=[
         ("the first token must become [DEC] (dec_token_id): the decoder is told which job it "
          "does by its first token (BLIP §3.1)", _decoder_variant("no_dec")),
@@ -108,13 +104,9 @@ def _cls_variant(how: str):
     return cls_text_mask
 
 
-@register_check(
-    "cls_text_mask",
-    signature="cls_text_mask(input_ids, pad_id)",
-    reference=_ref_cls,
-    points=2,
-    exercise=EXERCISE,
-    shapes=("(B, T+1, T+1)",),
+@register(
+    "cls_text_mask(input_ids, pad_id)", _ref_cls, points=2,
+    returns="(B, T+1, T+1)",
     mistakes=[
         ("padding is visible: the [CLS] appended after the words would read the padding "
          "(key mask = tokens != pad_id, and True for the [CLS] itself)",
@@ -165,15 +157,11 @@ def _loss_variant(how: str):
     return coca_loss
 
 
-@register_check(
-    "coca_loss",
-    signature="coca_loss(image_embeds, text_embeds, logit_scale, logits, labels, pad_id, "
-              "caption_weight, contrastive_weight)",
-    reference=_ref_loss,
-    points=3,
-    exercise=EXERCISE,
-    shapes=("()",),
-    grad=True,
+@register(
+    "coca_loss(image_embeds, text_embeds, logit_scale, logits, labels, pad_id, caption_weight, "
+    "contrastive_weight)",
+    _ref_loss, points=3, grad=True,
+    returns="()",
     mistakes=[
         ("padded positions are counted in the captioning loss: pass ignore_index=pad_id",
          _loss_variant("padding")),
@@ -228,13 +216,9 @@ def _nucleus_variant(how: str):
     return nucleus_filter
 
 
-@register_check(
-    "nucleus_filter",
-    signature="nucleus_filter(logits, top_p)",
-    reference=_ref_nucleus,
-    points=2,
-    exercise=EXERCISE,
-    shapes=("(..., V)",),
+@register(
+    "nucleus_filter(logits, top_p)", _ref_nucleus, points=2,
+    returns="(..., V)",
     library=("minivlm.nn.lm:top_p_filter",),
     mistakes=[
         ("the token whose probability crosses top_p must be kept (keep a token when the mass "

@@ -11,10 +11,11 @@ import math
 
 import torch
 
-from minivlm.grading.core import Case, register_check
+from minivlm.grading.core import Case, exercise_checks
 
 Tensor = torch.Tensor
 EXERCISE = "07_mae_beit"
+register = exercise_checks(EXERCISE)
 
 
 # ----------------------------------------------------------------------------- random masking
@@ -49,14 +50,9 @@ def _masking_variant(*, descending: bool = False, keep_rule: str = "int", invert
     return random_masking
 
 
-@register_check(
-    "random_masking",
-    signature="random_masking(x, mask_ratio, noise)",
-    reference=_ref_masking,
-    points=3,
-    exercise=EXERCISE,
-    outputs=("x_kept", "mask", "ids_restore"),
-    shapes=("(B, N_keep, D)", "(B, N)", "(B, N)"),
+@register(
+    "random_masking(x, mask_ratio, noise)", _ref_masking, points=3,
+    returns={"x_kept": "(B, N_keep, D)", "mask": "(B, N)", "ids_restore": "(B, N)"},
     mistakes=[
         ("you keep the patches with the HIGHEST noise; MAE keeps the lowest (argsort ascending, "
          "take the first N_keep)", _masking_variant(descending=True)),
@@ -118,14 +114,9 @@ def _loss_variant(*, over: str = "masked", unbiased: bool = True, eps: float = 1
     return mae_loss
 
 
-@register_check(
-    "mae_loss",
-    signature="mae_loss(pred, target, mask, norm_pix_loss)",
-    reference=_ref_loss,
-    points=3,
-    exercise=EXERCISE,
-    shapes=("()",),
-    grad=True,
+@register(
+    "mae_loss(pred, target, mask, norm_pix_loss)", _ref_loss, points=3, grad=True,
+    returns="()",
     mistakes=[
         ("your loss averages over every patch; MAE scores only the hidden ones: "
          "(per_patch * mask).sum() / mask.sum()", _loss_variant(over="all")),
@@ -197,13 +188,9 @@ def _block_variant(*, swap_hw: bool = False, trunc: bool = False, fit: str = "st
     return add_block
 
 
-@register_check(
-    "add_block",
-    signature="add_block(mask, area, aspect, top_frac, left_frac, need)",
-    reference=_ref_block,
-    points=3,
-    exercise=EXERCISE,
-    shapes=("(g, g)",),
+@register(
+    "add_block(mask, area, aspect, top_frac, left_frac, need)", _ref_block, points=3,
+    returns="(g, g)",
     mistakes=[
         ("height and width are swapped: h = round(sqrt(area * aspect)), "
          "w = round(sqrt(area / aspect))", _block_variant(swap_hw=True)),

@@ -12,10 +12,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from minivlm.grading.core import Case, register_check
+from minivlm.grading.core import Case, exercise_checks
 
 Tensor = torch.Tensor
 EXERCISE = "08_vlmo"
+register = exercise_checks(EXERCISE)
 
 
 # ----------------------------------------------------------------------------- Multiway FFN
@@ -40,14 +41,9 @@ def _ffn_variant(how: str = "right"):
     return multiway_ffn
 
 
-@register_check(
-    "multiway_ffn",
-    signature="multiway_ffn(x, route, w1, b1, w2, b2)",
-    reference=_ffn_variant(),
-    points=3,
-    exercise=EXERCISE,
-    shapes=("(B, T, D)",),
-    grad=True,
+@register(
+    "multiway_ffn(x, route, w1, b1, w2, b2)", _ffn_variant(), points=3, grad=True,
+    returns="(B, T, D)",
     mistakes=[
         ("every token went through expert 0; each token must use the expert route[b, t] names",
          _ffn_variant("one_expert")),
@@ -130,13 +126,9 @@ _MODEL_NAMES = [
 ]  # fmt: skip
 
 
-@register_check(
-    "stage_trainable",
-    signature="stage_trainable(names, stage)",
-    reference=_ref_stage,
-    points=3,
-    exercise=EXERCISE,
-    shapes=("(P,)",),
+@register(
+    "stage_trainable(names, stage)", _ref_stage, points=3,
+    returns="(P,)",
     mistakes=[
         ("the attention trains in the text stage; VLMo freezes it there (it was learned on "
          "images)", _stage_variant("text_attention_free")),
@@ -185,13 +177,9 @@ def _rank_variant(how: str = "right"):
     return two_mode_rank
 
 
-@register_check(
-    "two_mode_rank",
-    signature="two_mode_rank(text_emb, image_embs, itm_logits, k)",
-    reference=_rank_variant(),
-    points=3,
-    exercise=EXERCISE,
-    shapes=("(N,)",),
+@register(
+    "two_mode_rank(text_emb, image_embs, itm_logits, k)", _rank_variant(), points=3,
+    returns="(N,)",
     mistakes=[
         ("the dual score is a raw dot product; VLMo's is the cosine (normalise both embeddings)",
          _rank_variant("no_norm")),

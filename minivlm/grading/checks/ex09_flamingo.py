@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import torch
 
-from minivlm.grading.core import Case, register_check
+from minivlm.grading.core import Case, exercise_checks
 from minivlm.nn.attention import attend
 
 Tensor = torch.Tensor
 EXERCISE = "09_flamingo"
+register = exercise_checks(EXERCISE)
 
 
 # ----------------------------------------------------------------------------- the mask
@@ -53,13 +54,9 @@ def _ids(gen: torch.Generator, B: int, T: int, positions: list[list[int]], img: 
     return ids
 
 
-@register_check(
-    "interleaved_mask",
-    signature="interleaved_mask(input_ids, image_token_id, num_images)",
-    reference=_ref_mask,
-    points=2,
-    exercise=EXERCISE,
-    shapes=("(B, T, N_img)",),
+@register(
+    "interleaved_mask(input_ids, image_token_id, num_images)", _ref_mask, points=2,
+    returns="(B, T, N_img)",
     mistakes=[
         ("tokens see every earlier image; Flamingo lets a token see only the most recent one "
          "(§2.3)", _mask_variant("all")),
@@ -117,14 +114,10 @@ def _resampler_variant(how: str):
     return resampler_attention
 
 
-@register_check(
-    "resampler_attention",
-    signature="resampler_attention(latents, x, wq, wk, wv, wo, num_heads)",
-    reference=_ref_resampler,
-    points=3,
-    exercise=EXERCISE,
-    shapes=("(B, L, D)",),
-    grad=True,
+@register(
+    "resampler_attention(latents, x, wq, wk, wv, wo, num_heads)",
+    _ref_resampler, points=3, grad=True,
+    returns="(B, L, D)",
     mistakes=[
         ("keys and values come from the image tokens only; Flamingo's latents attend to the "
          "concatenation [x; latents] (§2.1)", _resampler_variant("x_only")),
@@ -165,14 +158,9 @@ def _gated_variant(how: str):
     return gated_residual
 
 
-@register_check(
-    "gated_residual",
-    signature="gated_residual(x, y, alpha, sees_image)",
-    reference=_ref_gated,
-    points=2,
-    exercise=EXERCISE,
-    shapes=("(B, T, D)",),
-    grad=True,
+@register(
+    "gated_residual(x, y, alpha, sees_image)", _ref_gated, points=2, grad=True,
+    returns="(B, T, D)",
     mistakes=[
         ("the gate is alpha itself; Flamingo squashes it with tanh(alpha) (§2.2)",
          _gated_variant("no_tanh")),

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import torch
 
-from minivlm.grading.core import Case, register_check
+from minivlm.grading.core import Case, exercise_checks
 
 Tensor = torch.Tensor
 EXERCISE = "10_qwen_vl"
+register = exercise_checks(EXERCISE)
 IMG = 7
 
 
@@ -83,14 +84,10 @@ def _mrope_case(gen: torch.Generator, label: str, rows: list[list], grids: list[
     return Case(label, ids, torch.tensor(grids), IMG, merge, mask, hint=hint)
 
 
-@register_check(
-    "mrope_positions",
-    signature="mrope_positions(input_ids, image_grid_thw, image_token_id, merge_size, "
-              "attention_mask)",
-    reference=_ref_mrope,
-    points=3,
-    exercise=EXERCISE,
-    shapes=("(3, B, T)",),
+@register(
+    "mrope_positions(input_ids, image_grid_thw, image_token_id, merge_size, attention_mask)",
+    _ref_mrope, points=3,
+    returns="(3, B, T)",
     mistakes=[
         ("the text after an image resumes at start + (number of image tokens); M-RoPE resumes "
          "at start + max(h, w) / merge_size (§2.1)", _mrope_variant("area")),
@@ -146,13 +143,9 @@ def _order_variant(how: str):
     return merge_order
 
 
-@register_check(
-    "merge_order",
-    signature="merge_order(h, w, merge_size)",
-    reference=_ref_merge_order,
-    points=2,
-    exercise=EXERCISE,
-    shapes=("(h*w, 2)",),
+@register(
+    "merge_order(h, w, merge_size)", _ref_merge_order, points=2,
+    returns="(h*w, 2)",
     mistakes=[
         ("raster order: Qwen2-VL lists patches block-major, the m x m patches of each merge "
          "window together, so the merger concatenates consecutive rows", _order_variant("raster")),
@@ -199,14 +192,9 @@ def _window_variant(how: str):
     return window_partition
 
 
-@register_check(
-    "window_partition",
-    signature="window_partition(grid_thw, merge_size, window)",
-    reference=_ref_windows,
-    points=2,
-    exercise=EXERCISE,
-    outputs=("order", "lengths"),
-    shapes=("(N/m^2,)", "(num_windows,)"),
+@register(
+    "window_partition(grid_thw, merge_size, window)", _ref_windows, points=2,
+    returns={"order": "(N/m^2,)", "lengths": "(num_windows,)"},
     mistakes=[
         ("lengths count merged tokens; the vision blocks attend over patches, m^2 per merged "
          "token", _window_variant("tokens")),

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import torch
 
-from minivlm.grading.core import Case, register_check
+from minivlm.grading.core import Case, exercise_checks
 
 Tensor = torch.Tensor
 EXERCISE = "11_region_era"
+register = exercise_checks(EXERCISE)
 
 
 # ----------------------------------------------------------------------------- RoI-Align
@@ -56,14 +57,9 @@ def _roi_variant(how: str):
     return roi_align_box
 
 
-@register_check(
-    "roi_align_box",
-    signature="roi_align_box(features, box, output_size, sampling_ratio)",
-    reference=_ref_roi,
-    points=3,
-    exercise=EXERCISE,
-    shapes=("(C, S, S)",),
-    grad=True,
+@register(
+    "roi_align_box(features, box, output_size, sampling_ratio)", _ref_roi, points=3, grad=True,
+    returns="(C, S, S)",
     library=("torchvision.ops:roi_align", "minivlm.nn.convnet:bilinear_sample"),
     mistakes=[
         ("nearest-cell sampling (RoIPool's rounding): RoI-Align reads each sample point by "
@@ -122,13 +118,9 @@ def _ipot_variant(how: str):
     return ipot
 
 
-@register_check(
-    "ipot",
-    signature="ipot(cost, x_mask, y_mask, beta, iters)",
-    reference=_ref_ipot,
-    points=3,
-    exercise=EXERCISE,
-    shapes=("(B, M, N)",),
+@register(
+    "ipot(cost, x_mask, y_mask, beta, iters)", _ref_ipot, points=3,
+    returns="(B, M, N)",
     library=("minivlm.objectives:wasserstein_distance", "minivlm.models.uniter:word_region_plan"),
     mistakes=[
         ("Q = G every step is entropic Sinkhorn; IPOT's proximal step multiplies by the last "
@@ -187,14 +179,9 @@ def _kl_variant(how: str):
     return region_kl_loss
 
 
-@register_check(
-    "region_kl_loss",
-    signature="region_kl_loss(region_logits, detector_probs, masked)",
-    reference=_ref_kl,
-    points=2,
-    exercise=EXERCISE,
-    shapes=("()",),
-    grad=True,
+@register(
+    "region_kl_loss(region_logits, detector_probs, masked)", _ref_kl, points=2, grad=True,
+    returns="()",
     library=("minivlm.models.uniter:mrc_kl_loss",),
     mistakes=[
         ("KL the wrong way round: MRC-kl is KL(detector || model) = sum q (log q - log p)",
