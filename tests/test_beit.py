@@ -67,6 +67,17 @@ def test_shared_bias_is_one_table_per_layer_bias_is_many():
     assert sum("rel_pos.table" in n for n, _ in layer.named_parameters()) == 3
 
 
+def test_relative_position_index_equals_transformers_on_square_and_rectangular_grids():
+    """nn.relpos (BEiT's index, also VLMo's: a text is a 1 x (T-1) grid) vs transformers'."""
+    from transformers.models.beit.modeling_beit import BeitRelativePositionBias as HFBias
+
+    if not hasattr(HFBias, "generate_relative_position_index"):
+        pytest.skip("this transformers builds the index inside __init__ only")
+    for grid in ((4, 4), (2, 3), (1, 7), (3, 1)):
+        assert torch.equal(relative_position_index(grid),
+                           HFBias.generate_relative_position_index(grid))  # fmt: skip
+
+
 def test_relative_position_index_is_translation_invariant():
     idx = relative_position_index(3)  # 1 + 9 tokens
     assert idx.shape == (10, 10)

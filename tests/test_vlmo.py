@@ -167,3 +167,102 @@ def test_presets_and_the_base_parameter_count():
     total = sum(p.numel() for p in base.parameters())
     assert total - n_heads == 175_428_096  # VLMo-Base's 175M backbone (see models/vlmo.py)
     assert total == 184_122_173
+
+
+# ---------------------------------------------------------------------------
+# Relative position bias (VLMo's released code; VLMoConfig.position = "relative")
+# ---------------------------------------------------------------------------
+
+
+def test_relative_position_index_by_brute_force():
+    """nn.relpos's index (BEiT's, shared with VLMo; tests/test_beit.py compares it with
+    transformers'): two grid pairs share a table row exactly when their offsets (dy, dx) agree,
+    the rows cover the table, and the three CLS rows come last. Square, 2-D and 1-D (text)."""
+    from minivlm.nn.relpos import num_relative_positions, relative_position_index
+
+    for grid in ((4, 4), (2, 3), (1, 7)):
+        idx = relative_position_index(grid)
+        h, w = grid
+        cells = [(y, x) for y in range(h) for x in range(w)]
+        rows: dict[tuple[int, int], int] = {}
+        for i, (yi, xi) in enumerate(cells):
+            for j, (yj, xj) in enumerate(cells):
+                r = int(idx[1 + i, 1 + j])
+                assert rows.setdefault((yi - yj, xi - xj), r) == r  # same offset, same row
+        assert len(set(rows.values())) == len(rows) == (2 * h - 1) * (2 * w - 1)  # one row each
+        n = num_relative_positions(grid)
+        assert set(rows.values()) == set(range(n - 3))
+        assert (idx[0, 1:] == n - 3).all() and (idx[1:, 0] == n - 2).all() and idx[0, 0] == n - 1
+
+
+def _brute_force_bias(model: VLMo, layer: int, T: int, g: int) -> torch.Tensor:
+    """(H, T+1+g², T+1+g²) bias of [text; image] written out pair by pair from the tables."""
+    rp, Tm = model.rel_pos, model.config.max_text_len
+    img, txt, cross = rp.image[layer], rp.text[layer], rp.cross[layer]  # (rows, H)
+    L = T + 1 + g * g
+    out = torch.zeros(L, L, rp.image.shape[-1])
+    for i in range(L):
+        for j in range(L):
+            if i < T and j < T:  # text -> text: CLS rows, else the word offset i - j
+                out[i, j] = (txt[-1] if i == j == 0 else txt[-3] if i == 0 else txt[-2] if j == 0
+                             else txt[i - j + Tm - 2])  # fmt: skip
+            elif i < T or j < T:  # text -> image or image -> text: one score each
+                out[i, j] = cross[0] if i < T else cross[1]
+            else:  # image -> image: CLS rows, else the patch offset (dy, dx)
+                p, q = i - T - 1, j - T - 1
+                if p < 0 or q < 0:
+                    out[i, j] = img[-1] if p == q == -1 else img[-3] if p < 0 else img[-2]
+                else:
+                    dy, dx = p // g - q // g, p % g - q % g
+                    out[i, j] = img[(dy + g - 1) * (2 * g - 1) + dx + g - 1]
+    return out.permute(2, 0, 1)
+
+
+def test_relative_bias_enters_the_first_layers_scores_as_written_out():
+    """Fused pass with random tables: layer 0's attention = softmax(q·k/√d + bias, padding
+    masked) with the bias built pair by pair from the three tables (text, image, cross)."""
+    model = _model(position="relative")
+    assert model.pos_embed is None and model.text_embeddings.position_embeddings is None
+    with torch.no_grad():
+        for p in model.rel_pos.parameters():
+            p.normal_()
+    ids, am, px = _inputs(T=5)
+    out = model.encode_pair(ids, px, am, need_weights=True)
+    attn = model.blocks[0].attn
+    with torch.no_grad():
+        x = model.blocks[0].norm1(torch.cat([model.embed_text(ids), model.embed_image(px)], 1))
+        B, L, _ = x.shape
+        q = attn.q_proj(x).view(B, L, 4, 8).transpose(1, 2)  # (B, H, L, 8)
+        k = attn.k_proj(x).view(B, L, 4, 8).transpose(1, 2)
+        scores = q @ k.transpose(-1, -2) / 8**0.5 + _brute_force_bias(model, 0, 5, 2)
+        keys = torch.cat([am.bool(), torch.ones(B, 5, dtype=torch.bool)], 1)  # (B, L)
+        ref = scores.masked_fill(~keys[:, None, None], float("-inf")).softmax(-1)
+    torch.testing.assert_close(out.attentions[0], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_relative_positions_keep_dual_mode_exact_and_train_by_stage():
+    model = _model(position="relative")
+    with torch.no_grad():
+        for p in model.rel_pos.parameters():
+            p.normal_()
+    ids, am, px = _inputs()
+    with torch.no_grad():
+        pair = model.encode_pair(ids, px, am, mode="dual").hidden
+        torch.testing.assert_close(pair[:, :6], model.encode_text(ids, am).hidden,
+                                   atol=1e-5, rtol=1e-5)  # fmt: skip
+        torch.testing.assert_close(pair[:, 6:], model.encode_image(px).hidden, atol=1e-5, rtol=1e-5)
+        flipped = model.encode_image(px.flip(-1)).hidden[:, 0]  # the bias sees where patches are
+        assert not torch.allclose(flipped, model.encode_image(px).hidden[:, 0], atol=1e-3)
+    plans = {s: model.stage_parameters(s) for s in ("image", "text", "pair")}
+    assert [plans["image"][f"rel_pos.{t}"] for t in ("image", "text", "cross")] == [1, 0, 0]
+    assert [plans["text"][f"rel_pos.{t}"] for t in ("image", "text", "cross")] == [0, 1, 0]
+    assert all(plans["pair"][f"rel_pos.{t}"] for t in ("image", "text", "cross"))
+    with pytest.raises(ValueError, match="exceeds max_len 8"):
+        model.encode_text(torch.full((1, 9), 9))
+    with pytest.raises(ValueError, match="position must be"):
+        _model(position="rotary")
+    with torch.device("meta"):
+        base = minivlm.create_model("vlmo_base", position="relative")
+    heads = ("text_proj", "image_proj", "logit_scale", "pooler", "itm_head", "mlm_head", "mim_head")
+    assert sum(p.numel() for n, p in base.named_parameters()
+               if not n.startswith(heads)) == 175_363_296  # VLMoConfig's docstring  # fmt: skip

@@ -58,11 +58,50 @@ def test_scores_of_the_two_modes_and_counts():
     assert c["multiway"] < c["two towers"] < c["two towers + fusion"]
 
 
-def test_cli_refuses_to_overwrite_results(tmp_path, capsys):
-    """experiments/vlmo.py keeps an existing results file (a full run is minutes of CPU)."""
-    from script_helpers import load_script
+def test_cli_tiny_run_writes_its_results_and_refuses_to_overwrite(tmp_path, monkeypatch, capsys):
+    """experiments/vlmo.py end to end on a tiny setting (one seed, 2 steps per stage, a few
+    scenes, relative positions in the transfer model). A random ``vilt_tiny`` stands in for the
+    zoo's ``shapes_vilt`` (``make test`` builds the zoo after the unit tests); the numbers mean
+    nothing, the file's layout, ranges and bookkeeping are checked. Then it keeps the file."""
+    import json
+    import math
 
+    from script_helpers import load_script, restored_threads
+
+    from minivlm import zoo
+
+    def tiny_vilt(name: str, frozen: bool = True):
+        assert name == "shapes_vilt"
+        torch.manual_seed(0)
+        return minivlm.create_model("vilt_tiny", vocab_size=81, max_text_len=24, patch_size=16,
+                                    dim=32, depth=2, num_heads=2, num_answers=0).eval()
+
+    monkeypatch.setattr(zoo, "load", tiny_vilt)
     out = tmp_path / "vlmo.json"
-    out.write_text("{}")
-    assert load_script("experiments/vlmo.py").main(["--out", str(out)]) == 2
-    assert out.read_text() == "{}"
+    argv = ["--out", str(out), "--seeds", "0", "--pair-steps", "2", "--image-steps", "2",
+            "--text-steps", "2", "--n-train", "48", "--n-test", "24", "--rank-images", "4",
+            "--n-images", "40", "--tokenizer-steps", "2", "--position", "relative"]  # fmt: skip
+    exp = load_script("experiments/vlmo.py")
+    with restored_threads():
+        assert exp.main(argv) == 0
+    res = json.loads(out.read_text())
+    assert res["complete"] and res["seeds"] == [0] and res["recipe"]["position"] == "relative"
+    assert set(res["parameters"]) == {"vlmo_tiny", "vlmo_base"}
+    (run,) = res["runs"]
+    assert run["seed"] == 0 and run["position"] == "relative" and run["cpu_seconds"] > 0
+    for who in ("vilt (zoo)", "vlmo"):  # before / after the pair stage, both modes, every kind
+        for mode in ("dual", "fusion"):
+            accs = run["binding"][who][mode]
+            assert set(accs) == set(R.KINDS) and all(0.0 <= a <= 1.0 for a in accs.values())
+    assert 0.0 <= run["dual_r1_of_100"] <= 1.0 and math.isfinite(run["pair_loss"])
+    assert all(run["timing"][k] > 0 for k in ("dual", "dual_with_images", "fusion"))
+    assert set(run["transfer"]) == {"image stage MIM", *R.ARMS}
+    for arm in R.ARMS:
+        assert 0.0 <= run["transfer"][arm]["acc"] <= 1.0 and run["transfer"][arm]["loss"] > 0
+    summary = res["summary"]  # R.summarize over the one run
+    assert summary["transfer"][f"{R.ARMS[0]} / acc"]["values"] == [run["transfer"][R.ARMS[0]]["acc"]]
+    assert len(summary["binding"]) == 2 * 2 * len(R.KINDS)
+    assert "seed 0: region dual" in capsys.readouterr().out
+    before = out.read_text()
+    assert exp.main(argv) == 2  # a full run is minutes of CPU: never overwritten unasked
+    assert out.read_text() == before and "--force" in capsys.readouterr().err

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from minivlm.nn.attention import MultiHeadAttention
 from minivlm.nn.blocks import MLP, init_weights
 from minivlm.nn.config import divisible, one_of
+from minivlm.nn.relpos import RelativePositionBias, relative_position_index  # noqa: F401
 from minivlm.nn.vit import ViTSizes, patchify
 from minivlm.utils import raise_first
 
@@ -139,43 +140,6 @@ def blockwise_mask_batch(batch: int, grid: int, ratio: float, seed: int, **kw) -
     rng = np.random.default_rng(seed)
     n = int(round(ratio * grid * grid))
     return torch.stack([blockwise_masking(grid, n, rng, **kw).flatten() for _ in range(batch)])
-
-
-# ---------------------------------------------------------------------------
-# Relative position bias (§2.6; Swin-style table, plus three entries for the CLS token)
-# ---------------------------------------------------------------------------
-
-
-def relative_position_index(grid: int) -> Tensor:
-    """(1+N, 1+N) long: which table row holds the bias from query i to key j.
-
-    Patch pairs index their offset (dy, dx) in a (2g-1) x (2g-1) table; the last three rows
-    are CLS->patch, patch->CLS and CLS->CLS.
-    """
-    n_rel = (2 * grid - 1) ** 2 + 3
-    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
-    coords = torch.stack([rows.flatten(), cols.flatten()])  # (2, N)
-    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)  # (N, N, 2) offsets
-    rel = rel + (grid - 1)  # both offsets now in [0, 2g-2]
-    idx = torch.zeros(grid * grid + 1, grid * grid + 1, dtype=torch.long)
-    idx[1:, 1:] = rel[..., 0] * (2 * grid - 1) + rel[..., 1]
-    idx[0, :] = n_rel - 3
-    idx[:, 0] = n_rel - 2
-    idx[0, 0] = n_rel - 1
-    return idx
-
-
-class RelativePositionBias(nn.Module):
-    """A learned bias per head for each relative offset: (1, H, 1+N, 1+N), added to the scores."""
-
-    def __init__(self, grid: int, num_heads: int) -> None:
-        super().__init__()
-        self.table = nn.Parameter(torch.zeros((2 * grid - 1) ** 2 + 3, num_heads))
-        self.register_buffer("index", relative_position_index(grid), persistent=False)
-
-    def forward(self) -> Tensor:
-        bias = self.table[self.index]  # (1+N, 1+N, H)
-        return bias.permute(2, 0, 1)[None]  # (1, H, 1+N, 1+N)
 
 
 # ---------------------------------------------------------------------------

@@ -23,8 +23,15 @@ trains attention and V-FFN; text-only MLM then trains L-FFN with the attention *
 pairs finally train everything. BEiT-3 (Wang et al. 2023, §2.2) keeps the block and uses one
 objective, masked data modelling (:meth:`VLMo.mdm`): masked visual tokens (BEiT's, lecture 7)
 on images, masked words on texts, both on pairs. VL-BEiT (Bao et al. 2022b) trains the same
-three maskings on a shared transformer. Position tables are learned absolute ones (VLMo uses
-BEiT's relative position bias for image tokens; left out to keep the file short).
+three maskings on a shared transformer.
+
+Positions (``VLMoConfig.position``). ``"absolute"`` (default): learned tables added to the
+embeddings, as VLMo §2.1 writes its input representations and as BEiT-3 does (one table per
+modality). ``"relative"``: what VLMo's released Base/Large code runs instead, no absolute tables
+at all but a learned score per layer and head added to the attention logits
+(:class:`MultiwayPositionBias`): BEiT's 2-D table over patch offsets (dy, dx) for image tokens,
+a 1-D table over word offsets for text tokens (each with 3 rows for its CLS), and one score each
+for text -> image and image -> text in a fused pair.
 """
 
 from __future__ import annotations
@@ -37,17 +44,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minivlm.nn.attention import padding_mask
-from minivlm.nn.bert import BertEncoder, BertMLMHead, TextConfig, init_weights
+from minivlm.nn.bert import BertEncoder, BertMLMHead, TextConfig, check_len, init_weights
 from minivlm.nn.blocks import MultiwayBlock
-from minivlm.nn.config import divisible, in_vocab
+from minivlm.nn.config import divisible, in_vocab, one_of
+from minivlm.nn.relpos import num_relative_positions, relative_position_index
 from minivlm.nn.vit import ViTSizes
 from minivlm.objectives import mask_tokens, same_pair_mask, sample_hard_negatives
 from minivlm.utils import raise_first
 
 Tensor = torch.Tensor
 
-__all__ = ["EXPERTS", "VISION", "LANGUAGE", "VL", "STAGES", "VLMo", "VLMoConfig", "VLMoOutput",
-           "itc_loss", "stage_plan"]  # fmt: skip
+__all__ = ["EXPERTS", "VISION", "LANGUAGE", "VL", "STAGES", "MultiwayPositionBias", "VLMo",
+           "VLMoConfig", "VLMoOutput", "itc_loss", "stage_plan"]  # fmt: skip
 
 VISION, LANGUAGE, VL = 0, 1, 2  # expert ids: V-FFN, L-FFN, VL-FFN (also the modality types)
 EXPERTS = ("V-FFN", "L-FFN", "VL-FFN")
@@ -62,7 +70,8 @@ class VLMoConfig(ViTSizes):
     ITC projection size; ``visual_vocab_size``: the visual tokens of masked image modelling
     (BEiT's 8,192; 0 = no MIM head);
     ``mask_token_id`` / ``special_token_ids``: the tokenizer's [MASK] and the ids MLM never
-    masks (BERT's by default); ``mlm_prob``: masked fraction of words in pair pre-training.
+    masks (BERT's by default); ``mlm_prob``: masked fraction of words in pair pre-training;
+    ``position``: ``"absolute"`` or ``"relative"`` (see the module docstring).
 
     Parameter count of ``vlmo_base`` (the paper quotes 175M for VLMo-Base; it gives no
     breakdown, so the count is derived from the sizes above): a layer has shared attention
@@ -72,7 +81,9 @@ class VLMoConfig(ViTSizes):
     + LayerNorm (23,473,152), patch conv 3·16²·768 + 768, CLS, 197 positions, [M], 2 modality
     rows (744,960), final LayerNorm (1,536): **175,428,096**. The pre-training heads add
     8,694,077 (ITC projections 2·768², temperature, ITM pooler and classifier, MLM transform
-    (decoder tied to the words) and the 8,192-way MIM classifier): 184,122,173 in all.
+    (decoder tied to the words) and the 8,192-way MIM classifier): 184,122,173 in all. With
+    ``position="relative"`` the 197 + 40 position rows (182,016) give way to 12 layers x 12 heads
+    x (27² + 3 image + 2·40 text + 2 cross = 814 rows) = 117,216: 175,363,296 without heads.
     """
 
     vocab_size: int = 30522
@@ -86,6 +97,7 @@ class VLMoConfig(ViTSizes):
     mask_token_id: int = 103
     special_token_ids: tuple[int, ...] = (0, 100, 101, 102, 103)
     mlm_prob: float = 0.15
+    position: str = "absolute"
 
     def __post_init__(self) -> None:
         checks = [
@@ -94,6 +106,10 @@ class VLMoConfig(ViTSizes):
              f"vl_layers must be in 0..depth={self.depth}, got {self.vl_layers}"),
             divisible(self, "image_size", "patch_size"),
             in_vocab(self, "mask_token_id", self.vocab_size),
+            one_of(self, "position", ("absolute", "relative")),
+            (self.position == "absolute" or self.max_text_len >= 2,
+             f"position='relative' needs max_text_len >= 2 (CLS + a word), got "
+             f"{self.max_text_len}"),
         ]  # fmt: skip
         raise_first("VLMoConfig: ", checks)
 
@@ -140,17 +156,18 @@ def stage_plan(names: list[str], stage: str) -> dict[str, bool]:
     """Which parameters train in each stage of VLMo's pre-training (§2.3), by name:
 
     * ``"image"``: image embeddings, the shared attention (with its LayerNorm, layer scale and
-      the final LayerNorm), V-FFN, the MIM head;
-    * ``"text"``: word embeddings, L-FFN, the MLM head -- the attention and V-FFN stay frozen;
-    * ``"pair"``: everything.
+      the final LayerNorm), V-FFN, the MIM head, the image rows of a relative position bias;
+    * ``"text"``: word embeddings, L-FFN, the MLM head, the text rows of a relative position bias
+      (VLMo's code trains its bias table in the text stage) -- the attention and V-FFN stay frozen;
+    * ``"pair"``: everything (the only stage with text -> image bias scores).
 
     The modality-type table (one row per modality) trains in both unimodal stages; the ITC/ITM
     heads only with pairs. Expert e of block i is ``blocks.i.ffns.e`` and ``blocks.i.norms.e``.
     """
     if stage not in STAGES:
         raise ValueError(f"VLMo.set_stage: stage must be one of {STAGES}, got {stage!r}")
-    image = ("patch_embed", "cls_token", "pos_embed", "mask_embed", "mim_head")
-    text = ("text_embeddings", "mlm_head")
+    image = ("patch_embed", "cls_token", "pos_embed", "mask_embed", "mim_head", "rel_pos.image")
+    text = ("text_embeddings", "mlm_head", "rel_pos.text")
     out = {}
     for name in names:
         parts = name.split(".")
@@ -165,6 +182,42 @@ def stage_plan(names: list[str], stage: str) -> dict[str, bool]:
         else:
             out[name] = name.startswith(text) or expert == LANGUAGE or both
     return out
+
+
+class MultiwayPositionBias(nn.Module):
+    """Relative position bias of VLMo's released code, one score per layer and head (BEiT §2.6)::
+
+        image tokens [I_CLS; g x g patches]: BEiT's 2-D table, rows by offset (dy, dx) + 3 CLS rows
+        text tokens [T_CLS; words]          : a 1-D table, rows by word offset + 3 CLS rows
+        fused [text; image]                 : [[text table, t->i score], [i->t score, image table]]
+
+    Three parameters of shape (depth, rows, H): ``image``, ``text`` and ``cross`` (t->i, i->t),
+    so that each pre-training stage can train its own rows (:func:`stage_plan`). Zero at init.
+    """
+
+    def __init__(self, cfg: VLMoConfig) -> None:
+        super().__init__()
+        L, H, text_grid = cfg.depth, cfg.num_heads, (1, cfg.max_text_len - 1)
+        n_img, n_txt = num_relative_positions(cfg.grid_size), num_relative_positions(text_grid)
+        self.image = nn.Parameter(torch.zeros(L, n_img, H))
+        self.text = nn.Parameter(torch.zeros(L, n_txt, H))
+        self.cross = nn.Parameter(torch.zeros(L, 2, H))
+        self.register_buffer("image_index", relative_position_index(cfg.grid_size),
+                             persistent=False)  # (1+N, 1+N) rows of ``image``
+        self.register_buffer("text_index", relative_position_index(text_grid) + n_img,
+                             persistent=False)  # (T_max, T_max) rows of ``text``, after image's
+        self.t2i, self.i2t = n_img + n_txt, n_img + n_txt + 1
+
+    def index(self, T: int, N1: int) -> Tensor:
+        """Table rows (T+N1, T+N1) for T text tokens then N1 (0 or 1+N) image tokens."""
+        t, v = self.text_index[:T, :T], self.image_index[:N1, :N1]
+        top = torch.cat([t, t.new_full((T, N1), self.t2i)], dim=1)  # text queries
+        return torch.cat([top, torch.cat([v.new_full((N1, T), self.i2t), v], dim=1)])
+
+    def forward(self, T: int, N1: int) -> Tensor:
+        """(depth, H, T+N1, T+N1): the bias of every layer for [text; image]."""
+        table = torch.cat([self.image, self.text, self.cross], dim=1)  # (depth, rows, H)
+        return table[:, self.index(T, N1)].permute(0, 3, 1, 2)
 
 
 class VLMo(nn.Module):
@@ -183,7 +236,8 @@ class VLMo(nn.Module):
         # image: ViT's patch embedding, CLS, positions, and BEiT's [M] embedding for MIM
         self.patch_embed = nn.Conv2d(cfg.in_chans, D, cfg.patch_size, stride=cfg.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + cfg.num_patches, D))
+        rel = cfg.position == "relative"
+        self.pos_embed = None if rel else nn.Parameter(torch.zeros(1, 1 + cfg.num_patches, D))
         self.mask_embed = nn.Parameter(torch.zeros(1, 1, D))
         self.modality_embeddings = nn.Embedding(2, D)  # row VISION = 0, row LANGUAGE = 1
         self.blocks = nn.ModuleList(
@@ -192,6 +246,10 @@ class VLMo(nn.Module):
             for i in range(cfg.depth)
         )  # fmt: skip
         self.norm = nn.LayerNorm(D, eps=cfg.eps)
+        # relative: no absolute tables at all (VLMo's code); the bias carries every position
+        self.rel_pos = MultiwayPositionBias(cfg) if rel else None
+        if rel:
+            self.text_embeddings.position_embeddings = None
         # heads: ITC projections and temperature, ITM pooler + classifier, MLM (tied), MIM
         self.text_proj = nn.Linear(D, cfg.embed_dim, bias=False)
         self.image_proj = nn.Linear(D, cfg.embed_dim, bias=False)
@@ -202,14 +260,21 @@ class VLMo(nn.Module):
         self.mim_head = nn.Linear(D, cfg.visual_vocab_size) if cfg.visual_vocab_size else None
         init_weights(self)
         for p in (self.cls_token, self.pos_embed, self.mask_embed):
-            nn.init.trunc_normal_(p, std=0.02)
+            if p is not None:
+                nn.init.trunc_normal_(p, std=0.02)
         self.mlm_head.tie_weights(self.text_embeddings.word_embeddings)
 
     # -- embeddings ---------------------------------------------------------
 
     def embed_text(self, input_ids: Tensor) -> Tensor:
-        """(B, T) ids -> (B, T, D): LN(word + position) + type[L]."""
-        x = self.text_embeddings.embed(input_ids)  # (B, T, D)
+        """(B, T) ids -> (B, T, D): LN(word + position) + type[L] (LN(word) + type[L] with
+        relative positions)."""
+        te = self.text_embeddings
+        if self.rel_pos is None:
+            x = te.embed(input_ids)  # (B, T, D)
+        else:
+            check_len("VLMo", input_ids.shape[-1], te.config)
+            x = te.embed_drop(te.embed_norm(te.word_embeddings(input_ids)))  # (B, T, D)
         return x + self.modality_embeddings.weight[LANGUAGE]
 
     def embed_image(self, pixel_values: Tensor, bool_masked_pos: Tensor | None = None) -> Tensor:
@@ -227,7 +292,9 @@ class VLMo(nn.Module):
                 raise ValueError(f"VLMo: expected bool_masked_pos of shape {tuple(x.shape[:2])}"
                                  f" (one flag per patch), got {tuple(bool_masked_pos.shape)}")
             x = torch.where(bool_masked_pos[..., None].bool(), self.mask_embed.to(x.dtype), x)
-        x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], dim=1) + self.pos_embed
+        x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], dim=1)  # (B, 1+N, D)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed
         return x + self.modality_embeddings.weight[VISION]  # (B, 1+N, D)
 
     # -- the encoder, one routing per use ------------------------------------
@@ -243,11 +310,19 @@ class VLMo(nn.Module):
                 for i in range(self.config.depth)]  # fmt: skip
 
     def run(self, x: Tensor, routes: list[int | Tensor], mask: Tensor | None = None,
-            need_weights: bool = False) -> VLMoOutput:  # fmt: skip
-        """The blocks with one route per layer, then the final LayerNorm: (B, L, D)."""
+            need_weights: bool = False, T: int = 0) -> VLMoOutput:  # fmt: skip
+        """The blocks with one route per layer, then the final LayerNorm: (B, L, D). ``x`` holds
+        T text tokens, then image tokens (for the relative position bias); ``mask``: boolean
+        (B, 1, 1, L) or (B, L, L), True = may attend."""
         attns: list[Tensor] | None = [] if need_weights else None
-        for blk, route in zip(self.blocks, routes, strict=True):
-            x = blk(x, route, mask=mask, need_weights=need_weights)
+        masks = [mask] * len(self.blocks)
+        if self.rel_pos is not None:  # additive float masks: bias, -inf where not allowed
+            bias = self.rel_pos(T, x.shape[1] - T)  # (depth, H, L, L)
+            keep = None if mask is None else (mask if mask.dim() == 4 else mask[:, None])
+            masks = [b[None] if keep is None else b[None].masked_fill(~keep, float("-inf"))
+                     for b in bias]  # fmt: skip
+        for blk, route, m in zip(self.blocks, routes, masks, strict=True):
+            x = blk(x, route, mask=m, need_weights=need_weights)
             if attns is not None:
                 attns.append(blk.last_attn)
         routes_t = [torch.as_tensor(r).expand(x.shape[1]) if torch.as_tensor(r).dim() == 0
@@ -259,7 +334,7 @@ class VLMo(nn.Module):
         """Text-only use: every layer's L-FFN; hidden (B, T, D)."""
         mask = None if attention_mask is None else padding_mask(attention_mask)
         return self.run(self.embed_text(input_ids), [LANGUAGE] * self.config.depth, mask,
-                        need_weights)  # fmt: skip
+                        need_weights, T=input_ids.shape[1])  # fmt: skip
 
     def encode_image(self, pixel_values: Tensor, bool_masked_pos: Tensor | None = None,
                      need_weights: bool = False) -> VLMoOutput:  # fmt: skip
@@ -287,7 +362,7 @@ class VLMo(nn.Module):
             is_text = torch.arange(T + N1, device=text.device) < T  # (L,)
             mask = mask & (is_text[:, None] == is_text[None, :])  # block-diagonal
         return self.run(torch.cat([text, image], dim=1), self.routes(T, N1, mode), mask,
-                        need_weights)  # fmt: skip
+                        need_weights, T=T)  # fmt: skip
 
     # -- the two scoring modes ---------------------------------------------
 

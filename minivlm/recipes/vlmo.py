@@ -64,7 +64,11 @@ def from_vilt(vilt: nn.Module, **overrides: Any) -> VLMo:
     """A ``vlmo_tiny`` with ``vilt``'s weights: embeddings, shared attention, final norm, ITM
     pooler/head and MLM head copied; ViLT's one MLP (and its LayerNorm) copied into every
     expert (V, L and VL). The text segment embedding (always row 0 in ViLT) is folded into the
-    positions; ViLT's modality rows (text 0, image 1) are swapped into VLMo's order."""
+    positions; ViLT's modality rows (text 0, image 1) are swapped into VLMo's order. ViLT has
+    absolute position tables, so the copy has them too (``position="absolute"``)."""
+    if overrides.get("position", "absolute") != "absolute":
+        raise ValueError(f"from_vilt: ViLT's positions are absolute tables; got position="
+                         f"{overrides['position']!r} (only 'absolute' can take them)")
     c = vilt.config
     model = minivlm.create_model("vlmo_tiny", vocab_size=c.vocab_size, max_text_len=c.max_text_len,
                                  image_size=c.image_size, patch_size=c.patch_size, dim=c.dim,
@@ -302,9 +306,11 @@ def transfer(d: TransferData, seed: int, image_steps: int = 100, text_steps: int
              text: Text | None = None, **sizes: Any) -> tuple[dict[str, dict], dict[str, VLMo]]:
     """The three text-stage arms (:data:`ARMS`) after one image stage: ({arm: held-out MLM},
     {arm: model}); ``"image stage MIM"`` records the image stage's final loss. The model is
-    ``vlmo_tiny`` with ``sizes`` (default :data:`TRANSFER_SIZE`)."""
+    ``vlmo_tiny`` with :data:`TRANSFER_SIZE` updated by ``sizes`` (e.g. ``position="relative"``:
+    the relative position bias trains with the attention in the image stage, its text rows in
+    the text stage, see :func:`minivlm.models.vlmo.stage_plan`)."""
     text = text or Text()
-    sizes = {"vocab_size": text.tok.vocab_size, **(sizes or TRANSFER_SIZE)}
+    sizes = {"vocab_size": text.tok.vocab_size, **TRANSFER_SIZE, **sizes}
     minivlm.seed_everything(seed)
     imaged = minivlm.create_model("vlmo_tiny", **sizes)
     mim = image_stage(imaged, d.images, d.tokens, image_steps, seed)
@@ -344,26 +350,33 @@ def parameter_counts(name: str) -> dict[str, int]:
 
 
 def run(seed: int, pair_steps: int = 40, image_steps: int = 100, text_steps: int = 250,
-        n_train: int = 3000, keep_models: bool = False) -> dict[str, Any]:  # fmt: skip
+        n_train: int = 3000, keep_models: bool = False, position: str = "absolute",
+        n_test: int = 400, n_rank: int = 256, n_images: int = 1500,
+        tokenizer_steps: int = 60) -> dict[str, Any]:  # fmt: skip
     """Both experiments for one seed: {"binding": {"vilt (zoo)"|"vlmo": {mode: {kind: acc}}}
     (before / after the pair stage), "dual_r1_of_100", "timing": seconds, "transfer": {arm:
-    {acc, loss}}, "cpu_seconds"} (+ "models")."""
+    {acc, loss}}, "cpu_seconds"} (+ "models"). ``position`` is the transfer model's (the
+    ViLT-seeded model keeps ViLT's absolute tables); ``n_test`` held-out binding scenes (the
+    first ``n_rank`` are ranked for the timing, the first 100 for R@1), ``n_images`` image-stage
+    scenes (a fifth as many held out for the text score), ``tokenizer_steps`` of the VQ."""
     from minivlm import zoo
 
     text = Text()
     t0 = time.process_time()
     world = ShapesWorld(min_objects=2, max_objects=2)
-    train_d, test_d = world.generate(n_train, seed=seed), world.generate(400, seed=1000 + seed)
+    train_d, test_d = world.generate(n_train, seed=seed), world.generate(n_test, seed=1000 + seed)
     vilt = zoo.load("shapes_vilt", frozen=True)
     minivlm.seed_everything(seed)
     model = from_vilt(vilt)
     start = binding_by_mode(model, test_d, text)
     losses = train_pairs(model, train_d, pair_steps, seed, text=text)
     binding = {"vilt (zoo)": start, "vlmo": binding_by_mode(model, test_d, text)}
-    r1 = dual_retrieval(model, test_d, text=text)
-    timing = ranking_seconds(model, test_d.pixel_values()[:256], test_d.caption(0), text)
-    tr, tmodels = transfer(transfer_data(seed, text=text), seed, image_steps, text_steps, text)
-    out = {"seed": seed, "pair_steps": pair_steps, "pair_loss": float(np.mean(losses[-10:])),
+    r1 = dual_retrieval(model, test_d, n=min(100, n_test), text=text)
+    timing = ranking_seconds(model, test_d.pixel_values()[:n_rank], test_d.caption(0), text)
+    data = transfer_data(seed, n_images, n_images // 5, tokenizer_steps, text)
+    tr, tmodels = transfer(data, seed, image_steps, text_steps, text, position=position)
+    out = {"seed": seed, "position": position, "pair_steps": pair_steps,
+           "pair_loss": float(np.mean(losses[-10:])),
            "binding": binding, "dual_r1_of_100": r1, "timing": timing, "transfer": tr,
            "cpu_seconds": round(time.process_time() - t0, 1)}  # fmt: skip
     if keep_models:
