@@ -247,6 +247,7 @@ def test_tau_sweep_broken_fails(variant, words):
         assert w in r.message, f"{w!r} not in:\n{r.message}"
 
 
+@pytest.mark.usefixtures("reuse_references")
 def test_tau_sweep_untouched_is_not_attempted():
     assert_untouched_is_not_attempted("tau_sweep", "taus, seed", SEED)
 
