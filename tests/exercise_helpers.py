@@ -25,10 +25,14 @@ def defined_functions(nb: nbformat.NotebookNode) -> dict:
 
 
 def assert_source_passes_student_fails(source: Path, exercise: str, n_checks: int,
-                                       timeout: float = 5.0) -> str:
+                                       timeout: float = 5.0, seed: int | None = None) -> str:
     """Check the source notebook's functions pass and the student's are "not attempted";
     returns the student notebook's code for file-specific assertions. ``timeout``: per check
-    (the checks that train a model need more than the default 5 s on a busy machine)."""
+    (the checks that train a model need more than the default 5 s on a busy machine).
+    ``seed``: the checks' seed for both notebooks (None: a random one per call). A test file
+    whose checks train a model passes its ``SEED``: the reference answers, cached per (check,
+    seed) (``reuse_references``, the checks' own caches), are then trained once for the file
+    rather than once per call."""
     src = read_source(source)
     student, _ = make_student(src, source_name=source.name, exercise=exercise)
     src_ns, stu_ns = defined_functions(src), defined_functions(student)
@@ -37,9 +41,9 @@ def assert_source_passes_student_fails(source: Path, exercise: str, n_checks: in
     sources = "\n".join(c.source for c in src.cells if c.cell_type == "code")
     for chk in checks:
         assert f'check("{chk.name}", {chk.function}' in sources  # the notebook checks it
-        good = check(chk.name, src_ns[chk.function], timeout=timeout)
+        good = check(chk.name, src_ns[chk.function], timeout=timeout, seed=seed)
         assert good.passed, str(good)
-        todo = check(chk.name, stu_ns[chk.function], timeout=timeout)
+        todo = check(chk.name, stu_ns[chk.function], timeout=timeout, seed=seed)
         assert todo.status == "not attempted" and todo.points == 0, str(todo)
     stu_code = "\n".join(c.source for c in student.cells if c.cell_type == "code")
     assert "BEGIN SOLUTION" not in stu_code

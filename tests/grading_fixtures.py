@@ -113,8 +113,12 @@ def submissions() -> dict[str, str | bytes]:
         "import_error.ipynb": text(import_error),
         "loop_in_function.ipynb": text(with_body(good, "attention",
                                                  ["while True:  # runaway", "    pass"])),
+        # the function's loop spins a core (in the demo cell that calls it, and in the check);
+        # the top-level one blocks, as a cell waiting on input or a lock does: the limits are
+        # wall-clock time either way, and a second spinning loop cost ~25 s of a core
         "loop_top_level.ipynb": text(insert_cell(good, "check-causal",
-                                                 "while True:  # runaway\n    pass",
+                                                 "import time\n\n"
+                                                 "while True:  # runaway\n    time.sleep(0.05)",
                                                  "runaway")),
         "fake_check.ipynb": text(cheat),
         "not_json.ipynb": b'{"cells": [ this is not JSON',

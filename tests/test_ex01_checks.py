@@ -247,13 +247,15 @@ def test_tau_sweep_broken_fails(variant, words):
         assert w in r.message, f"{w!r} not in:\n{r.message}"
 
 
+@pytest.mark.usefixtures("reuse_references")
 def test_tau_sweep_untouched_is_not_attempted():
     assert_untouched_is_not_attempted("tau_sweep", "taus, seed", SEED)
 
 
 # ----------------------------------------------------------------------------- the notebooks
+@pytest.mark.usefixtures("reuse_references")  # the sweep's reference: once, shared with above
 def test_source_passes_all_checks_and_student_fails_them_cleanly():
-    stu_code = assert_source_passes_student_fails(SOURCE, EXERCISE, 4)
+    stu_code = assert_source_passes_student_fails(SOURCE, EXERCISE, 4, seed=SEED)
     assert "BEGIN SOLUTION" not in stu_code and "logit_scale.exp()" not in stu_code
     assert "def clip_loss(image_embeds" in stu_code and "symmetric contrastive loss" in stu_code
     assert "clip_loss_by_hand" not in stu_code  # the solution-tagged cell is dropped

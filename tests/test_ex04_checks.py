@@ -307,7 +307,7 @@ def test_exercise_04_registers_its_checks():
 # ----------------------------------------------------------------------------- the notebooks
 @pytest.mark.usefixtures("reuse_references")  # the training reference runs once per process
 def test_source_passes_all_checks_and_student_fails_them_cleanly():
-    stu_code = assert_source_passes_student_fails(SOURCE, EXERCISE, 5, timeout=60)
+    stu_code = assert_source_passes_student_fails(SOURCE, EXERCISE, 5, timeout=60, seed=SEED)
     assert "BEGIN SOLUTION" not in stu_code
     for solution in ("is_query[:, None]", ".tril()", "amax(dim=-1)", "F.normalize(query_embeds"):
         assert solution not in stu_code, solution
@@ -326,45 +326,24 @@ def test_committed_student_notebook_is_up_to_date():
 # ----------------------------------------------------------------------------- part 5: training
 # (needs the zoo's shapes_clip: `minivlm zoo build`, which `make test` runs first)
 def make_train(kind):
-    """Exercise 04's training loop with one deliberate mistake (the library's masks and score)."""
+    """Exercise 04's training loop (the recipe's reference, the library's masks and score) with
+    one deliberate mistake, swapped in through the reference's hooks."""
     from minivlm.recipes import qformer_stage1 as stage1
 
-    def train_stage1(seed):
-        run = stage1.Stage1Run()
-        data = stage1.pairs(seed, run)
-        model = stage1.new_blip2(seed, run)
-        ids_all, img_all = data["input_ids"], data["image_embeds"]
-        T, Q = ids_all.shape[1], run.num_query
+    def leaky_masks(seed):  # the text sees the whole caption, the future included
+        Q, T = stage1.Stage1Run().num_query, stage1.pairs(seed)["input_ids"].shape[1]
         masks = qformer_masks(Q, T)
-        itg = masks["itg"].clone()
-        if kind == "leaky_itg_mask":  # the text sees the whole caption, the future included
-            itg[Q:, Q:] = True
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=run.lr)
-        for step, idx in enumerate(stage1.batches(seed, len(ids_all), run)):
-            for group in opt.param_groups:
-                group["lr"] = run.lr * min(1.0, (step + 1) / run.warmup)
-            ids, img = ids_all[idx], img_all[idx]
-            queries = model._queries(len(idx))
-            out = model.qformer(queries, ids, None, img, mask=masks["itc"])
-            sim = itc_similarity(F.normalize(model.vision_proj(out.query_output), dim=-1),
-                                 F.normalize(model.text_proj(out.text_output[:, 0]), dim=-1))
-            if kind != "no_temperature":
-                sim = sim / model.temp
-            target = torch.arange(len(idx))
-            loss_itc = (F.cross_entropy(sim, target) + F.cross_entropy(sim.T, target)) / 2
-            dec = ids.clone()
-            dec[:, 0] = data["dec_token_id"]
-            out = model.qformer(queries, dec, None, img, mask=itg)
-            logits = model.itg_head(out.text_output)
-            loss_itg = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
-            loss = loss_itc - loss_itg if kind == "itg_sign_flipped" else loss_itc + loss_itg
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            model.clamp_temp_()
-        return stage1.evaluate(model, data)
+        masks["itg"][Q:, Q:] = True
+        return masks
+
+    mistakes = {
+        "leaky_itg_mask": lambda seed: {"masks": leaky_masks(seed)},
+        "no_temperature": lambda seed: {"itc_logits": lambda sim, temp: sim},
+        "itg_sign_flipped": lambda seed: {"total_loss": lambda itc, itg: itc - itg},
+    }
+
+    def train_stage1(seed):
+        return stage1.reference_train_stage1(seed, **mistakes[kind](seed))
 
     return train_stage1
 

@@ -60,8 +60,9 @@ def graded(tmp_path_factory) -> dict:
     rows = grade([subs], root / "gradebook.csv", timeout=60, check_timeout=5, jobs=3,
                  log=None, sandbox="bwrap" if BWRAP else "none")
     t1 = time.monotonic()
-    # limits short enough to be hit, long enough for the imports on a busy machine (each
-    # runaway loop spins a core until its limit, in the nbclient kernel and in the worker)
+    # limits short enough to be hit, long enough for the imports on a busy machine (the
+    # function's runaway loop spins a core until its limit, in the nbclient kernel and in the
+    # worker; the top-level one sleeps in its loop until its limits)
     code = cli_main(["grade", str(loops), "--out", str(root / "runaway.csv"), "--timeout", "15",
                      "--cell-timeout", "10", "--check-timeout", "3", "--jobs", "2",
                      "--exercise", "00_patchify_attention"])

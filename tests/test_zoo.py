@@ -29,6 +29,15 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, nn.
     return root, models
 
 
+@pytest.fixture
+def no_eval(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rebuilds in this process skip the held-out evaluation (most of a 3-step build's time):
+    these tests compare weights, hashes and cache states, which the evaluation never touches
+    (it runs after training, under no_grad, and only its JSON metrics differ). The ``built``
+    fixture keeps the full evaluation of every component."""
+    monkeypatch.setattr(zoo, "_evaluate", lambda *args, **kwargs: {})
+
+
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -87,7 +96,7 @@ def test_build_writes_files_and_load_returns_the_same_weights(built, monkeypatch
     torch.testing.assert_close(vit(x), clip.image_encoder(x), rtol=0, atol=0)
 
 
-def test_same_seed_same_bits_other_seed_differs(built, tmp_path) -> None:
+def test_same_seed_same_bits_other_seed_differs(built, no_eval, tmp_path) -> None:
     root, models = built
     again = zoo.build("shapes_lm", tmp_path, steps=STEPS, verbose=False)
     assert _equal(_state(again), _state(models["shapes_lm"]))
@@ -104,7 +113,7 @@ def _copy_cache(src: Path, dst: Path, name: str) -> tuple[Path, Path]:
     return zoo.paths(name, dst, steps=STEPS)
 
 
-def test_corrupted_file_is_reported_and_rebuilt(built, tmp_path) -> None:
+def test_corrupted_file_is_reported_and_rebuilt(built, no_eval, tmp_path) -> None:
     root, models = built
     weights, desc = _copy_cache(root, tmp_path, "shapes_lm")
     data = weights.read_bytes()
@@ -138,7 +147,7 @@ def test_missing_description_and_other_recipe_are_rejected(built, tmp_path) -> N
         zoo.verify("shapes_lm", tmp_path, steps=STEPS)
 
 
-def test_wrong_shapes_are_never_loaded(built, tmp_path) -> None:
+def test_wrong_shapes_are_never_loaded(built, no_eval, tmp_path) -> None:
     """Even a file whose hash and recipe check out must fit the model tensor by tensor."""
     root, _ = built
     weights, desc = _copy_cache(root, tmp_path, "shapes_lm")
@@ -187,7 +196,7 @@ def test_frozen_parameters_get_no_gradient_and_do_not_change(built) -> None:
     assert not any(p.requires_grad for p in lm.parameters())
 
 
-def test_cli_list_and_build(built, tmp_path, capsys) -> None:
+def test_cli_list_and_build(built, no_eval, tmp_path, capsys) -> None:
     root, models = built
     assert main(["zoo", "list", "--cache-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -211,7 +220,7 @@ def test_cli_parallel_build_gives_the_serial_bits(built, tmp_path, capsys) -> No
     # --jobs builds components in separate processes; the weights must be the same bits as the
     # serial build of the fixture (each build is single-threaded and seeded by itself)
     root, models = built
-    names = ["shapes_clip", "shapes_lm"]
+    names = ["shapes_clip_cnn", "shapes_lm"]  # the two cheapest builds (spawned: full evaluation)
     args = ["zoo", "build", "--cache-dir", str(tmp_path), "--steps", str(STEPS), "--jobs", "2"]
     assert main([*args, *(a for n in names for a in ("--name", n))]) == 0
     out = capsys.readouterr().out

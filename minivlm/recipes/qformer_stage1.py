@@ -24,6 +24,7 @@ them.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +35,8 @@ from minivlm.data import ShapesWorld, shapes_tokenizer
 from minivlm.models.blip2 import Blip2, Blip2Config, itc_similarity
 from minivlm.nn.qformer import QFormerConfig, qformer_masks
 from minivlm.recipes import clip_tau
+
+Tensor = torch.Tensor
 
 TEST_SEED = 30_000  # held-out scenes: world seed TEST_SEED + seed
 COLOUR = 3  # [CLS] a <size> <colour> <shape> [EOS]: the colour word's position
@@ -138,11 +141,17 @@ def evaluate(model: Blip2, data: dict) -> torch.Tensor:
 
 
 def reference_train_stage1(seed: int, masks: dict | None = None, itc_score=None,
-                           itg_losses: list | None = None) -> torch.Tensor:
+                           itg_losses: list | None = None, *,
+                           itc_logits: Callable[[Tensor, Tensor], Tensor] | None = None,
+                           total_loss: Callable[[Tensor, Tensor], Tensor] | None = None,
+                           ) -> Tensor:
     """Exercise 04's training run, the reference: ITC + ITG for ``Stage1Run().steps`` steps
     (AdamW, ``run.lr``) on ``pairs(seed)``; returns :func:`evaluate`'s two numbers.
     ``masks`` / ``itc_score`` default to the library's ``qformer_masks`` / ``itc_similarity``;
-    ``itg_losses``, when given, receives each step's training ITG loss."""
+    ``itg_losses``, when given, receives each step's training ITG loss. The step's two other
+    choices are hooks too, so that a variant (the tests' deliberately wrong loops) is this loop
+    with one part swapped: ``itc_logits(sim, temp)`` (default ``sim / temp``) and
+    ``total_loss(loss_itc, loss_itg)`` (default ``loss_itc + loss_itg``)."""
     run = Stage1Run()
     data = pairs(seed, run)
     model = new_blip2(seed, run)
@@ -161,7 +170,8 @@ def reference_train_stage1(seed: int, masks: dict | None = None, itc_score=None,
         # ITC: queries and text apart; the best query per pair, over a learned temperature
         out = model.qformer(model._queries(b), ids, None, img, mask=mk["itc"])
         sim = score(model.vision_proj(out.query_output),
-                    model.text_proj(out.text_output[:, 0])) / model.temp  # (b, b)
+                    model.text_proj(out.text_output[:, 0]))  # (b, b) cosines
+        sim = sim / model.temp if itc_logits is None else itc_logits(sim, model.temp)
         target = torch.arange(b)
         loss_itc = (F.cross_entropy(sim, target) + F.cross_entropy(sim.T, target)) / 2
         # ITG: [DEC] replaces [CLS]; position t predicts token t+1 under the causal mask
@@ -170,7 +180,7 @@ def reference_train_stage1(seed: int, masks: dict | None = None, itc_score=None,
         out = model.qformer(model._queries(b), dec, None, img, mask=mk["itg"])
         logits = model.itg_head(out.text_output)  # (b, T, V)
         loss_itg = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
-        loss = loss_itc + loss_itg
+        loss = loss_itc + loss_itg if total_loss is None else total_loss(loss_itc, loss_itg)
         if itg_losses is not None:
             itg_losses.append(float(loss_itg.detach()))
         opt.zero_grad()
