@@ -18,8 +18,9 @@ Per seed it runs :mod:`minivlm.recipes.qwen_vl`:
                           0 or half of each batch text-only              before / after
 
 The "const" arms are the recipe's first version (constant 3e-3), kept to show why it was
-replaced: with it seed 2 never learned the position task, and seeds 3-4 read the small shape's
-colour at 0.36-0.52. Regenerate (seeds 0-4; about 6 minutes of CPU time, single-threaded)::
+replaced: with it seed 2 never learned the position task, and three small-shape runs (windowed
+seeds 3 and 4, full seed 4) read the colour at only 0.36-0.52. Regenerate (seeds 0-4; about
+6 minutes of CPU time, single-threaded)::
 
   python experiments/qwen_vl.py --out experiments/results/qwen_vl.json
 
