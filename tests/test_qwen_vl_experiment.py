@@ -30,7 +30,8 @@ def test_runs_writes_results_and_refuses_overwrite(experiment, tmp_path):
     res = json.loads(out.read_text())
     assert res["complete"] and len(res["seeds"]) == 1
     s = res["seeds"][0]
-    assert set(s["windowed"]["accuracy"]) == {"16", "32", "64"}
+    for arm in ("windowed", "full", "windowed const", "full const"):
+        assert set(s[arm]["accuracy"]) == {"16", "32", "64"} and s[arm]["final_loss"] > 0
     assert set(s["mrope"]["left"]) == {"3x3", "4x4", "2x6", "6x2", "3x6", "6x6"}
     for arm in ("mrope", "1d", "mrope const", "1d const"):  # scheduled and constant-lr runs
         assert set(s[arm]) == {"left", "top", "final_loss"} and s[arm]["final_loss"] > 0

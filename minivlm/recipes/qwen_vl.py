@@ -131,9 +131,13 @@ def small_object_model(window: bool, seed: int = 0) -> Qwen2VL:
 
 
 def train_small_object(model: Qwen2VL, steps: int = 100, batch_size: int = 24, lr: float = 3e-3,
-                       seed: int = 0, bank: int = 600) -> list[float]:
+                       seed: int = 0, bank: int = 600, warmup: int | None = 15) -> list[float]:
     """"what color is the shape?"; each image of a batch at a resolution drawn from RESOLUTIONS
-    (images of several sizes in one batch, packed without padding)."""
+    (images of several sizes in one batch, packed without padding). The learning rate warms up
+    over ``warmup`` steps and decays to 0 by ``steps`` (``warmup=None``: constant). At a
+    constant 3e-3 (80 steps) three of ten runs over seeds 0-4 (windowed 3 and 4, full 4) end at
+    a loss of 1.1-1.3 and 0.36-0.52 accuracy; with the schedule every run reaches 0.73 or more
+    at every resolution (experiments/qwen_vl.py)."""
     px, y = small_object_data(bank, seed=100 + seed)
     views = {s: at_resolution(px, s) for s in RESOLUTIONS}
     rng = np.random.default_rng(seed)
@@ -145,7 +149,7 @@ def train_small_object(model: Qwen2VL, steps: int = 100, batch_size: int = 24, l
         ids = [prompt_ids(_n_tokens(im, model.config), q) for im in imgs]
         return collate(imgs, ids, model.config), COLOR_IDS, y[idx]
 
-    return _fit(model, make, steps, lr, seed)
+    return _fit(model, make, steps, lr, seed, warmup)
 
 
 @torch.no_grad()
