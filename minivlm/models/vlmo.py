@@ -47,7 +47,7 @@ from minivlm.nn.attention import padding_mask
 from minivlm.nn.bert import BertEncoder, BertMLMHead, TextConfig, check_len, init_weights
 from minivlm.nn.blocks import MultiwayBlock
 from minivlm.nn.config import divisible, in_vocab, one_of
-from minivlm.nn.relpos import num_relative_positions, relative_position_index
+from minivlm.nn.relpos import MultiwayPositionBias
 from minivlm.nn.vit import ViTSizes
 from minivlm.objectives import mask_tokens, same_pair_mask, sample_hard_negatives
 from minivlm.utils import raise_first
@@ -182,42 +182,6 @@ def stage_plan(names: list[str], stage: str) -> dict[str, bool]:
         else:
             out[name] = name.startswith(text) or expert == LANGUAGE or both
     return out
-
-
-class MultiwayPositionBias(nn.Module):
-    """Relative position bias of VLMo's released code, one score per layer and head (BEiT §2.6)::
-
-        image tokens [I_CLS; g x g patches]: BEiT's 2-D table, rows by offset (dy, dx) + 3 CLS rows
-        text tokens [T_CLS; words]          : a 1-D table, rows by word offset + 3 CLS rows
-        fused [text; image]                 : [[text table, t->i score], [i->t score, image table]]
-
-    Three parameters of shape (depth, rows, H): ``image``, ``text`` and ``cross`` (t->i, i->t),
-    so that each pre-training stage can train its own rows (:func:`stage_plan`). Zero at init.
-    """
-
-    def __init__(self, cfg: VLMoConfig) -> None:
-        super().__init__()
-        L, H, text_grid = cfg.depth, cfg.num_heads, (1, cfg.max_text_len - 1)
-        n_img, n_txt = num_relative_positions(cfg.grid_size), num_relative_positions(text_grid)
-        self.image = nn.Parameter(torch.zeros(L, n_img, H))
-        self.text = nn.Parameter(torch.zeros(L, n_txt, H))
-        self.cross = nn.Parameter(torch.zeros(L, 2, H))
-        self.register_buffer("image_index", relative_position_index(cfg.grid_size),
-                             persistent=False)  # (1+N, 1+N) rows of ``image``
-        self.register_buffer("text_index", relative_position_index(text_grid) + n_img,
-                             persistent=False)  # (T_max, T_max) rows of ``text``, after image's
-        self.t2i, self.i2t = n_img + n_txt, n_img + n_txt + 1
-
-    def index(self, T: int, N1: int) -> Tensor:
-        """Table rows (T+N1, T+N1) for T text tokens then N1 (0 or 1+N) image tokens."""
-        t, v = self.text_index[:T, :T], self.image_index[:N1, :N1]
-        top = torch.cat([t, t.new_full((T, N1), self.t2i)], dim=1)  # text queries
-        return torch.cat([top, torch.cat([v.new_full((N1, T), self.i2t), v], dim=1)])
-
-    def forward(self, T: int, N1: int) -> Tensor:
-        """(depth, H, T+N1, T+N1): the bias of every layer for [text; image]."""
-        table = torch.cat([self.image, self.text, self.cross], dim=1)  # (depth, rows, H)
-        return table[:, self.index(T, N1)].permute(0, 3, 1, 2)
 
 
 class VLMo(nn.Module):
