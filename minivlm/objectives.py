@@ -20,6 +20,7 @@ function                      what it does                                      
 ``ema_update_``               momentum (EMA) copy of the weights                      ALBEF
 ``enqueue_``                  ring-buffer queue of momentum features                  ALBEF
 ``MomentumQueues``            momentum model + queues + ITC targets (a module mixin)  ALBEF
+``ClampedTemperature``        learnable ITC τ, clamped one way (a module mixin)       ALBEF, BLIP-2
 ``wasserstein_distance``      OT distance of words to patches (``ipot``)              ViLT
 ``wpa_loss``                  word-patch alignment: matches close, others far         ViLT
 ============================  ======================================================  =============
@@ -40,6 +41,7 @@ import torch.nn.functional as F
 Tensor = torch.Tensor
 
 __all__ = [
+    "ClampedTemperature",
     "MomentumQueues",
     "concat_all_gather",
     "corrupt_chosen",
@@ -425,6 +427,30 @@ def enqueue_(queue: Tensor, ptr: Tensor, feats: Tensor) -> None:
     cols = (start + torch.arange(feats.shape[0], device=queue.device)) % K  # (min(B, K),)
     queue[:, cols] = feats.t().to(queue.dtype)
     ptr.fill_((int(ptr) + B) % K)
+
+
+class ClampedTemperature:
+    """A learnable ITC temperature ``temp`` kept in [``config.temp_min``, ``config.temp_max``],
+    clamped one way (ALBEF's and BLIP-2's code): in place at the start of every training step,
+    and the τ a forward uses is the clamped value. Mixed into an ``nn.Module``."""
+
+    @torch.no_grad()
+    def clamp_temp_(self) -> None:
+        """Clamp τ in place to [temp_min, temp_max] (the papers' code does it every step)."""
+        self.temp.clamp_(self.config.temp_min, self.config.temp_max)  # type: ignore[attr-defined]
+
+    @property
+    def temperature(self) -> float:
+        """τ after the clamp."""
+        cfg = self.config  # type: ignore[attr-defined]
+        return float(self.temp.detach().clamp(cfg.temp_min, cfg.temp_max))  # type: ignore[attr-defined]
+
+    def step_temperature(self) -> Tensor:
+        """The τ of this forward: clamped in place first in training mode, then read clamped."""
+        if self.training:  # type: ignore[attr-defined]
+            self.clamp_temp_()
+        cfg = self.config  # type: ignore[attr-defined]
+        return self.temp.clamp(cfg.temp_min, cfg.temp_max)  # type: ignore[attr-defined]
 
 
 class MomentumQueues:

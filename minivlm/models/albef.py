@@ -39,6 +39,7 @@ from minivlm.nn.bert import BertEncoder, BertMLMHead, TextConfig, TextOutput
 from minivlm.nn.config import as_part, in_vocab
 from minivlm.nn.vit import ViT, ViTConfig
 from minivlm.objectives import (
+    ClampedTemperature,
     MomentumQueues,
     mask_tokens,
     mlm_distill_loss,
@@ -185,7 +186,7 @@ class ALBEFOutput:
 MOMENTUM_MODULES = ("image_encoder", "vision_proj", "text_encoder", "text_proj", "mlm_head")
 
 
-class ALBEF(MomentumQueues, nn.Module):
+class ALBEF(MomentumQueues, ClampedTemperature, nn.Module):
     """ALBEF (§3): align (ITC with a momentum queue) before fusing (ITM + MLM).
 
     Modules: ``image_encoder`` (ViT), ``text_encoder`` (BERT: layers < ``fusion_from`` text-only,
@@ -195,7 +196,8 @@ class ALBEF(MomentumQueues, nn.Module):
     mode, updated by EMA); buffers ``image_queue``/``text_queue`` (E, K), ``queue_ptr``,
     ``num_steps`` (training steps seen, for the α ramp). The momentum model's methods
     (``momentum_update``, ``momentum_pairs``, ``dequeue_and_enqueue``, ``itc_targets``, ...)
-    come from :class:`~minivlm.objectives.MomentumQueues`.
+    come from :class:`~minivlm.objectives.MomentumQueues`, the clamped τ (``clamp_temp_``,
+    ``temperature``) from :class:`~minivlm.objectives.ClampedTemperature`.
     """
 
     momentum_names = MOMENTUM_MODULES
@@ -219,17 +221,7 @@ class ALBEF(MomentumQueues, nn.Module):
         self.init_momentum(E, cfg.queue_size)
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
 
-    # -- temperature, α (momentum model and queues: :class:`MomentumQueues`) -----------------
-
-    @torch.no_grad()
-    def clamp_temp_(self) -> None:
-        """Clamp τ in place to [temp_min, temp_max] (the paper does it in every forward)."""
-        self.temp.clamp_(self.config.temp_min, self.config.temp_max)
-
-    @property
-    def temperature(self) -> float:
-        """τ after the clamp."""
-        return float(self.temp.detach().clamp(self.config.temp_min, self.config.temp_max))
+    # -- α (τ: :class:`ClampedTemperature`; momentum model and queues: :class:`MomentumQueues`)
 
     def current_alpha(self) -> float:
         """Scheduled α: ``alpha · min(1, num_steps / alpha_warmup_steps)`` (0 without distill)."""
@@ -339,9 +331,7 @@ class ALBEF(MomentumQueues, nn.Module):
         cfg = self.config
         alpha = (self.current_alpha() if alpha is None else float(alpha)) if cfg.distill else 0.0
         mask = _mask(input_ids, attention_mask)  # (B, T)
-        if self.training:
-            self.clamp_temp_()
-        temp = self.temp.clamp(cfg.temp_min, cfg.temp_max)
+        temp = self.step_temperature()  # clamped in place first when training
         # unimodal encoders: online, then the momentum model after its EMA step
         image_embeds = self.image_encoder(pixel_values)  # (B, 1+N, Dv)
         text_embeds = self.text_embeds(self.text_encoder, input_ids, mask)  # (B, T, Dt)
