@@ -14,6 +14,8 @@ function                      what it does                                      
 ``make_pretraining_batch``    ITM + MLM rows stacked for one forward pass             ViLT
 ``sample_hard_negatives``     ITM negatives drawn ∝ exp(similarity)                   ALBEF, BLIP-2
 ``same_pair_mask``            pairs that would be false negatives                     ALBEF, BLIP-2
+``hard_negative_rows``        [positives; hard-negative texts; hard-negative images]  ALBEF, BLIP-2
+``masked_cross_entropy``      cross-entropy over labels != -100, 0 when none          ViLT, VLMo
 ``soft_cross_entropy``        cross-entropy against soft targets                      ALBEF
 ``distill_targets``           α·softmax(momentum sims) + (1 − α)·one-hot              ALBEF
 ``mlm_distill_loss``          MLM against labels and the momentum model's output      ALBEF
@@ -49,10 +51,12 @@ __all__ = [
     "distill_targets",
     "ema_update_",
     "enqueue_",
+    "hard_negative_rows",
     "ipot",
     "itm_loss_with_negatives",
     "make_pretraining_batch",
     "mask_tokens",
+    "masked_cross_entropy",
     "mlm_distill_loss",
     "same_pair_mask",
     "sample_hard_negatives",
@@ -293,6 +297,29 @@ def sample_hard_negatives(
 # ---------------------------------------------------------------------------
 # ViLT's pre-training batches (ViLT §3.2): ITM pairs and ITM + MLM in one pass
 # ---------------------------------------------------------------------------
+
+
+def hard_negative_rows(text: Tensor, mask: Tensor, image: Tensor, neg_text: Tensor,
+                       neg_image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """The 3B ITM rows of ALBEF §3.2 (and BLIP-2's): positives (I_i, T_i), then (I_i,
+    hard-negative text ``neg_text[i]``), then (hard-negative image ``neg_image[i]``, T_i).
+
+    text (B, T, ...) ids or embeddings, mask (B, T), image (B, S, D) -> text (3B, T, ...),
+    mask (3B, T), image (3B, S, D) and labels (3B,): [1]*B + [0]*2B.
+    """
+    B = len(text)
+    labels = torch.zeros(3 * B, dtype=torch.long, device=mask.device)  # (3B,)
+    labels[:B] = 1  # the positives match; the 2B hard negatives do not
+    return (torch.cat([text, text[neg_text], text]), torch.cat([mask, mask[neg_text], mask]),
+            torch.cat([image, image, image[neg_image]]), labels)  # fmt: skip
+
+
+def masked_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy over labels != -100 (logits (..., C), labels (...)); 0 with a gradient
+    path when there are none (a batch with nothing masked)."""
+    if not bool((labels != -100).any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.flatten(0, -2), labels.flatten(), ignore_index=-100)
 
 
 def itm_loss_with_negatives(

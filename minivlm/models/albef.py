@@ -41,6 +41,7 @@ from minivlm.nn.vit import ViT, ViTConfig
 from minivlm.objectives import (
     ClampedTemperature,
     MomentumQueues,
+    hard_negative_rows,
     mask_tokens,
     mlm_distill_loss,
     same_pair_mask,
@@ -374,18 +375,15 @@ class ALBEF(MomentumQueues, ClampedTemperature, nn.Module):
     def itm_loss(self, out: ALBEFOutput, image_embeds: Tensor, text_embeds: Tensor,
                  input_ids: Tensor, mask: Tensor, index: Tensor | None) -> None:  # fmt: skip
         """ITM (§3.2) on B positives and 2B hard negatives drawn from the ITC similarities."""
-        B, exclude = len(input_ids), None
+        exclude = None
         if self.config.itm_exclude_duplicates:  # (B, B) pairs that would be false negatives
             exclude = same_pair_mask(input_ids, mask, index)
         neg_t, neg_i = sample_hard_negatives(out.sim_i2t, out.sim_t2i, exclude)  # (B,), (B,)
         # rows: positives (I_i, T_i); (I_i, hard-negative text); (hard-negative image, T_i)
-        text_all = torch.cat([text_embeds, text_embeds[neg_t], text_embeds])  # (3B, T, Dt)
-        mask_all = torch.cat([mask, mask[neg_t], mask])  # (3B, T)
-        image_all = torch.cat([image_embeds, image_embeds, image_embeds[neg_i]])  # (3B, S, Dv)
+        text_all, mask_all, image_all, out.itm_labels = hard_negative_rows(
+            text_embeds, mask, image_embeds, neg_t, neg_i)  # (3B, T, Dt), (3B, T), (3B, S, Dv)
         fused = self.fuse(self.text_encoder, text_all, mask_all, image_all).last_hidden_state
-        out.itm_logits = self.itm_head(fused[:, 0])  # (3B, 2)
-        out.itm_labels = torch.zeros(3 * B, dtype=torch.long, device=fused.device)  # (3B,)
-        out.itm_labels[:B] = 1  # the positives match; the 2B hard negatives do not
+        out.itm_logits = self.itm_head(fused[:, 0])  # (3B, 2); labels [1]*B + [0]*2B
         out.loss_itm = F.cross_entropy(out.itm_logits.float(), out.itm_labels)
         out.neg_text_idx, out.neg_image_idx = neg_t, neg_i
 

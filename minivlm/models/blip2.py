@@ -42,7 +42,12 @@ from minivlm.nn.config import as_part
 from minivlm.nn.lm import IGNORE_INDEX, DecoderLM, LMConfig
 from minivlm.nn.qformer import QFormer, QFormerConfig, QFormerOutput, itc_similarity, qformer_masks
 from minivlm.nn.vit import ViT, ViTConfig
-from minivlm.objectives import ClampedTemperature, same_pair_mask, sample_hard_negatives
+from minivlm.objectives import (
+    ClampedTemperature,
+    hard_negative_rows,
+    same_pair_mask,
+    sample_hard_negatives,
+)
 from minivlm.utils import raise_first
 
 Tensor = torch.Tensor
@@ -303,13 +308,10 @@ class Blip2(ClampedTemperature, nn.Module):
         if cfg.itm_exclude_duplicates:
             exclude = same_pair_mask(input_ids, mask, index, where="Blip2.forward")  # (B, B)
         neg_t, neg_i = sample_hard_negatives(sim_i2t, sim_t2i, exclude)  # (B,), (B,)
-        ids_all = torch.cat([input_ids, input_ids[neg_t], input_ids])  # (3B, T)
-        mask_all = torch.cat([mask, mask[neg_t], mask])
-        image_all = torch.cat([image_embeds, image_embeds, image_embeds[neg_i]])  # (3B, S, Dv)
+        ids_all, mask_all, image_all, itm_labels = hard_negative_rows(
+            input_ids, mask, image_embeds, neg_t, neg_i)  # (3B, T), (3B, T), (3B, S, Dv), (3B,)
         out_itm = self.qformer(self._queries(3 * B), ids_all, mask_all, image_all, mask="itm")
         itm_logits = self.itm_head(out_itm.query_output).mean(dim=1)  # (3B, 2): mean over queries
-        itm_labels = torch.zeros(3 * B, dtype=torch.long, device=itm_logits.device)
-        itm_labels[:B] = 1
         loss_itm = F.cross_entropy(itm_logits.float(), itm_labels)
 
         # ---- ITG: text generated from the queries, causally

@@ -49,7 +49,12 @@ from minivlm.nn.blocks import MultiwayBlock
 from minivlm.nn.config import divisible, in_vocab, one_of
 from minivlm.nn.relpos import MultiwayPositionBias
 from minivlm.nn.vit import ViTSizes
-from minivlm.objectives import mask_tokens, same_pair_mask, sample_hard_negatives
+from minivlm.objectives import (
+    mask_tokens,
+    masked_cross_entropy,
+    same_pair_mask,
+    sample_hard_negatives,
+)
 from minivlm.utils import raise_first
 
 Tensor = torch.Tensor
@@ -143,13 +148,6 @@ def itc_loss(text_feat: Tensor, image_feat: Tensor, logit_scale: Tensor) -> Tens
     logits = logit_scale.exp() * F.normalize(text_feat, dim=-1) @ F.normalize(image_feat, dim=-1).T
     labels = torch.arange(len(logits), device=logits.device)  # (B,)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
-
-
-def _ce(logits: Tensor, labels: Tensor) -> Tensor:
-    """Cross-entropy over labels != -100; 0 with a gradient path when there are none."""
-    if not bool((labels != -100).any()):
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits.flatten(0, -2), labels.flatten(), ignore_index=-100)
 
 
 def stage_plan(names: list[str], stage: str) -> dict[str, bool]:
@@ -383,7 +381,7 @@ class VLMo(nn.Module):
         itm_labels = torch.cat([torch.ones(B), torch.zeros(2 * B)]).long().to(itm.device)
         mlm_logits = self.mlm_head(h[3 * B:, : ids.shape[1]])  # (B, T, vocab)
         out = VLMoOutput(loss_itc=loss_itc, loss_itm=F.cross_entropy(itm, itm_labels),
-                         loss_mlm=_ce(mlm_logits, mlm_labels), itm_logits=itm,
+                         loss_mlm=masked_cross_entropy(mlm_logits, mlm_labels), itm_logits=itm,
                          mlm_logits=mlm_logits)  # fmt: skip
         out.loss = out.loss_itc + out.loss_itm + out.loss_mlm
         return out
@@ -416,12 +414,12 @@ class VLMo(nn.Module):
         losses = []
         if input_ids is not None and mlm_labels is not None:
             out.mlm_logits = self.mlm_head(out.hidden[:, :T])  # (B, T, vocab)
-            out.loss_mlm = _ce(out.mlm_logits, mlm_labels)
+            out.loss_mlm = masked_cross_entropy(out.mlm_logits, mlm_labels)
             losses.append(out.loss_mlm)
         if pixel_values is not None and image_labels is not None:
             out.mim_logits = self.mim_head(out.hidden[:, T + 1:])  # (B, N, visual vocab)
             labels = image_labels.masked_fill(~bool_masked_pos.bool(), -100)
-            out.loss_mim = _ce(out.mim_logits, labels)
+            out.loss_mim = masked_cross_entropy(out.mim_logits, labels)
             losses.append(out.loss_mim)
         if losses:
             out.loss = sum(losses[1:], losses[0])
