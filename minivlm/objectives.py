@@ -14,11 +14,15 @@ function                      what it does                                      
 ``make_pretraining_batch``    ITM + MLM rows stacked for one forward pass             ViLT
 ``sample_hard_negatives``     ITM negatives drawn ∝ exp(similarity)                   ALBEF, BLIP-2
 ``same_pair_mask``            pairs that would be false negatives                     ALBEF, BLIP-2
+``hard_negative_rows``        [positives; hard-negative texts; hard-negative images]  ALBEF, BLIP-2
+``masked_cross_entropy``      cross-entropy over labels != -100, 0 when none          ViLT, VLMo
 ``soft_cross_entropy``        cross-entropy against soft targets                      ALBEF
 ``distill_targets``           α·softmax(momentum sims) + (1 − α)·one-hot              ALBEF
 ``mlm_distill_loss``          MLM against labels and the momentum model's output      ALBEF
 ``ema_update_``               momentum (EMA) copy of the weights                      ALBEF
 ``enqueue_``                  ring-buffer queue of momentum features                  ALBEF
+``MomentumQueues``            momentum model + queues + ITC targets (a module mixin)  ALBEF
+``ClampedTemperature``        learnable ITC τ, clamped one way (a module mixin)       ALBEF, BLIP-2
 ``wasserstein_distance``      OT distance of words to patches (``ipot``)              ViLT
 ``wpa_loss``                  word-patch alignment: matches close, others far         ViLT
 ============================  ======================================================  =============
@@ -29,6 +33,8 @@ CLIP's loss lives in :mod:`minivlm.models.clip`, ViLT's ITM/MLM/VQA losses in
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -37,16 +43,20 @@ import torch.nn.functional as F
 Tensor = torch.Tensor
 
 __all__ = [
+    "ClampedTemperature",
+    "MomentumQueues",
     "concat_all_gather",
     "corrupt_chosen",
     "cost_matrix_cosine",
     "distill_targets",
     "ema_update_",
     "enqueue_",
+    "hard_negative_rows",
     "ipot",
     "itm_loss_with_negatives",
     "make_pretraining_batch",
     "mask_tokens",
+    "masked_cross_entropy",
     "mlm_distill_loss",
     "same_pair_mask",
     "sample_hard_negatives",
@@ -289,6 +299,29 @@ def sample_hard_negatives(
 # ---------------------------------------------------------------------------
 
 
+def hard_negative_rows(text: Tensor, mask: Tensor, image: Tensor, neg_text: Tensor,
+                       neg_image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """The 3B ITM rows of ALBEF §3.2 (and BLIP-2's): positives (I_i, T_i), then (I_i,
+    hard-negative text ``neg_text[i]``), then (hard-negative image ``neg_image[i]``, T_i).
+
+    text (B, T, ...) ids or embeddings, mask (B, T), image (B, S, D) -> text (3B, T, ...),
+    mask (3B, T), image (3B, S, D) and labels (3B,): [1]*B + [0]*2B.
+    """
+    B = len(text)
+    labels = torch.zeros(3 * B, dtype=torch.long, device=mask.device)  # (3B,)
+    labels[:B] = 1  # the positives match; the 2B hard negatives do not
+    return (torch.cat([text, text[neg_text], text]), torch.cat([mask, mask[neg_text], mask]),
+            torch.cat([image, image, image[neg_image]]), labels)  # fmt: skip
+
+
+def masked_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy over labels != -100 (logits (..., C), labels (...)); 0 with a gradient
+    path when there are none (a batch with nothing masked)."""
+    if not bool((labels != -100).any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.flatten(0, -2), labels.flatten(), ignore_index=-100)
+
+
 def itm_loss_with_negatives(
     model: torch.nn.Module,
     batch: dict[str, Tensor],
@@ -421,6 +454,111 @@ def enqueue_(queue: Tensor, ptr: Tensor, feats: Tensor) -> None:
     cols = (start + torch.arange(feats.shape[0], device=queue.device)) % K  # (min(B, K),)
     queue[:, cols] = feats.t().to(queue.dtype)
     ptr.fill_((int(ptr) + B) % K)
+
+
+class ClampedTemperature:
+    """A learnable ITC temperature ``temp`` kept in [``config.temp_min``, ``config.temp_max``],
+    clamped one way (ALBEF's and BLIP-2's code): in place at the start of every training step,
+    and the τ a forward uses is the clamped value. Mixed into an ``nn.Module``."""
+
+    @torch.no_grad()
+    def clamp_temp_(self) -> None:
+        """Clamp τ in place to [temp_min, temp_max] (the papers' code does it every step)."""
+        self.temp.clamp_(self.config.temp_min, self.config.temp_max)  # type: ignore[attr-defined]
+
+    @property
+    def temperature(self) -> float:
+        """τ after the clamp."""
+        cfg = self.config  # type: ignore[attr-defined]
+        return float(self.temp.detach().clamp(cfg.temp_min, cfg.temp_max))  # type: ignore[attr-defined]
+
+    def step_temperature(self) -> Tensor:
+        """The τ of this forward: clamped in place first in training mode, then read clamped."""
+        if self.training:  # type: ignore[attr-defined]
+            self.clamp_temp_()
+        cfg = self.config  # type: ignore[attr-defined]
+        return self.temp.clamp(cfg.temp_min, cfg.temp_max)  # type: ignore[attr-defined]
+
+
+class MomentumQueues:
+    """The momentum (EMA) model and its feature queues (MoCo §3; ALBEF §3.3), mixed into an
+    ``nn.Module`` whose ``momentum_names`` modules get a deep-copied momentum twin.
+
+    Call :meth:`init_momentum` in ``__init__`` after the online modules exist: it adds
+    ``momentum`` (a ``ModuleDict`` deep copy, no gradients, always in eval mode) and the buffers
+    ``image_queue``/``text_queue`` (E, K) of random unit columns and ``queue_ptr``. The EMA
+    coefficient is ``config.momentum``.
+    """
+
+    momentum_names: tuple[str, ...] = ()
+
+    def init_momentum(self, embed_dim: int, queue_size: int) -> None:
+        """Deep-copy the online modules (one copy, so that ties inside them stay tied) and
+        register the (E, K) queues and their pointer."""
+        self.momentum = copy.deepcopy(self._online()).requires_grad_(False).eval()
+        E, K = embed_dim, queue_size
+        self.register_buffer("image_queue", F.normalize(torch.randn(E, K), dim=0))
+        self.register_buffer("text_queue", F.normalize(torch.randn(E, K), dim=0))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    def _online(self) -> torch.nn.ModuleDict:
+        return torch.nn.ModuleDict({name: getattr(self, name) for name in self.momentum_names})
+
+    def train(self, mode: bool = True) -> Any:
+        """Set the training mode; the momentum model always stays in eval mode."""
+        super().train(mode)  # type: ignore[misc]
+        self.momentum.eval()
+        return self
+
+    def momentum_modules(self) -> list[torch.nn.Module]:
+        """The momentum (EMA) copies, in the order of ``momentum_names``."""
+        return list(self.momentum.values())
+
+    def momentum_pairs(self) -> Iterator[tuple[torch.nn.Parameter, torch.nn.Parameter]]:
+        """(online parameter, momentum parameter) pairs, each shared tensor once (a tied
+        decoder / word embeddings would otherwise be averaged twice)."""
+        return zip(self._online().parameters(), self.momentum.parameters(), strict=True)
+
+    @torch.no_grad()
+    def copy_params_to_momentum(self) -> None:
+        """Make the momentum model equal to the online one (e.g. after loading weights)."""
+        for p, p_m in self.momentum_pairs():
+            p_m.copy_(p)
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        """EMA step: ``param_m = m · param_m + (1 − m) · param`` for every momentum parameter."""
+        ema_update_(list(self.momentum_pairs()), self.config.momentum)  # type: ignore[attr-defined]
+
+    @torch.no_grad()
+    def dequeue_and_enqueue(self, image_feat_m: Tensor, text_feat_m: Tensor) -> None:
+        """Push (B, E) momentum features (gathered over processes) into both queues; the oldest
+        entries are overwritten, wrapping around the end of the queue (:func:`enqueue_`)."""
+        image_feat_m, text_feat_m = concat_all_gather(image_feat_m), concat_all_gather(text_feat_m)
+        if image_feat_m.shape != text_feat_m.shape:
+            raise ValueError(f"{type(self).__name__}.dequeue_and_enqueue: image and text features "
+                             f"must have the same shape (B, E), got {tuple(image_feat_m.shape)} "
+                             f"and {tuple(text_feat_m.shape)}")  # fmt: skip
+        enqueue_(self.image_queue, self.queue_ptr.clone(), image_feat_m)
+        enqueue_(self.text_queue, self.queue_ptr, text_feat_m)
+
+    @torch.no_grad()
+    def with_queues(self, image_feat_m: Tensor, text_feat_m: Tensor) -> tuple[Tensor, Tensor]:
+        """[momentum batch; queue] features, (E, B+K) each: images, texts."""
+        return (torch.cat([image_feat_m.t(), self.image_queue.float()], 1),
+                torch.cat([text_feat_m.t(), self.text_queue.float()], 1))  # fmt: skip
+
+    @torch.no_grad()
+    def itc_targets(self, image_feat_m: Tensor, text_feat_m: Tensor, temp: Tensor | float,
+                    alpha: float) -> tuple[Tensor, Tensor]:  # fmt: skip
+        """ITC targets (ALBEF §3.3 Eq. 6) over [momentum batch; queue], (B, B+K) each: i2t,
+        t2i (:func:`distill_targets`; ``alpha`` <= 0: one-hot)."""
+        image_all, text_all = self.with_queues(image_feat_m, text_feat_m)  # (E, B+K) each
+        if alpha <= 0:  # plain one-hot targets: column i is the positive of row i
+            onehot = distill_targets(image_feat_m.new_zeros(len(text_feat_m), text_all.shape[1]), 0)
+            return onehot, onehot
+        return (distill_targets(image_feat_m @ text_all / temp, alpha),
+                distill_targets(text_feat_m @ image_all / temp, alpha))  # fmt: skip
 
 
 def concat_all_gather(t: Tensor) -> Tensor:

@@ -28,8 +28,6 @@ targets, EMA and queues are shared :mod:`minivlm.objectives`; Grad-CAM :mod:`min
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -41,10 +39,9 @@ from minivlm.nn.bert import BertEncoder, BertMLMHead, TextConfig, TextOutput
 from minivlm.nn.config import as_part, in_vocab
 from minivlm.nn.vit import ViT, ViTConfig
 from minivlm.objectives import (
-    concat_all_gather,
-    distill_targets,
-    ema_update_,
-    enqueue_,
+    ClampedTemperature,
+    MomentumQueues,
+    hard_negative_rows,
     mask_tokens,
     mlm_distill_loss,
     same_pair_mask,
@@ -190,7 +187,7 @@ class ALBEFOutput:
 MOMENTUM_MODULES = ("image_encoder", "vision_proj", "text_encoder", "text_proj", "mlm_head")
 
 
-class ALBEF(nn.Module):
+class ALBEF(MomentumQueues, ClampedTemperature, nn.Module):
     """ALBEF (§3): align (ITC with a momentum queue) before fusing (ITM + MLM).
 
     Modules: ``image_encoder`` (ViT), ``text_encoder`` (BERT: layers < ``fusion_from`` text-only,
@@ -198,8 +195,13 @@ class ALBEF(nn.Module):
     ``itm_head`` (Linear(D, 2)), ``mlm_head`` (tied to the word embeddings), the temperature
     ``temp``; ``momentum``, a deep copy of the :data:`MOMENTUM_MODULES` (no gradients, eval
     mode, updated by EMA); buffers ``image_queue``/``text_queue`` (E, K), ``queue_ptr``,
-    ``num_steps`` (training steps seen, for the α ramp).
+    ``num_steps`` (training steps seen, for the α ramp). The momentum model's methods
+    (``momentum_update``, ``momentum_pairs``, ``dequeue_and_enqueue``, ``itc_targets``, ...)
+    come from :class:`~minivlm.objectives.MomentumQueues`, the clamped τ (``clamp_temp_``,
+    ``temperature``) from :class:`~minivlm.objectives.ClampedTemperature`.
     """
+
+    momentum_names = MOMENTUM_MODULES
 
     def __init__(self, config: ALBEFConfig | None = None, **overrides: Any) -> None:
         super().__init__()
@@ -215,66 +217,12 @@ class ALBEF(nn.Module):
                                     tie_to=self.text_encoder.word_embeddings)  # fmt: skip
         self.temp = nn.Parameter(torch.tensor(float(cfg.temp)))
         # The momentum model: one deepcopy, so that its MLM decoder stays tied to its word
-        # embeddings. Its parameters get no gradient and the optimizer never sees them.
-        self.momentum = copy.deepcopy(self._online()).requires_grad_(False).eval()
-        # Queues of momentum features, (E, K) as in the paper's code: random unit columns.
-        self.register_buffer("image_queue", F.normalize(torch.randn(E, cfg.queue_size), dim=0))
-        self.register_buffer("text_queue", F.normalize(torch.randn(E, cfg.queue_size), dim=0))
-        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        # embeddings. Its parameters get no gradient and the optimizer never sees them. Queues
+        # of momentum features, (E, K) as in the paper's code: random unit columns.
+        self.init_momentum(E, cfg.queue_size)
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
 
-    # -- momentum model, queues, temperature, α -------------------------------------------
-
-    def _online(self) -> nn.ModuleDict:
-        return nn.ModuleDict({name: getattr(self, name) for name in MOMENTUM_MODULES})
-
-    def train(self, mode: bool = True) -> ALBEF:
-        """Set the training mode; the momentum model always stays in eval mode."""
-        super().train(mode)
-        self.momentum.eval()
-        return self
-
-    def momentum_modules(self) -> list[nn.Module]:
-        """The momentum (EMA) copies, in the order of :data:`MOMENTUM_MODULES`."""
-        return list(self.momentum.values())
-
-    def momentum_pairs(self) -> Iterator[tuple[nn.Parameter, nn.Parameter]]:
-        """(online parameter, momentum parameter) pairs, each shared tensor once (the tied
-        MLM decoder / word embeddings would otherwise be averaged twice)."""
-        return zip(self._online().parameters(), self.momentum.parameters(), strict=True)
-
-    @torch.no_grad()
-    def copy_params_to_momentum(self) -> None:
-        """Make the momentum model equal to the online one (e.g. after loading weights)."""
-        for p, p_m in self.momentum_pairs():
-            p_m.copy_(p)
-
-    @torch.no_grad()
-    def momentum_update(self) -> None:
-        """EMA step: ``param_m = m · param_m + (1 − m) · param`` for every momentum parameter."""
-        ema_update_(list(self.momentum_pairs()), self.config.momentum)
-
-    @torch.no_grad()
-    def dequeue_and_enqueue(self, image_feat_m: Tensor, text_feat_m: Tensor) -> None:
-        """Push (B, E) momentum features (gathered over processes) into both queues; the oldest
-        entries are overwritten, wrapping around the end of the queue (:func:`enqueue_`)."""
-        image_feat_m, text_feat_m = concat_all_gather(image_feat_m), concat_all_gather(text_feat_m)
-        if image_feat_m.shape != text_feat_m.shape:
-            raise ValueError("ALBEF.dequeue_and_enqueue: image and text features must have the "
-                             f"same shape (B, E), got {tuple(image_feat_m.shape)} and "
-                             f"{tuple(text_feat_m.shape)}")  # fmt: skip
-        enqueue_(self.image_queue, self.queue_ptr.clone(), image_feat_m)
-        enqueue_(self.text_queue, self.queue_ptr, text_feat_m)
-
-    @torch.no_grad()
-    def clamp_temp_(self) -> None:
-        """Clamp τ in place to [temp_min, temp_max] (the paper does it in every forward)."""
-        self.temp.clamp_(self.config.temp_min, self.config.temp_max)
-
-    @property
-    def temperature(self) -> float:
-        """τ after the clamp."""
-        return float(self.temp.detach().clamp(self.config.temp_min, self.config.temp_max))
+    # -- α (τ: :class:`ClampedTemperature`; momentum model and queues: :class:`MomentumQueues`)
 
     def current_alpha(self) -> float:
         """Scheduled α: ``alpha · min(1, num_steps / alpha_warmup_steps)`` (0 without distill)."""
@@ -384,9 +332,7 @@ class ALBEF(nn.Module):
         cfg = self.config
         alpha = (self.current_alpha() if alpha is None else float(alpha)) if cfg.distill else 0.0
         mask = _mask(input_ids, attention_mask)  # (B, T)
-        if self.training:
-            self.clamp_temp_()
-        temp = self.temp.clamp(cfg.temp_min, cfg.temp_max)
+        temp = self.step_temperature()  # clamped in place first when training
         # unimodal encoders: online, then the momentum model after its EMA step
         image_embeds = self.image_encoder(pixel_values)  # (B, 1+N, Dv)
         text_embeds = self.text_embeds(self.text_encoder, input_ids, mask)  # (B, T, Dt)
@@ -413,23 +359,6 @@ class ALBEF(nn.Module):
             self.num_steps.add_(1)
         return out
 
-    @torch.no_grad()
-    def with_queues(self, image_feat_m: Tensor, text_feat_m: Tensor) -> tuple[Tensor, Tensor]:
-        """[momentum batch; queue] features, (E, B+K) each: images, texts."""
-        return (torch.cat([image_feat_m.t(), self.image_queue.float()], 1),
-                torch.cat([text_feat_m.t(), self.text_queue.float()], 1))  # fmt: skip
-
-    @torch.no_grad()
-    def itc_targets(self, image_feat_m: Tensor, text_feat_m: Tensor, temp: Tensor | float,
-                    alpha: float) -> tuple[Tensor, Tensor]:  # fmt: skip
-        """ITC targets (§3.3 Eq. 6) over [momentum batch; queue], (B, B+K) each: i2t, t2i."""
-        image_all, text_all = self.with_queues(image_feat_m, text_feat_m)  # (E, B+K) each
-        if alpha <= 0:  # plain one-hot targets: column i is the positive of row i
-            onehot = distill_targets(image_feat_m.new_zeros(len(text_feat_m), text_all.shape[1]), 0)
-            return onehot, onehot
-        return (distill_targets(image_feat_m @ text_all / temp, alpha),
-                distill_targets(text_feat_m @ image_all / temp, alpha))  # fmt: skip
-
     def itc_loss(self, image_feat: Tensor, text_feat: Tensor, image_feat_m: Tensor,
                  text_feat_m: Tensor, temp: Tensor, alpha: float) -> ALBEFOutput:  # fmt: skip
         """ITC (§3.2 Eq. 1-3) against [momentum batch; queue] with (distilled) soft targets;
@@ -446,18 +375,15 @@ class ALBEF(nn.Module):
     def itm_loss(self, out: ALBEFOutput, image_embeds: Tensor, text_embeds: Tensor,
                  input_ids: Tensor, mask: Tensor, index: Tensor | None) -> None:  # fmt: skip
         """ITM (§3.2) on B positives and 2B hard negatives drawn from the ITC similarities."""
-        B, exclude = len(input_ids), None
+        exclude = None
         if self.config.itm_exclude_duplicates:  # (B, B) pairs that would be false negatives
             exclude = same_pair_mask(input_ids, mask, index)
         neg_t, neg_i = sample_hard_negatives(out.sim_i2t, out.sim_t2i, exclude)  # (B,), (B,)
         # rows: positives (I_i, T_i); (I_i, hard-negative text); (hard-negative image, T_i)
-        text_all = torch.cat([text_embeds, text_embeds[neg_t], text_embeds])  # (3B, T, Dt)
-        mask_all = torch.cat([mask, mask[neg_t], mask])  # (3B, T)
-        image_all = torch.cat([image_embeds, image_embeds, image_embeds[neg_i]])  # (3B, S, Dv)
+        text_all, mask_all, image_all, out.itm_labels = hard_negative_rows(
+            text_embeds, mask, image_embeds, neg_t, neg_i)  # (3B, T, Dt), (3B, T), (3B, S, Dv)
         fused = self.fuse(self.text_encoder, text_all, mask_all, image_all).last_hidden_state
-        out.itm_logits = self.itm_head(fused[:, 0])  # (3B, 2)
-        out.itm_labels = torch.zeros(3 * B, dtype=torch.long, device=fused.device)  # (3B,)
-        out.itm_labels[:B] = 1  # the positives match; the 2B hard negatives do not
+        out.itm_logits = self.itm_head(fused[:, 0])  # (3B, 2); labels [1]*B + [0]*2B
         out.loss_itm = F.cross_entropy(out.itm_logits.float(), out.itm_labels)
         out.neg_text_idx, out.neg_image_idx = neg_t, neg_i
 

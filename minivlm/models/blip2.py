@@ -21,10 +21,11 @@ embedding space, where it is a *soft prompt* in front of the text, and trains wi
 the Q-Former (self-attention over [queries; instruction]), so the extracted visual features
 depend on it ("instruction-aware visual feature extraction").
 
-Read top to bottom: config and outputs, :func:`itc_similarity`, :class:`Blip2` (encoders,
-``stage1`` = ``forward``, ``stage2``, ``generate``, input checks), :class:`Blip2Stage2` (stage 2
-for ``minivlm.train.train``). Hard negatives come from :mod:`minivlm.objectives`, ``from_hf``
-from :mod:`minivlm.interop.blip2`.
+Read top to bottom: config and outputs, :class:`Blip2` (encoders, ``stage1`` = ``forward``,
+``stage2``, ``generate``, input checks), :class:`Blip2Stage2` (stage 2 for
+``minivlm.train.train``). The best-query score ``itc_similarity`` lives with the Q-Former in
+:mod:`minivlm.nn.qformer`; hard negatives and the clamped τ come from :mod:`minivlm.objectives`,
+``from_hf`` from :mod:`minivlm.interop.blip2`.
 """
 
 from __future__ import annotations
@@ -39,9 +40,14 @@ import torch.nn.functional as F
 from minivlm.nn.bert import BertMLMHead, init_weights
 from minivlm.nn.config import as_part
 from minivlm.nn.lm import IGNORE_INDEX, DecoderLM, LMConfig
-from minivlm.nn.qformer import QFormer, QFormerConfig, QFormerOutput, qformer_masks
+from minivlm.nn.qformer import QFormer, QFormerConfig, QFormerOutput, itc_similarity, qformer_masks
 from minivlm.nn.vit import ViT, ViTConfig
-from minivlm.objectives import same_pair_mask, sample_hard_negatives
+from minivlm.objectives import (
+    ClampedTemperature,
+    hard_negative_rows,
+    same_pair_mask,
+    sample_hard_negatives,
+)
 from minivlm.utils import raise_first
 
 Tensor = torch.Tensor
@@ -157,27 +163,12 @@ class Blip2Output:
     logits: Tensor
 
 
-def itc_similarity(image_feats: Tensor, text_feat: Tensor) -> Tensor:
-    """BLIP-2's image-text similarity (§3.2): the best query for each pair.
-
-    image_feats (B_i, Q, E) and text_feat (B_t, E), both L2-normalised ->
-    (B_i, B_t) with entry [i, j] = max_q cos(image_feats[i, q], text_feat[j]).
-    """
-    if image_feats.dim() != 3 or text_feat.dim() != 2 or image_feats.shape[2] != text_feat.shape[1]:
-        raise ValueError(
-            "itc_similarity: expected image_feats (B_i, Q, E) and text_feat (B_t, E), got "
-            f"{tuple(image_feats.shape)} and {tuple(text_feat.shape)}"
-        )
-    sim = torch.einsum("iqe,je->ijq", image_feats, text_feat)  # (B_i, B_t, Q)
-    return sim.max(dim=-1).values
-
-
 # ---------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------
 
 
-class Blip2(nn.Module):
+class Blip2(ClampedTemperature, nn.Module):
     """BLIP-2: frozen ViT -> Q-Former (learned queries) -> linear -> frozen decoder LM.
 
     Modules: ``vision_encoder`` (:class:`~minivlm.nn.vit.ViT`, frozen), ``query_tokens``
@@ -244,11 +235,6 @@ class Blip2(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {"query_tokens", "temp"}
 
-    @torch.no_grad()
-    def clamp_temp_(self) -> None:
-        """Clamp τ in place to [temp_min, temp_max] (the paper's code does it every step)."""
-        self.temp.clamp_(self.config.temp_min, self.config.temp_max)
-
     # -- encoders ------------------------------------------------------------------------
 
     def encode_image(self, pixel_values: Tensor) -> Tensor:
@@ -303,9 +289,7 @@ class Blip2(nn.Module):
         B = self._check_stage1(pixel_values, input_ids)
         cfg, ls = self.config, self.config.label_smoothing
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask  # (B, T)
-        if self.training:
-            self.clamp_temp_()
-        temp = self.temp.clamp(cfg.temp_min, cfg.temp_max)
+        temp = self.step_temperature()  # clamped in place first when training
         image_embeds = self.encode_image(pixel_values)  # (B, 1+N, Dv)
         queries = self._queries(B)  # (B, Q, D)
 
@@ -324,13 +308,10 @@ class Blip2(nn.Module):
         if cfg.itm_exclude_duplicates:
             exclude = same_pair_mask(input_ids, mask, index, where="Blip2.forward")  # (B, B)
         neg_t, neg_i = sample_hard_negatives(sim_i2t, sim_t2i, exclude)  # (B,), (B,)
-        ids_all = torch.cat([input_ids, input_ids[neg_t], input_ids])  # (3B, T)
-        mask_all = torch.cat([mask, mask[neg_t], mask])
-        image_all = torch.cat([image_embeds, image_embeds, image_embeds[neg_i]])  # (3B, S, Dv)
+        ids_all, mask_all, image_all, itm_labels = hard_negative_rows(
+            input_ids, mask, image_embeds, neg_t, neg_i)  # (3B, T), (3B, T), (3B, S, Dv), (3B,)
         out_itm = self.qformer(self._queries(3 * B), ids_all, mask_all, image_all, mask="itm")
         itm_logits = self.itm_head(out_itm.query_output).mean(dim=1)  # (3B, 2): mean over queries
-        itm_labels = torch.zeros(3 * B, dtype=torch.long, device=itm_logits.device)
-        itm_labels[:B] = 1
         loss_itm = F.cross_entropy(itm_logits.float(), itm_labels)
 
         # ---- ITG: text generated from the queries, causally

@@ -31,7 +31,13 @@ from minivlm.nn.bert import BertEncoder, BertMLMHead, TextConfig, init_weights
 from minivlm.nn.blocks import TransformerBlock, get_activation
 from minivlm.nn.config import MLPHidden, divisible, one_of
 from minivlm.nn.vit import PatchGrid, check_padded_images, embed_padded_images
-from minivlm.objectives import mask_tokens, sample_itm_negatives, wasserstein_distance, wpa_loss
+from minivlm.objectives import (
+    mask_tokens,
+    masked_cross_entropy,
+    sample_itm_negatives,
+    wasserstein_distance,
+    wpa_loss,
+)
 from minivlm.utils import raise_first
 
 Tensor = torch.Tensor
@@ -418,11 +424,11 @@ class ViLT(nn.Module):
 
     def _itm_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Image-text matching (§3.2): 2-way cross-entropy on the pooled token."""
-        return _mean_ce(logits, labels.long())
+        return masked_cross_entropy(logits, labels.long())
 
     def _mlm_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Masked language modelling (§3.2): predict the original ids at masked positions."""
-        return _mean_ce(logits.flatten(0, 1), labels.flatten().long())
+        return masked_cross_entropy(logits.flatten(0, 1), labels.flatten().long())
 
     def _vqa_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         """VQA as answer classification (§4, VQAv2). Soft scores (B, A) with ``vqa_loss="bce"``:
@@ -432,7 +438,7 @@ class ViLT(nn.Module):
         if labels.dim() == 1 and not labels.is_floating_point():  # answer ids (B,)
             keep = labels != -100
             if self.config.vqa_loss == "ce":
-                return _mean_ce(logits, labels)
+                return masked_cross_entropy(logits, labels)
             if not bool(keep.any()):
                 return logits.sum() * 0.0
             target = F.one_hot(labels[keep], A).to(logits.dtype)  # (B', A)
@@ -469,9 +475,3 @@ class ViLT(nn.Module):
 
         return vilt_from_hf(cls, ViLTConfig, model)
 
-
-def _mean_ce(logits: Tensor, labels: Tensor) -> Tensor:
-    """Cross-entropy averaged over labels != -100; 0 (with a gradient path) when there are none."""
-    if not bool((labels != -100).any()):
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits, labels, ignore_index=-100)

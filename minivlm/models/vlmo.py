@@ -47,9 +47,14 @@ from minivlm.nn.attention import padding_mask
 from minivlm.nn.bert import BertEncoder, BertMLMHead, TextConfig, check_len, init_weights
 from minivlm.nn.blocks import MultiwayBlock
 from minivlm.nn.config import divisible, in_vocab, one_of
-from minivlm.nn.relpos import num_relative_positions, relative_position_index
+from minivlm.nn.relpos import MultiwayPositionBias
 from minivlm.nn.vit import ViTSizes
-from minivlm.objectives import mask_tokens, same_pair_mask, sample_hard_negatives
+from minivlm.objectives import (
+    mask_tokens,
+    masked_cross_entropy,
+    same_pair_mask,
+    sample_hard_negatives,
+)
 from minivlm.utils import raise_first
 
 Tensor = torch.Tensor
@@ -145,13 +150,6 @@ def itc_loss(text_feat: Tensor, image_feat: Tensor, logit_scale: Tensor) -> Tens
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
-def _ce(logits: Tensor, labels: Tensor) -> Tensor:
-    """Cross-entropy over labels != -100; 0 with a gradient path when there are none."""
-    if not bool((labels != -100).any()):
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits.flatten(0, -2), labels.flatten(), ignore_index=-100)
-
-
 def stage_plan(names: list[str], stage: str) -> dict[str, bool]:
     """Which parameters train in each stage of VLMo's pre-training (§2.3), by name:
 
@@ -182,42 +180,6 @@ def stage_plan(names: list[str], stage: str) -> dict[str, bool]:
         else:
             out[name] = name.startswith(text) or expert == LANGUAGE or both
     return out
-
-
-class MultiwayPositionBias(nn.Module):
-    """Relative position bias of VLMo's released code, one score per layer and head (BEiT §2.6)::
-
-        image tokens [I_CLS; g x g patches]: BEiT's 2-D table, rows by offset (dy, dx) + 3 CLS rows
-        text tokens [T_CLS; words]          : a 1-D table, rows by word offset + 3 CLS rows
-        fused [text; image]                 : [[text table, t->i score], [i->t score, image table]]
-
-    Three parameters of shape (depth, rows, H): ``image``, ``text`` and ``cross`` (t->i, i->t),
-    so that each pre-training stage can train its own rows (:func:`stage_plan`). Zero at init.
-    """
-
-    def __init__(self, cfg: VLMoConfig) -> None:
-        super().__init__()
-        L, H, text_grid = cfg.depth, cfg.num_heads, (1, cfg.max_text_len - 1)
-        n_img, n_txt = num_relative_positions(cfg.grid_size), num_relative_positions(text_grid)
-        self.image = nn.Parameter(torch.zeros(L, n_img, H))
-        self.text = nn.Parameter(torch.zeros(L, n_txt, H))
-        self.cross = nn.Parameter(torch.zeros(L, 2, H))
-        self.register_buffer("image_index", relative_position_index(cfg.grid_size),
-                             persistent=False)  # (1+N, 1+N) rows of ``image``
-        self.register_buffer("text_index", relative_position_index(text_grid) + n_img,
-                             persistent=False)  # (T_max, T_max) rows of ``text``, after image's
-        self.t2i, self.i2t = n_img + n_txt, n_img + n_txt + 1
-
-    def index(self, T: int, N1: int) -> Tensor:
-        """Table rows (T+N1, T+N1) for T text tokens then N1 (0 or 1+N) image tokens."""
-        t, v = self.text_index[:T, :T], self.image_index[:N1, :N1]
-        top = torch.cat([t, t.new_full((T, N1), self.t2i)], dim=1)  # text queries
-        return torch.cat([top, torch.cat([v.new_full((N1, T), self.i2t), v], dim=1)])
-
-    def forward(self, T: int, N1: int) -> Tensor:
-        """(depth, H, T+N1, T+N1): the bias of every layer for [text; image]."""
-        table = torch.cat([self.image, self.text, self.cross], dim=1)  # (depth, rows, H)
-        return table[:, self.index(T, N1)].permute(0, 3, 1, 2)
 
 
 class VLMo(nn.Module):
@@ -419,7 +381,7 @@ class VLMo(nn.Module):
         itm_labels = torch.cat([torch.ones(B), torch.zeros(2 * B)]).long().to(itm.device)
         mlm_logits = self.mlm_head(h[3 * B:, : ids.shape[1]])  # (B, T, vocab)
         out = VLMoOutput(loss_itc=loss_itc, loss_itm=F.cross_entropy(itm, itm_labels),
-                         loss_mlm=_ce(mlm_logits, mlm_labels), itm_logits=itm,
+                         loss_mlm=masked_cross_entropy(mlm_logits, mlm_labels), itm_logits=itm,
                          mlm_logits=mlm_logits)  # fmt: skip
         out.loss = out.loss_itc + out.loss_itm + out.loss_mlm
         return out
@@ -452,12 +414,12 @@ class VLMo(nn.Module):
         losses = []
         if input_ids is not None and mlm_labels is not None:
             out.mlm_logits = self.mlm_head(out.hidden[:, :T])  # (B, T, vocab)
-            out.loss_mlm = _ce(out.mlm_logits, mlm_labels)
+            out.loss_mlm = masked_cross_entropy(out.mlm_logits, mlm_labels)
             losses.append(out.loss_mlm)
         if pixel_values is not None and image_labels is not None:
             out.mim_logits = self.mim_head(out.hidden[:, T + 1:])  # (B, N, visual vocab)
             labels = image_labels.masked_fill(~bool_masked_pos.bool(), -100)
-            out.loss_mim = _ce(out.mim_logits, labels)
+            out.loss_mim = masked_cross_entropy(out.mim_logits, labels)
             losses.append(out.loss_mim)
         if losses:
             out.loss = sum(losses[1:], losses[0])

@@ -29,7 +29,7 @@ from minivlm.utils import raise_first
 
 Tensor = torch.Tensor
 
-__all__ = ["QFormer", "QFormerConfig", "QFormerOutput", "qformer_masks"]
+__all__ = ["QFormer", "QFormerConfig", "QFormerOutput", "itc_similarity", "qformer_masks"]
 
 
 @dataclass
@@ -308,3 +308,19 @@ class QFormer(nn.Module):
                 f"QFormer: expected image_mask of shape {tuple(image_embeds.shape[:2])}, "
                 f"got {tuple(image_mask.shape)}"
             )
+
+
+def itc_similarity(image_feats: Tensor, text_feat: Tensor) -> Tensor:
+    """BLIP-2's image-text similarity (§3.2): the best query for each pair (the score the
+    Q-Former's ITC trains, :meth:`minivlm.models.blip2.Blip2.stage1`).
+
+    image_feats (B_i, Q, E) and text_feat (B_t, E), both L2-normalised ->
+    (B_i, B_t) with entry [i, j] = max_q cos(image_feats[i, q], text_feat[j]).
+    """
+    if image_feats.dim() != 3 or text_feat.dim() != 2 or image_feats.shape[2] != text_feat.shape[1]:
+        raise ValueError(
+            "itc_similarity: expected image_feats (B_i, Q, E) and text_feat (B_t, E), got "
+            f"{tuple(image_feats.shape)} and {tuple(text_feat.shape)}"
+        )
+    sim = torch.einsum("iqe,je->ijq", image_feats, text_feat)  # (B_i, B_t, Q)
+    return sim.max(dim=-1).values
