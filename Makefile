@@ -29,14 +29,15 @@ $(VENV)/bin/python:
 
 # pip installs on one core. On the platform constraints.txt was frozen on (Linux x86-64), two pip
 # processes first install the locked versions in two halves at the same time (--no-deps: pip
-# resolves nothing), the torch stack with the largest Python sources to byte-compile
-# (transformers, sympy, scipy) and everything else: about 47+25 and 97-25 CPU-s (the halves were
-# measured separately). The ordinary install then finds every dependency in place, installs only
-# what the lock lacks (a new dependency before `make lock`) and minivlm itself (editable); pip
-# check confirms the set. A failed half stops make. Elsewhere only the ordinary install runs.
-# pip's byte-compiling stays on: with PYTHONDONTWRITEBYTECODE set (as on the course machine),
-# --no-compile would make every later process compile torch's modules again (+3 CPU-s per import)
-LOCK_HALF := ^(torch|triton|nvidia-.*|cuda-.*|transformers|sympy|scipy)==
+# resolves nothing): torch, triton and the CUDA libraries (4.4 of the 6.3 GB, mostly unzipping)
+# plus transformers (the largest Python source to byte-compile), and everything else (~150
+# packages), each about half of pip's CPU time. The ordinary install then finds every dependency
+# in place, installs only what the lock lacks (a new dependency before `make lock`) and minivlm
+# itself (editable); pip check confirms the set. A failed half stops make. Elsewhere (or with
+# PIP_SPLIT=0) only the ordinary install runs. pip's byte-compiling stays on: where
+# PYTHONDONTWRITEBYTECODE is set (as on the course machine) --no-compile would make every later
+# process compile what it imports again (import torch: 5-6 instead of 2.3 CPU-s)
+LOCK_HALF := ^(torch|triton|nvidia-.*|cuda-.*|transformers)==
 ifeq ($(shell uname -sm),Linux x86_64)
 PIP_SPLIT ?= 1
 else
