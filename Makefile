@@ -27,8 +27,36 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet pip==26.3
 
+# pip installs on one core. On the platform constraints.txt was frozen on (Linux x86-64), two pip
+# processes first install the locked versions in two halves at the same time (--no-deps: pip
+# resolves nothing): torch, triton and the CUDA libraries (4.4 of the 6.3 GB, mostly unzipping)
+# plus transformers (the largest Python source to byte-compile), and everything else (~150
+# packages), each about half of pip's CPU time. The ordinary install then finds every dependency
+# in place, installs only what the lock lacks (a new dependency before `make lock`) and minivlm
+# itself (editable); pip check confirms the set. A failed half stops make. Elsewhere (or with
+# PIP_SPLIT=0) only the ordinary install runs. pip's byte-compiling stays on: where
+# PYTHONDONTWRITEBYTECODE is set (as on the course machine) --no-compile would make every later
+# process compile what it imports again (import torch: 5-6 instead of 2.3 CPU-s)
+LOCK_HALF := ^(torch|triton|nvidia-.*|cuda-.*|transformers)==
+ifeq ($(shell uname -sm),Linux x86_64)
+PIP_SPLIT ?= 1
+else
+PIP_SPLIT ?= 0
+endif
+
 $(STAMP): pyproject.toml constraints.txt | $(VENV)/bin/python
+ifeq ($(PIP_SPLIT),1)
+	@grep -E '$(LOCK_HALF)' constraints.txt > $(VENV)/lock-half-1.txt
+	@grep -v -E '^#|$(LOCK_HALF)' constraints.txt > $(VENV)/lock-half-2.txt
+	@echo "installing the locked versions of constraints.txt in two halves at the same time"
+	@$(PY) -m pip install --quiet --no-deps -r $(VENV)/lock-half-1.txt & one=$$!; \
+	$(PY) -m pip install --quiet --no-deps -r $(VENV)/lock-half-2.txt & two=$$!; \
+	rc1=0; rc2=0; wait $$one || rc1=$$?; wait $$two || rc2=$$?; \
+	if [ $$rc1 != 0 ] || [ $$rc2 != 0 ]; then \
+	  echo "error: pip install -r $(VENV)/lock-half-1.txt exited $$rc1, lock-half-2.txt $$rc2 (see above)"; exit 1; fi
+endif
 	$(PY) -m pip install --quiet $(PIP_PIN) -e '.[test]'
+	$(PY) -m pip check
 	touch $(STAMP)
 
 install: $(STAMP)
