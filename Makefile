@@ -55,7 +55,10 @@ ifeq ($(PIP_SPLIT),1)
 	if [ $$rc1 != 0 ] || [ $$rc2 != 0 ]; then \
 	  echo "error: pip install -r $(VENV)/lock-half-1.txt exited $$rc1, lock-half-2.txt $$rc2 (see above)"; exit 1; fi
 endif
-	$(PY) -m pip install --quiet $(PIP_PIN) -e '.[test]'
+	@# once in about ten fresh installs here the editable build of minivlm came out named "unknown"
+	@# (not reproduced in isolation); a second try gets past it, a second failure stops make
+	$(PY) -m pip install --quiet $(PIP_PIN) -e '.[test]' || { echo "pip install failed; trying once more"; \
+	  $(PY) -m pip install --quiet $(PIP_PIN) -e '.[test]'; }
 	$(PY) -m pip check
 	touch $(STAMP)
 
