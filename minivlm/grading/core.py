@@ -245,10 +245,10 @@ Registrar = Callable[..., Callable[[Callable[[torch.Generator], Iterable[Case]]]
 def exercise_checks(exercise: str) -> Registrar:
     """:func:`register_check` for the checks of one exercise, in a shorter form.
 
-    ``register = exercise_checks("00_patchify_attention")``, then::
+    ``register_check = exercise_checks("00_patchify_attention")``, then::
 
-        @register("patchify(images, patch_size)", _ref_patchify, points=2,
-                  returns="(B, N, C*p*p)", grad=True, mistakes=[...])
+        @register_check("patchify(images, patch_size)", _ref_patchify, points=2,
+                        returns="(B, N, C*p*p)", grad=True, mistakes=[...])
         def patchify_cases(gen): ...
 
     The check is named after the learner's function (``name=`` when it is not);

@@ -16,7 +16,7 @@ from minivlm.grading.core import Case, exercise_checks
 
 Tensor = torch.Tensor
 EXERCISE = "00_patchify_attention"
-register = exercise_checks(EXERCISE)
+register_check = exercise_checks(EXERCISE)
 
 
 # ----------------------------------------------------------------------------- patchify
@@ -59,7 +59,7 @@ def _unflattened_grid(images: Tensor, p: int) -> Tensor:  # (B, h, w, C*p*p)
     return _ref_patchify(images, p).reshape(B, H // p, W // p, C * p * p)
 
 
-@register(
+@register_check(
     "patchify(images, patch_size)", _ref_patchify, points=2, grad=True,
     returns="(B, N, C*p*p)",
     mistakes=[
@@ -147,7 +147,7 @@ def _explain_attention(case: Case, got: list, expected: list) -> str | None:
     return None
 
 
-@register(
+@register_check(
     "attention(q, k, v, mask=None)", _ref_attention, points=3, grad=True,
     returns={"out": "(B, H, Tq, d)", "weights": "(B, H, Tq, Tk)"},
     mistakes=[
@@ -205,7 +205,7 @@ def _ref_causal_mask(T: int) -> Tensor:
     return causal_mask(T)
 
 
-@register(
+@register_check(
     "causal_mask(T)", _ref_causal_mask, points=1,
     returns="(T, T)",
     mistakes=[

@@ -20,7 +20,7 @@ from minivlm.grading.core import Case, exercise_checks
 
 Tensor = torch.Tensor
 EXERCISE = "01_clip_contrastive"
-register = exercise_checks(EXERCISE)
+register_check = exercise_checks(EXERCISE)
 LOG_INV_007 = math.log(1 / 0.07)  # CLIP's initial logit_scale (§2.5)
 
 
@@ -75,7 +75,7 @@ def _loss_variant(*, scale: str = "exp", normalise: str = "both", direction: str
     return clip_loss
 
 
-@register(
+@register_check(
     "clip_loss(image_embeds, text_embeds, logit_scale)", _ref_clip_loss, points=3, grad=True,
     returns="() a scalar",
     mistakes=[
@@ -150,7 +150,7 @@ def _ref_zero_shot_classifier(class_text_embeds: Tensor) -> Tensor:
     return F.normalize(prompts.mean(dim=1), dim=-1)  # (C, E) average, back on the sphere
 
 
-@register(
+@register_check(
     "zero_shot_classifier(class_text_embeds)", _ref_zero_shot_classifier, points=2, grad=True,
     returns="(C, E)",
     mistakes=[
@@ -218,7 +218,7 @@ def _predict_variant(*, scale: str = "exp", normalise: bool = True, dim: int = -
     return zero_shot_predict
 
 
-@register(
+@register_check(
     "zero_shot_predict(image_embeds, weights, logit_scale)",
     _ref_zero_shot_predict, points=1, grad=True,
     returns="(B, C)",

@@ -18,7 +18,7 @@ from minivlm.grading.checks.ex01_clip import EXERCISE, _ref_clip_loss
 from minivlm.grading.core import Case, exercise_checks
 from minivlm.recipes import clip_tau
 
-register = exercise_checks(EXERCISE)
+register_check = exercise_checks(EXERCISE)
 MARGIN = 0.08  # accuracy; seeds 0-3: τ = 0.1 beats τ = 1 by >= 0.13, chance is 1/60
 
 
@@ -66,7 +66,7 @@ def _sweep_variant(*, sign: float = 1.0, tau: str = "each", fresh: bool = True,
     return tau_sweep
 
 
-@register(
+@register_check(
     "tau_sweep(taus, seed)", _ref_tau_sweep, points=3,
     returns="(T,) one held-out accuracy per τ",
     explain=_explain,

@@ -16,7 +16,7 @@ from minivlm.grading.core import Case, exercise_checks
 
 Tensor = torch.Tensor
 EXERCISE = "02_vilt_fusion"
-register = exercise_checks(EXERCISE)
+register_check = exercise_checks(EXERCISE)
 
 
 # ----------------------------------------------------------------------------- single stream
@@ -72,7 +72,7 @@ def _explain_stream(case: Case, got: list, expected: list) -> str | None:
     return None
 
 
-@register(
+@register_check(
     "build_single_stream_input(text_embeds, image_embeds, text_mask, image_mask, type_embedding)",
     _ref_single_stream, points=3, grad=True,
     returns={"x": "(B, T+1+N, D)", "mask": "(B, T+1+N)"},
@@ -166,7 +166,7 @@ def _itm_variant(*, flip: bool = False, softmax_dim: int = 1, reduce: str = "mea
     return itm_loss
 
 
-@register(
+@register_check(
     "itm_loss(pos_logits, neg_logits)", _ref_itm_loss, points=2, grad=True,
     returns="()",
     mistakes=[

@@ -23,7 +23,7 @@ from minivlm.grading.core import Case, exercise_checks
 
 Tensor = torch.Tensor
 SPECIAL = {"cls": 2, "sep": 3, "pad": 0}
-register = exercise_checks(EXERCISE)
+register_check = exercise_checks(EXERCISE)
 
 
 # ----------------------------------------------------------------------------- word choice
@@ -66,7 +66,7 @@ def _explain_choice(case: Case, got: list, expected: list) -> str | None:
     return None
 
 
-@register(
+@register_check(
     "whole_word_choice(continuation, special, word_noise, prob)",
     "minivlm.objectives:whole_word_choice", points=2,
     returns="(B, T) bool",
@@ -143,7 +143,7 @@ def _corrupt_variant(kind: str):
     return corrupt_chosen
 
 
-@register(
+@register_check(
     "corrupt_chosen(input_ids, chosen, how, random_ids, mask_id)",
     "minivlm.objectives:corrupt_chosen", points=1,
     returns={"masked_ids": "(B, T)", "labels": "(B, T)"},

@@ -29,7 +29,7 @@ from minivlm.grading.core import Case, exercise_checks
 
 Tensor = torch.Tensor
 MARGIN = 0.1  # accuracy
-register = exercise_checks(EXERCISE)
+register_check = exercise_checks(EXERCISE)
 
 
 # ----------------------------------------------------------------------------- the masking
@@ -77,7 +77,7 @@ def _explain_mask(case: Case, got: list, expected: list) -> str | None:
     return None
 
 
-@register(
+@register_check(
     "mask_colour_words(input_ids, colour_ids, mask_id)", _ref_mask, points=2,
     returns={"masked_ids": "(B, T)", "labels": "(B, T)"},
     library=("minivlm.recipes.vilt_mlm:reference_mask_colour_words",),
@@ -147,7 +147,7 @@ def _explain_train(case: Case, got: list, expected: list) -> str | None:
             "labels.flatten())")
 
 
-@register(
+@register_check(
     "train_colour_mlm(num_objects, seed)", _ref_train_colour_mlm, points=3,
     returns="(1,) held-out colour accuracy",
     library=("minivlm.recipes.vilt_mlm:reference_train_colour_mlm",

@@ -39,7 +39,7 @@ from minivlm.grading.core import Case, exercise_checks
 
 Tensor = torch.Tensor
 EXERCISE = "03_albef_momentum"
-register = exercise_checks(EXERCISE)
+register_check = exercise_checks(EXERCISE)
 
 __all__ = ["inputs_after"]
 
@@ -166,7 +166,7 @@ def _explain_ema(case: Case, got: list, expected: list) -> str | None:
     return None
 
 
-@register(
+@register_check(
     "ema_update_(pairs, momentum)", _ref_ema, points=2,
     returns={"params": "(P,) every online parameter, flattened",
              "params_m": "(P,) every momentum parameter"},
@@ -250,7 +250,7 @@ def _enqueue_variant(kind: str):
     return enqueue
 
 
-@register(
+@register_check(
     "enqueue_(queue, ptr, feats)", _ref_enqueue, points=2,
     returns={"queue": "(E, K)", "ptr": "() a 0-dim long tensor", "feats": "(B, E)"},
     mistakes=[
@@ -361,7 +361,7 @@ def _explain_sampler(case: Case, got: list, expected: list) -> str | None:
             "once gives the same draws")
 
 
-@register(
+@register_check(
     "sample_hard_negatives(sim_i2t, sim_t2i, generator)", _ref_sampler, points=3,
     returns={"neg_text_idx": "(B,) long", "neg_image_idx": "(B,) long"},
     mistakes=[
@@ -478,7 +478,7 @@ def _unit(gen: torch.Generator, *shape: int, dtype=torch.float32) -> Tensor:
     return F.normalize(torch.randn(*shape, generator=gen, dtype=dtype), dim=-1)
 
 
-@register(
+@register_check(
     "mod_itc_loss(image_feat, text_feat, image_feat_m, text_feat_m, image_queue, text_queue, "
     "temp, alpha)",
     "minivlm.recipes.albef_noise:reference_mod_itc_loss", points=2,
@@ -527,7 +527,7 @@ def _train_hint(case: Case, got: list, expected: list) -> str | None:
             "queues; data, batches and init come from the given helpers")
 
 
-@register(
+@register_check(
     "train_noisy_itc(noise, alpha, seed)",
     "minivlm.recipes.albef_noise:reference_train_noisy_itc", points=3,
     returns="(1,) held-out R@1",

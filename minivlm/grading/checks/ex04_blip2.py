@@ -24,7 +24,7 @@ from minivlm.grading.core import Case, exercise_checks
 
 Tensor = torch.Tensor
 EXERCISE = "04_qformer_masks"
-register = exercise_checks(EXERCISE)
+register_check = exercise_checks(EXERCISE)
 
 
 # ----------------------------------------------------------------------------- masks
@@ -105,7 +105,7 @@ def _mask_cases(kind: str):
     return cases
 
 
-register(
+register_check(
     "itc_mask(num_query, num_text)", _ref_mask("itc"), points=1,
     returns="(Q+T, Q+T) bool",
     mistakes=[
@@ -133,7 +133,7 @@ register(
     explain=_explain_mask,
 )(_mask_cases("itc"))
 
-register(
+register_check(
     "itm_mask(num_query, num_text)", _ref_mask("itm"), points=1,
     returns="(Q+T, Q+T) bool",
     mistakes=[
@@ -157,7 +157,7 @@ register(
     explain=_explain_mask,
 )(_mask_cases("itm"))
 
-register(
+register_check(
     "itg_mask(num_query, num_text)", _ref_mask("itg"), points=2,
     returns="(Q+T, Q+T) bool",
     mistakes=[
@@ -257,7 +257,7 @@ def _explain_score(case: Case, got: list, expected: list) -> str | None:
     return None
 
 
-@register(
+@register_check(
     "itc_score(query_embeds, text_embeds)", _ref_itc_score, points=3, grad=True,
     returns="(B_img, B_txt)",
     mistakes=[

@@ -29,7 +29,7 @@ from minivlm.grading.checks.ex04_blip2 import EXERCISE
 from minivlm.grading.core import Case, exercise_checks
 
 MARGIN = 0.3  # colour accuracy on 200 held-out scenes; the second number is 0 or 1
-register = exercise_checks(EXERCISE)
+register_check = exercise_checks(EXERCISE)
 _ref_train_stage1 = cached_run("minivlm.recipes.qformer_stage1:reference_train_stage1")
 
 
@@ -52,7 +52,7 @@ def _explain_train(case: Case, got: list, expected: list) -> str | None:
             "ITG pass with data['dec_token_id'] replacing [CLS]")
 
 
-@register(
+@register_check(
     "train_stage1(seed)", _ref_train_stage1, points=3,
     returns="(2,) held-out colour accuracy, temperature moved (0/1)",
     library=("minivlm.recipes.qformer_stage1:reference_train_stage1",),

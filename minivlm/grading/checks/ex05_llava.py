@@ -34,7 +34,7 @@ from minivlm.grading.core import Case, exercise_checks
 
 Tensor = torch.Tensor
 EXERCISE = "05_llava_projector"
-register = exercise_checks(EXERCISE)
+register_check = exercise_checks(EXERCISE)
 IGNORE = -100
 
 
@@ -76,7 +76,7 @@ def _project_variant(*, act: str = "gelu", act2: str = "none", bias1: bool = Tru
     return project
 
 
-@register(
+@register_check(
     "project(features, w1, b1, w2, b2)", _ref_project, points=3, grad=True,
     returns="(..., D)",
     mistakes=[
@@ -205,7 +205,7 @@ def _merge_case(gen: torch.Generator, label: str, B: int, T: int, N: int, D: int
     return Case(label, embeds, ids, feats, image_token_id, hint=hint)
 
 
-@register(
+@register_check(
     "merge_image_features(inputs_embeds, input_ids, image_features, image_token_id)",
     _ref_merge, points=3, grad=True,
     returns="(B, T, D)",
@@ -259,7 +259,7 @@ def merge_cases(gen: torch.Generator):
 
 
 # ----------------------------------------------------------------------------- wrong counts
-@register(
+@register_check(
     "merge_image_features(inputs_embeds, input_ids, image_features, image_token_id)",
     _ref_merge, points=1, name="merge_raises_value_error",
     returns="(B, T, D)",
@@ -422,7 +422,7 @@ def _explain_labels(case: Case, got: list, expected: list) -> str | None:
     return f"an answer token is masked {where}: every token of every answer keeps its id"
 
 
-@register(
+@register_check(
     "assistant_labels(input_ids, attention_mask, assistant_header, eos_id)", _ref_labels, points=3,
     returns="(B, T)",
     mistakes=[

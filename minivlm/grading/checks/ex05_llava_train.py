@@ -24,7 +24,7 @@ from minivlm.grading.checks.ex05_llava import EXERCISE
 from minivlm.grading.core import Case, exercise_checks
 
 MARGIN = 0.06  # accuracy on 200 held-out questions
-register = exercise_checks(EXERCISE)
+register_check = exercise_checks(EXERCISE)
 _ref_train_projector = cached_run("minivlm.recipes.llava_align:reference_train_projector")
 
 
@@ -42,7 +42,7 @@ def _explain_train(case: Case, got: list, expected: list) -> str | None:
             "small.batches(seed, n, run), and the language model's loss (labels=...)")
 
 
-@register(
+@register_check(
     "train_projector(task, seed)", _ref_train_projector, points=3,
     returns="(1,) held-out colour accuracy",
     library=("minivlm.recipes.llava_align:reference_train_projector",

@@ -18,7 +18,7 @@ from minivlm.grading.core import Case, exercise_checks
 
 Tensor = torch.Tensor
 EXERCISE = "06_blip_coca"
-register = exercise_checks(EXERCISE)
+register_check = exercise_checks(EXERCISE)
 
 
 # ----------------------------------------------------------------------------- [DEC] and mask
@@ -50,7 +50,7 @@ def _decoder_variant(how: str):
     return decoder_inputs
 
 
-@register(
+@register_check(
     "decoder_inputs(input_ids, attention_mask, dec_token_id)", _ref_decoder, points=2,
     returns={"ids": "(B, T)", "mask": "(B, T, T)", "labels": "(B, T)"},
     mistakes=[
@@ -104,7 +104,7 @@ def _cls_variant(how: str):
     return cls_text_mask
 
 
-@register(
+@register_check(
     "cls_text_mask(input_ids, pad_id)", _ref_cls, points=2,
     returns="(B, T+1, T+1)",
     mistakes=[
@@ -157,7 +157,7 @@ def _loss_variant(how: str):
     return coca_loss
 
 
-@register(
+@register_check(
     "coca_loss(image_embeds, text_embeds, logit_scale, logits, labels, pad_id, caption_weight, "
     "contrastive_weight)",
     _ref_loss, points=3, grad=True,
@@ -216,7 +216,7 @@ def _nucleus_variant(how: str):
     return nucleus_filter
 
 
-@register(
+@register_check(
     "nucleus_filter(logits, top_p)", _ref_nucleus, points=2,
     returns="(..., V)",
     library=("minivlm.nn.lm:top_p_filter",),

@@ -15,7 +15,7 @@ from minivlm.grading.core import Case, exercise_checks
 
 Tensor = torch.Tensor
 EXERCISE = "07_mae_beit"
-register = exercise_checks(EXERCISE)
+register_check = exercise_checks(EXERCISE)
 
 
 # ----------------------------------------------------------------------------- random masking
@@ -50,7 +50,7 @@ def _masking_variant(*, descending: bool = False, keep_rule: str = "int", invert
     return random_masking
 
 
-@register(
+@register_check(
     "random_masking(x, mask_ratio, noise)", _ref_masking, points=3,
     returns={"x_kept": "(B, N_keep, D)", "mask": "(B, N)", "ids_restore": "(B, N)"},
     mistakes=[
@@ -114,7 +114,7 @@ def _loss_variant(*, over: str = "masked", unbiased: bool = True, eps: float = 1
     return mae_loss
 
 
-@register(
+@register_check(
     "mae_loss(pred, target, mask, norm_pix_loss)", _ref_loss, points=3, grad=True,
     returns="()",
     mistakes=[
@@ -188,7 +188,7 @@ def _block_variant(*, swap_hw: bool = False, trunc: bool = False, fit: str = "st
     return add_block
 
 
-@register(
+@register_check(
     "add_block(mask, area, aspect, top_frac, left_frac, need)", _ref_block, points=3,
     returns="(g, g)",
     mistakes=[

@@ -16,7 +16,7 @@ from minivlm.grading.core import Case, exercise_checks
 
 Tensor = torch.Tensor
 EXERCISE = "08_vlmo"
-register = exercise_checks(EXERCISE)
+register_check = exercise_checks(EXERCISE)
 
 
 # ----------------------------------------------------------------------------- Multiway FFN
@@ -41,7 +41,7 @@ def _ffn_variant(how: str = "right"):
     return multiway_ffn
 
 
-@register(
+@register_check(
     "multiway_ffn(x, route, w1, b1, w2, b2)", _ffn_variant(), points=3, grad=True,
     returns="(B, T, D)",
     mistakes=[
@@ -126,7 +126,7 @@ _MODEL_NAMES = [
 ]  # fmt: skip
 
 
-@register(
+@register_check(
     "stage_trainable(names, stage)", _ref_stage, points=3,
     returns="(P,)",
     mistakes=[
@@ -177,7 +177,7 @@ def _rank_variant(how: str = "right"):
     return two_mode_rank
 
 
-@register(
+@register_check(
     "two_mode_rank(text_emb, image_embs, itm_logits, k)", _rank_variant(), points=3,
     returns="(N,)",
     mistakes=[

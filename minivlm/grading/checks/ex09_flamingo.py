@@ -19,7 +19,7 @@ from minivlm.nn.attention import attend
 
 Tensor = torch.Tensor
 EXERCISE = "09_flamingo"
-register = exercise_checks(EXERCISE)
+register_check = exercise_checks(EXERCISE)
 
 
 # ----------------------------------------------------------------------------- the mask
@@ -54,7 +54,7 @@ def _ids(gen: torch.Generator, B: int, T: int, positions: list[list[int]], img: 
     return ids
 
 
-@register(
+@register_check(
     "interleaved_mask(input_ids, image_token_id, num_images)", _ref_mask, points=2,
     returns="(B, T, N_img)",
     mistakes=[
@@ -114,7 +114,7 @@ def _resampler_variant(how: str):
     return resampler_attention
 
 
-@register(
+@register_check(
     "resampler_attention(latents, x, wq, wk, wv, wo, num_heads)",
     _ref_resampler, points=3, grad=True,
     returns="(B, L, D)",
@@ -158,7 +158,7 @@ def _gated_variant(how: str):
     return gated_residual
 
 
-@register(
+@register_check(
     "gated_residual(x, y, alpha, sees_image)", _ref_gated, points=2, grad=True,
     returns="(B, T, D)",
     mistakes=[

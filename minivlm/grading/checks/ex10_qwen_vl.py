@@ -14,7 +14,7 @@ from minivlm.grading.core import Case, exercise_checks
 
 Tensor = torch.Tensor
 EXERCISE = "10_qwen_vl"
-register = exercise_checks(EXERCISE)
+register_check = exercise_checks(EXERCISE)
 IMG = 7
 
 
@@ -84,7 +84,7 @@ def _mrope_case(gen: torch.Generator, label: str, rows: list[list], grids: list[
     return Case(label, ids, torch.tensor(grids), IMG, merge, mask, hint=hint)
 
 
-@register(
+@register_check(
     "mrope_positions(input_ids, image_grid_thw, image_token_id, merge_size, attention_mask)",
     _ref_mrope, points=3,
     returns="(3, B, T)",
@@ -143,7 +143,7 @@ def _order_variant(how: str):
     return merge_order
 
 
-@register(
+@register_check(
     "merge_order(h, w, merge_size)", _ref_merge_order, points=2,
     returns="(h*w, 2)",
     mistakes=[
@@ -192,7 +192,7 @@ def _window_variant(how: str):
     return window_partition
 
 
-@register(
+@register_check(
     "window_partition(grid_thw, merge_size, window)", _ref_windows, points=2,
     returns={"order": "(N/m^2,)", "lengths": "(num_windows,)"},
     mistakes=[

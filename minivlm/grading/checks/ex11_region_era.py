@@ -17,7 +17,7 @@ from minivlm.grading.core import Case, exercise_checks
 
 Tensor = torch.Tensor
 EXERCISE = "11_region_era"
-register = exercise_checks(EXERCISE)
+register_check = exercise_checks(EXERCISE)
 
 
 # ----------------------------------------------------------------------------- RoI-Align
@@ -57,7 +57,7 @@ def _roi_variant(how: str):
     return roi_align_box
 
 
-@register(
+@register_check(
     "roi_align_box(features, box, output_size, sampling_ratio)", _ref_roi, points=3, grad=True,
     returns="(C, S, S)",
     library=("torchvision.ops:roi_align", "minivlm.nn.convnet:bilinear_sample"),
@@ -118,7 +118,7 @@ def _ipot_variant(how: str):
     return ipot
 
 
-@register(
+@register_check(
     "ipot(cost, x_mask, y_mask, beta, iters)", _ref_ipot, points=3,
     returns="(B, M, N)",
     library=("minivlm.objectives:wasserstein_distance", "minivlm.models.uniter:word_region_plan"),
@@ -179,7 +179,7 @@ def _kl_variant(how: str):
     return region_kl_loss
 
 
-@register(
+@register_check(
     "region_kl_loss(region_logits, detector_probs, masked)", _ref_kl, points=2, grad=True,
     returns="()",
     library=("minivlm.models.uniter:mrc_kl_loss",),
