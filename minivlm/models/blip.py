@@ -91,12 +91,12 @@ class BlipConfig(MomentumDistillation):
     label_smoothing: of the LM loss (0.1, the released code). *_weight: loss = weighted sum.
     """
 
-    queue_size: int = 57600  # MomentumDistillation's, BLIP's length
     vision: ViTConfig = field(default_factory=blip_vision_config)
     text: TextConfig = field(default_factory=blip_text_config)
     vocab_size: int | None = None
     decoder: bool = True
     use_momentum: bool = True
+    queue_size: int = 57600  # MomentumDistillation's field, BLIP's default
     learn_temp: bool = True
     cls_token_id: int = 101
     enc_token_id: int = 30523

@@ -79,15 +79,15 @@ class ViLTConfig(TransformerSizes, PatchGrid, MLPHidden):
     uses 0.1; off by default); ``wpa_beta``/``wpa_iters`` configure its IPOT solver.
     """
 
-    image_size: int = 384
-    patch_size: int = 32
-    mlp_hidden: int | None = None  # overrides mlp_ratio when given
     vocab_size: int = 30522
     max_text_len: int = 40
     type_vocab_size: int = 2
     modality_type_vocab_size: int = 2
     pad_id: int | None = 0
+    image_size: int = 384  # PatchGrid's field, ViLT's default
+    patch_size: int = 32  # PatchGrid's field, ViLT's default
     mlp_ratio: float = 4.0
+    mlp_hidden: int | None = None  # TransformerSizes' field; None: int(dim * mlp_ratio)
     qkv_bias: bool = True
     dropout: float = 0.0
     pooler: bool = True

@@ -48,10 +48,10 @@ class TextConfig(TransformerSizes, MLPHidden):
     is ``cross_attention_from=0``.
     """
 
-    mlp_hidden: int | None = None  # overrides mlp_ratio when given
     vocab_size: int = 30522
     max_len: int = 512
     mlp_ratio: float = 4.0
+    mlp_hidden: int | None = None  # TransformerSizes' field; None: int(dim * mlp_ratio)
     causal: bool = False
     prenorm: bool = False
     qkv_bias: bool = True

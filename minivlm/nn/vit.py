@@ -77,7 +77,7 @@ class ViTSizes(TransformerSizes, PatchGrid):
     224 px, :class:`PatchGrid` and :class:`~minivlm.nn.config.TransformerSizes`, with LayerNorm
     eps 1e-6): a base of the MAE, BEiT and VLMo configs, which add their own heads and switches."""
 
-    eps: float = 1e-6
+    eps: float = 1e-6  # TransformerSizes' field, ViT's default
 
 
 @dataclass
@@ -92,9 +92,9 @@ class ViTConfig(TransformerSizes, PatchGrid, MLPHidden):
     ``global_pool="avg"``). ``num_classes > 0`` adds a linear classifier head.
     """
 
-    mlp_hidden: int | None = None  # overrides mlp_ratio when given
-    eps: float = 1e-6
     mlp_ratio: float = 4.0
+    mlp_hidden: int | None = None  # TransformerSizes' field; None: int(dim * mlp_ratio)
+    eps: float = 1e-6  # TransformerSizes' field, ViT's default
     qkv_bias: bool = True
     class_token: bool = True
     pre_norm: bool = False
