@@ -43,10 +43,9 @@ __all__ = [
 @dataclass
 class TransformerSizes:
     """The sizes of a stack of transformer blocks (defaults: BERT-base's: 12 blocks of width 768,
-    12 heads, MLP 3072, GELU, LayerNorm eps 1e-12), what
-    :class:`~minivlm.nn.blocks.TransformerBlock` takes as ``dim``, ``num_heads``, ``mlp_hidden``,
-    ``mlp`` and ``eps``. A base of the text, ViT, ViLT and Q-Former configs and of
-    :class:`~minivlm.nn.bert.BertSizes` and :class:`~minivlm.nn.vit.ViTSizes`."""
+    12 heads, MLP 3072, GELU, LayerNorm eps 1e-12), each block a
+    :class:`~minivlm.nn.blocks.TransformerBlock`. A base of the text, ViT, ViLT and Q-Former
+    configs and of :class:`~minivlm.nn.bert.BertSizes` and :class:`~minivlm.nn.vit.ViTSizes`."""
 
     dim: int = 768
     depth: int = 12
@@ -60,8 +59,8 @@ class TransformerSizes:
 class ContrastiveHead:
     """Image-text contrastive (ITC) learning as ALBEF (§3.1 and its code) sets it up, and BLIP and
     BLIP-2 after it: projections to an ``embed_dim`` space (256) and a learnable temperature
-    ``temp`` (0.07) clamped to [``temp_min``, ``temp_max``] (0.001, 0.5) by the model
-    (:class:`~minivlm.objectives.ClampedTemperature`)."""
+    ``temp`` (0.07) that the model clamps to [``temp_min``, ``temp_max``] (0.001, 0.5; ALBEF and
+    BLIP-2 with :class:`~minivlm.objectives.ClampedTemperature`)."""
 
     embed_dim: int = 256
     temp: float = 0.07
@@ -73,8 +72,9 @@ class ContrastiveHead:
 class MomentumDistillation(ContrastiveHead):
     """ITC with ALBEF's momentum distillation (§3.3), also BLIP's: ``queue_size`` momentum
     features kept per modality (65,536), the EMA coefficient ``momentum`` of the momentum model
-    (0.995) and the weight ``alpha`` of its soft targets (0.4)
-    (:class:`~minivlm.objectives.MomentumQueues`, :func:`~minivlm.objectives.distill_targets`)."""
+    (0.995) and the weight ``alpha`` of its soft targets (0.4;
+    :func:`~minivlm.objectives.distill_targets`; ALBEF's queues and EMA model:
+    :class:`~minivlm.objectives.MomentumQueues`)."""
 
     queue_size: int = 65536
     momentum: float = 0.995
