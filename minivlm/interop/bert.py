@@ -7,7 +7,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from minivlm.interop.common import ACTIVATIONS, add_linear, hf_activation, load_converted
+from minivlm.interop.common import add_linear, hf_activation, load_converted, sizes_from_hf
 
 Tensor = torch.Tensor
 
@@ -30,16 +30,13 @@ def bert_encoder_from_hf(cls: type[nn.Module], config_cls: type, model: nn.Modul
             "BertEncoder.from_hf: only absolute position embeddings are supported, got "
             f"{hc.position_embedding_type!r}"
         )
-    act = hf_activation(hc.hidden_act, "BertEncoder.from_hf")
     layers = bert.encoder.layer
     cross = tuple(i for i, layer in enumerate(layers) if getattr(layer, "crossattention", None))
     kv_dim = layers[cross[0]].crossattention.self.key.in_features if cross else None
     emb = bert.embeddings
     cfg = config_cls(
-        vocab_size=hc.vocab_size, max_len=hc.max_position_embeddings, dim=hc.hidden_size,
-        depth=hc.num_hidden_layers, num_heads=hc.num_attention_heads,
-        mlp_hidden=hc.intermediate_size, mlp_ratio=hc.intermediate_size / hc.hidden_size,
-        act=act, eps=hc.layer_norm_eps, causal=bool(hc.is_decoder), prenorm=False,
+        **sizes_from_hf(hc, "BertEncoder.from_hf", vocab=True, mlp_ratio=True),
+        causal=bool(hc.is_decoder), prenorm=False,
         cross_attention_layers=cross or None, kv_dim=kv_dim,
         type_vocab_size=hc.type_vocab_size, pad_id=emb.word_embeddings.padding_idx,
         pooler=getattr(bert, "pooler", None) is not None,
@@ -85,9 +82,8 @@ def bert_mlm_head_from_hf(cls: type[nn.Module], model: nn.Module, encoder: Any =
             "BertMLMHead.from_hf: expected a BertForMaskedLM or BertLMPredictionHead, "
             f"got {type(model).__name__}"
         )
-    act = ACTIVATIONS.get(model.config.hidden_act) if hasattr(model, "config") else "gelu"
-    if act is None:
-        raise ValueError(f"BertMLMHead.from_hf: unsupported hidden_act {model.config.hidden_act!r}")
+    config = getattr(model, "config", None)  # a bare prediction head has none: BERT's GELU
+    act = hf_activation(config.hidden_act, "BertMLMHead.from_hf") if config is not None else "gelu"
     t = pred.transform
     dim, vocab = pred.decoder.in_features, pred.decoder.out_features
     head = cls(dim, vocab, act=act, eps=t.LayerNorm.eps)

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from minivlm.interop.bert import add_bert_layer
-from minivlm.interop.common import add_linear, hf_activation, load_converted
+from minivlm.interop.common import add_linear, load_converted, sizes_from_hf
 from minivlm.nn.bert import TextConfig
 from minivlm.nn.vit import ViTConfig
 
@@ -26,17 +26,12 @@ __all__ = ["blip_from_hf"]
 def _config(config_cls: type[Any], model: nn.Module) -> Any:
     hv, ht = model.config.vision_config, model.config.text_config
     vision = ViTConfig(
-        image_size=hv.image_size, patch_size=hv.patch_size, dim=hv.hidden_size,
-        depth=hv.num_hidden_layers, num_heads=hv.num_attention_heads,
-        mlp_hidden=hv.intermediate_size, mlp_ratio=hv.intermediate_size / hv.hidden_size,
-        act=hf_activation(hv.hidden_act, "Blip.from_hf (vision)"), eps=hv.layer_norm_eps,
+        **sizes_from_hf(hv, "Blip.from_hf (vision)", mlp_ratio=True),
+        image_size=hv.image_size, patch_size=hv.patch_size,
         in_chans=model.vision_model.embeddings.patch_embedding.in_channels,
     )  # fmt: skip
     text = TextConfig(
-        vocab_size=ht.vocab_size, max_len=ht.max_position_embeddings, dim=ht.hidden_size,
-        depth=ht.num_hidden_layers, num_heads=ht.num_attention_heads,
-        mlp_hidden=ht.intermediate_size, mlp_ratio=ht.intermediate_size / ht.hidden_size,
-        act=hf_activation(ht.hidden_act, "Blip.from_hf (text)"), eps=ht.layer_norm_eps,
+        **sizes_from_hf(ht, "Blip.from_hf (text)", vocab=True, mlp_ratio=True),
         type_vocab_size=0, pad_id=ht.pad_token_id,
     )  # fmt: skip
     V = ht.vocab_size

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from minivlm.interop.common import add_linear, hf_activation, load_converted
+from minivlm.interop.common import add_linear, load_converted, sizes_from_hf
 from minivlm.nn.lm import DecoderLM
 from minivlm.nn.qformer import QFormerConfig
 from minivlm.nn.vit import ViTConfig
@@ -43,18 +43,13 @@ def blip2_config_from_hf(config_cls: type[Any], model: nn.Module,
     vision = ViTConfig(  # BLIP-2's ViT: post-LN on every output token (HF post_layernorm)
         final_norm=True, pre_norm=False, image_size=hv.image_size, patch_size=hv.patch_size,
         in_chans=vm.embeddings.patch_embedding.in_channels,
-        dim=hv.hidden_size, depth=hv.num_hidden_layers, num_heads=hv.num_attention_heads,
-        mlp_hidden=hv.intermediate_size, mlp_ratio=hv.intermediate_size / hv.hidden_size,
-        act=hf_activation(hv.hidden_act, "Blip2.from_hf (vision)"), eps=hv.layer_norm_eps,
+        **sizes_from_hf(hv, "Blip2.from_hf (vision)", mlp_ratio=True),
     )  # fmt: skip
     qformer = QFormerConfig(
-        dim=hq.hidden_size, depth=hq.num_hidden_layers, num_heads=hq.num_attention_heads,
-        mlp_hidden=hq.intermediate_size, eps=hq.layer_norm_eps,
-        act=hf_activation(hq.hidden_act, "Blip2.from_hf (qformer)"),
+        **sizes_from_hf(hq, "Blip2.from_hf (qformer)", vocab=True),
         cross_attention_freq=hq.cross_attention_frequency,
         num_query_tokens=model.query_tokens.shape[1], text=False,
-        vocab_size=hq.vocab_size, max_len=hq.max_position_embeddings,
-    )  # fmt: skip
+    )
     lm = language_model.config if language_model is not None else None
     return config_cls(vision=vision, qformer=qformer, lm=lm)
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from minivlm.interop.common import CLIP_LAYER_NAMES, hf_activation, hf_from_pretrained
+from minivlm.interop.common import CLIP_LAYER_NAMES, hf_from_pretrained, sizes_from_hf
 from minivlm.nn.causal_text import CausalTextEncoder
 from minivlm.nn.vit import ViTConfig, clip_vision_config
 
@@ -24,9 +24,7 @@ def clip_vision_config_from_hf(hv: Any, where: str) -> ViTConfig:
     """An HF ``CLIPVisionConfig`` -> :func:`~minivlm.nn.vit.clip_vision_config`."""
     return clip_vision_config(
         image_size=hv.image_size, patch_size=hv.patch_size, in_chans=hv.num_channels,
-        dim=hv.hidden_size, depth=hv.num_hidden_layers, num_heads=hv.num_attention_heads,
-        mlp_hidden=hv.intermediate_size, mlp_ratio=hv.intermediate_size / hv.hidden_size,
-        act=hf_activation(hv.hidden_act, where), eps=hv.layer_norm_eps,
+        **sizes_from_hf(hv, where, mlp_ratio=True),
     )  # fmt: skip
 
 

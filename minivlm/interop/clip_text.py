@@ -7,7 +7,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from minivlm.interop.common import CLIP_LAYER_NAMES, hf_activation, load_converted
+from minivlm.interop.common import CLIP_LAYER_NAMES, load_converted, sizes_from_hf
 from minivlm.nn.bert import TextConfig
 
 Tensor = torch.Tensor
@@ -28,14 +28,11 @@ def causal_text_from_hf(cls: type[nn.Module], model: nn.Module) -> Any:
             f"{type(model).__name__}"
         )
     hc = tm.config
-    act = hf_activation(hc.hidden_act, "CausalTextEncoder.from_hf")
     eos = getattr(hc, "eos_token_id", None)
     cfg = TextConfig.clip(
-        vocab_size=hc.vocab_size, max_len=hc.max_position_embeddings, dim=hc.hidden_size,
-        depth=hc.num_hidden_layers, num_heads=hc.num_attention_heads,
-        mlp_hidden=hc.intermediate_size, mlp_ratio=hc.intermediate_size / hc.hidden_size,
-        act=act, eps=hc.layer_norm_eps, eos_token_id=None if eos == 2 else eos,
-    )  # fmt: skip
+        **sizes_from_hf(hc, "CausalTextEncoder.from_hf", vocab=True, mlp_ratio=True),
+        eos_token_id=None if eos == 2 else eos,
+    )
     emb = tm.embeddings
     sd: dict[str, Tensor] = {
         "token_embedding.weight": emb.token_embedding.weight,

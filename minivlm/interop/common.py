@@ -1,8 +1,10 @@
-"""Shared pieces of the checkpoint converters: activation names and state-dict helpers.
+"""Shared pieces of the checkpoint converters: config sizes and activation names, state-dict
+helpers.
 
 Every converter in :mod:`minivlm.interop` reads a ``transformers`` / ``timm`` model, builds
-the matching minivlm config, maps parameter names, and loads the weights with
-:func:`load_converted`. The model class keeps a short ``from_hf`` / ``from_timm`` that calls it.
+the matching minivlm config (the sizes of a Hugging Face config with :func:`sizes_from_hf`),
+maps parameter names, and loads the weights with :func:`load_converted`. The model class keeps
+a short ``from_hf`` / ``from_timm`` that calls it.
 """
 
 from __future__ import annotations
@@ -19,11 +21,15 @@ Tensor = torch.Tensor
 __all__ = [
     "ACTIVATIONS",
     "CLIP_LAYER_NAMES",
+    "HF_SIZES",
+    "HF_VOCAB",
     "add_linear",
     "hf_activation",
     "hf_from_pretrained",
     "load_converted",
     "rename_layers",
+    "sizes_from_hf",
+    "square",
 ]
 
 # Hugging Face ``hidden_act`` names -> minivlm's (minivlm.nn.blocks.get_activation)
@@ -35,6 +41,19 @@ ACTIVATIONS: dict[str, str] = {
     "quick_gelu": "quick_gelu",
     "silu": "silu",
 }
+
+# Hugging Face config attribute -> minivlm config field: the sizes of a stack of transformer
+# blocks (the fields of minivlm.nn.config.TransformerSizes; hidden_act through ACTIVATIONS) ...
+HF_SIZES: dict[str, str] = {
+    "hidden_size": "dim",
+    "num_hidden_layers": "depth",
+    "num_attention_heads": "num_heads",
+    "intermediate_size": "mlp_hidden",
+    "hidden_act": "act",
+    "layer_norm_eps": "eps",
+}
+# ... and those of a text model's embeddings
+HF_VOCAB: dict[str, str] = {"vocab_size": "vocab_size", "max_position_embeddings": "max_len"}
 
 # one HF CLIP encoder layer (text and vision towers, CLIPEncoderLayer) -> a TransformerBlock
 CLIP_LAYER_NAMES: dict[str, str] = {
@@ -57,6 +76,41 @@ def hf_activation(name: object, where: str) -> str:
             f"{where}: unsupported hidden_act {name!r}; expected one of {sorted(ACTIVATIONS)}"
         )
     return act
+
+
+def sizes_from_hf(
+    hc: Any, where: str, *, vocab: bool = False, mlp_ratio: bool = False, skip: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The sizes of the Hugging Face config ``hc`` as keyword arguments of a minivlm config:
+    :data:`HF_SIZES` (``dim``, ``depth``, ``num_heads``, ``mlp_hidden``, ``act``, ``eps``), with
+    ``vocab=True`` also :data:`HF_VOCAB` (``vocab_size``, ``max_len``), with ``mlp_ratio=True``
+    also ``mlp_ratio = intermediate_size / hidden_size`` (for configs with an ``mlp_ratio``);
+    less the fields named in ``skip``, which the converter sets itself (LXMERT's three layer
+    counts instead of ``depth``). A missing attribute or an unknown activation is a ValueError
+    naming ``where``."""
+    names = {**HF_SIZES, **(HF_VOCAB if vocab else {})}
+    out: dict[str, Any] = {}
+    for theirs, ours in names.items():
+        if ours in skip:
+            continue
+        if not hasattr(hc, theirs):
+            raise ValueError(f"{where}: expected a config with {theirs!r} (for {ours}), got "
+                             f"{type(hc).__name__} without it")  # fmt: skip
+        value = getattr(hc, theirs)
+        out[ours] = hf_activation(value, where) if ours == "act" else value
+    if mlp_ratio:
+        out["mlp_ratio"] = hc.intermediate_size / hc.hidden_size
+    return out
+
+
+def square(value: object, what: str, where: str) -> int:
+    """An int from an int or a square (n, n) pair (a config's image or patch size); a
+    ValueError naming ``where`` and ``what`` otherwise."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2 or value[0] != value[1]:
+            raise ValueError(f"{where}: only square {what} are supported, got {value}")
+        value = value[0]
+    return int(value)
 
 
 def add_linear(sd: dict[str, Tensor], dst: str, src: nn.Module) -> None:

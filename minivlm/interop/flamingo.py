@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from minivlm.interop.clip import clip_vision_state_from_hf
-from minivlm.interop.common import hf_activation, rename_layers
+from minivlm.interop.common import rename_layers, sizes_from_hf
 from minivlm.interop.llama import LLAMA_LAYER_NAMES
 from minivlm.nn.lm import LMConfig
 from minivlm.nn.vit import ViTConfig
@@ -54,15 +54,12 @@ def _config_from_hf(hc: Any, config_cls: type) -> Any:
     rope = getattr(hc, "rope_parameters", None) or {}
     if rope.get("rope_type", "default") != "default":
         raise ValueError(f"flamingo_from_hf: only default RoPE is supported, got {rope}")
-    act = hf_activation(vc.hidden_act, "flamingo_from_hf (vision)")
-    vision = ViTConfig(image_size=vc.image_size, patch_size=vc.patch_size, dim=vc.embed_dim,
-                       depth=vc.num_hidden_layers, num_heads=vc.num_attention_heads,
-                       mlp_hidden=vc.intermediate_size, act=act, eps=vc.layer_norm_eps,
+    vision = ViTConfig(**sizes_from_hf(vc, "flamingo_from_hf (vision)"),  # hidden_size: embed_dim
+                       image_size=vc.image_size, patch_size=vc.patch_size,
                        pre_norm=True, patch_bias=False)
     eos = hc.eos_token_id[0] if isinstance(hc.eos_token_id, list) else hc.eos_token_id
-    text = LMConfig(vocab_size=hc.vocab_size, dim=hc.hidden_size, depth=hc.num_hidden_layers,
-                    num_heads=hc.num_attention_heads, num_kv_heads=hc.num_attention_heads,
-                    mlp_hidden=hc.intermediate_size, max_len=hc.max_position_embeddings,
+    text = LMConfig(**sizes_from_hf(hc, "flamingo_from_hf", vocab=True, skip=("act", "eps")),
+                    num_kv_heads=hc.num_attention_heads,
                     rope_base=float(rope.get("rope_theta", 10000.0)), eps=hc.rms_norm_eps,
                     pad_id=hc.pad_token_id, bos_id=hc.bos_token_id, eos_id=eos)
     return config_cls(

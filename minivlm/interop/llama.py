@@ -7,7 +7,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from minivlm.interop.common import rename_layers
+from minivlm.interop.common import rename_layers, sizes_from_hf
 
 Tensor = torch.Tensor
 
@@ -51,11 +51,9 @@ def decoder_lm_from_hf(cls: type[nn.Module], config_cls: type, hf_model: Any) ->
     if head_dim == hc.hidden_size // hc.num_attention_heads:
         head_dim = None
     cfg = config_cls(
-        vocab_size=hc.vocab_size, dim=hc.hidden_size, depth=hc.num_hidden_layers,
-        num_heads=hc.num_attention_heads,
+        **sizes_from_hf(hc, "DecoderLM.from_hf", vocab=True, skip=("act", "eps")),
         num_kv_heads=hc.num_key_value_heads or hc.num_attention_heads,
-        mlp_hidden=hc.intermediate_size, max_len=hc.max_position_embeddings,
-        rope_base=float(theta), eps=hc.rms_norm_eps,
+        rope_base=float(theta), eps=hc.rms_norm_eps,  # SwiGLU (silu checked above), RMSNorm
         tie_embeddings=bool(getattr(hc, "tie_word_embeddings", False)),
         pad_id=hc.pad_token_id, bos_id=hc.bos_token_id, eos_id=eos,
         attention_bias=bool(getattr(hc, "attention_bias", False)), head_dim=head_dim,

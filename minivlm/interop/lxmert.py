@@ -7,7 +7,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from minivlm.interop.common import add_linear, hf_activation, load_converted
+from minivlm.interop.common import add_linear, load_converted, sizes_from_hf
 
 Tensor = torch.Tensor
 
@@ -42,12 +42,11 @@ def lxmert_from_hf(cls: type[nn.Module], config_cls: type, model: nn.Module) -> 
     hc = lx.config
     enc = lx.encoder
     cfg = config_cls(
-        vocab_size=hc.vocab_size, max_len=hc.max_position_embeddings,
-        type_vocab_size=hc.type_vocab_size, dim=hc.hidden_size,
-        num_heads=hc.num_attention_heads, mlp_hidden=hc.intermediate_size,
+        **sizes_from_hf(hc, "Lxmert.from_hf", vocab=True, skip=("depth", "eps")),
         l_layers=hc.l_layers, r_layers=hc.r_layers, x_layers=hc.x_layers,
+        eps=1e-12,  # HF's LXMERT has no layer_norm_eps; its LayerNorms use 1e-12
+        type_vocab_size=hc.type_vocab_size,
         visual_feat_dim=hc.visual_feat_dim, visual_pos_dim=hc.visual_pos_dim,
-        act=hf_activation(hc.hidden_act, "Lxmert.from_hf"), eps=1e-12,
     )  # fmt: skip
     emb = lx.embeddings
     sd: dict[str, Tensor] = {

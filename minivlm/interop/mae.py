@@ -12,7 +12,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from minivlm.interop.common import hf_activation, load_converted
+from minivlm.interop.common import load_converted, sizes_from_hf, square
 
 # one HF ViT-style layer (ViTMAELayer, BeitLayer) -> minivlm names
 LAYER_RULES = [
@@ -34,15 +34,6 @@ MAE_RULES = [
 ]
 
 
-def square(value: object, what: str, where: str) -> int:
-    """An int from an int or a square (n, n) pair; a ValueError otherwise."""
-    if isinstance(value, (tuple, list)):
-        if len(value) != 2 or value[0] != value[1]:
-            raise ValueError(f"{where}: only square {what} are supported, got {value}")
-        value = value[0]
-    return int(value)
-
-
 def vit_sizes_from_hf(cfg: Any, where: str) -> dict:
     """The :class:`~minivlm.nn.vit.ViTSizes` keyword arguments of a Hugging Face ViT-style
     config (``ViTMAEConfig``, ``BeitConfig``): square images and patches, the default head
@@ -52,10 +43,8 @@ def vit_sizes_from_hf(cfg: Any, where: str) -> dict:
     return dict(
         image_size=square(cfg.image_size, "images", where),
         patch_size=square(cfg.patch_size, "patches", where),
-        in_chans=cfg.num_channels, dim=cfg.hidden_size, depth=cfg.num_hidden_layers,
-        num_heads=cfg.num_attention_heads, mlp_hidden=cfg.intermediate_size,
-        act=hf_activation(cfg.hidden_act, where), eps=cfg.layer_norm_eps,
-    )  # fmt: skip
+        in_chans=cfg.num_channels, **sizes_from_hf(cfg, where),
+    )
 
 
 def rename(state: dict, rules: list[tuple[str, str]]) -> dict:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from minivlm.interop.common import sizes_from_hf
 from minivlm.interop.llama import llama_layers
 from minivlm.nn.lm import MRopeLMConfig
 
@@ -34,9 +35,8 @@ def qwen2vl_config_from_hf(hc: Any, config_cls: type) -> Any:
                          f"{rope.get('rope_type')!r}")
     vision_rope = _rope(vc)
     lm = MRopeLMConfig(
-        vocab_size=tc.vocab_size, dim=tc.hidden_size, depth=tc.num_hidden_layers,
-        num_heads=tc.num_attention_heads, num_kv_heads=tc.num_key_value_heads,
-        mlp_hidden=tc.intermediate_size, max_len=tc.max_position_embeddings,
+        **sizes_from_hf(tc, "Qwen2VL.from_hf (text)", vocab=True, skip=("act", "eps")),
+        num_kv_heads=tc.num_key_value_heads,
         rope_base=float(rope.get("rope_theta", 10000.0)), eps=tc.rms_norm_eps,
         tie_embeddings=bool(getattr(hc, "tie_word_embeddings", False)),
         pad_id=None, bos_id=None, eos_id=None, attention_bias=True, out_bias=False,

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from minivlm.interop.common import add_linear, hf_activation, load_converted
+from minivlm.interop.common import add_linear, load_converted, sizes_from_hf, square
 
 Tensor = torch.Tensor
 
@@ -59,27 +59,17 @@ def _heads(model: nn.Module) -> dict[str, nn.Module | None]:
             "rank": getattr(model, "rank_output", None)}  # fmt: skip
 
 
-def _square(v: Any, what: str) -> int:
-    if isinstance(v, (list, tuple)):
-        if len(v) != 2 or v[0] != v[1]:
-            raise ValueError(f"ViLT.from_hf: non-square {what} {v} is not supported")
-        v = v[0]
-    return int(v)
-
-
 def vilt_config_from_hf(config_cls: type, vilt: nn.Module, heads: dict[str, Any]) -> Any:
     """An HF ``ViltConfig`` (and which heads exist) -> ``config_cls`` (ViLTConfig)."""
-    hc = vilt.config
+    hc, where = vilt.config, "ViLT.from_hf"
     return config_cls(
+        **sizes_from_hf(hc, where, mlp_ratio=True),
         vocab_size=hc.vocab_size, max_text_len=hc.max_position_embeddings,
         type_vocab_size=hc.type_vocab_size,
         modality_type_vocab_size=hc.modality_type_vocab_size,
         pad_id=vilt.embeddings.text_embeddings.word_embeddings.padding_idx,
-        image_size=_square(hc.image_size, "image_size"),
-        patch_size=_square(hc.patch_size, "patch_size"), in_chans=hc.num_channels,
-        dim=hc.hidden_size, depth=hc.num_hidden_layers, num_heads=hc.num_attention_heads,
-        mlp_hidden=hc.intermediate_size, mlp_ratio=hc.intermediate_size / hc.hidden_size,
-        act=hf_activation(hc.hidden_act, "ViLT.from_hf"), eps=hc.layer_norm_eps,
+        image_size=square(hc.image_size, "images", where),
+        patch_size=square(hc.patch_size, "patches", where), in_chans=hc.num_channels,
         qkv_bias=hc.qkv_bias, pooler=vilt.pooler is not None,
         itm_head=heads["rank"] is not None, mlm_head=heads["mlm"] is not None,
         num_answers=heads["vqa"][-1].out_features if heads["vqa"] is not None else 0,
