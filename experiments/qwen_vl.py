@@ -40,15 +40,6 @@ from __future__ import annotations
 from minivlm.recipes import qwen_vl as rq
 from minivlm.utils import ResultsFile, experiment_parser
 
-# the position task taken apart (M-RoPE arms): accuracy split by the other axis, and the
-# trained model evaluated with altered position ids (minivlm.recipes.qwen_vl.probe_positions)
-BREAKDOWN = (("top", (3, 3)), ("top", (2, 6)), ("top", (3, 6)), ("left", (3, 3)),
-             ("left", (6, 2)))
-PROBE_GRIDS = ((3, 3), (2, 6), (3, 6), (6, 2))
-PROBES = {"resume 4": dict(resume=4), "resume 6": dict(resume=6),
-          "no columns": dict(drop_columns=True),
-          "resume 4, no columns": dict(resume=4, drop_columns=True)}
-
 
 def one_seed(seed: int, steps: int, position_steps: int, forget_steps: int, n_eval: int,
              scenes: int = 300) -> dict:
@@ -67,13 +58,13 @@ def one_seed(seed: int, steps: int, position_steps: int, forget_steps: int, n_ev
                     "final_loss": sum(loss[-10:]) / len(loss[-10:])}
         if arm.startswith("mrope"):
             res[f"{arm} breakdown"] = {f"{kind} {g[0]}x{g[1]}": rq.position_breakdown(
-                model, g, kind, n=n_eval, seed=seed) for kind, g in BREAKDOWN}
+                model, g, kind, n=n_eval, seed=seed) for kind, g in rq.BREAKDOWN}
         if arm == "mrope":
             res["mrope probes"] = {}
-            for name, kw in PROBES.items():
+            for name, kw in rq.PROBES.items():
                 with rq.probe_positions(model, **kw):
                     res["mrope probes"][name] = rq.position_accuracy(
-                        model, grids=PROBE_GRIDS, n=n_eval, seed=seed)
+                        model, grids=rq.PROBE_GRIDS, n=n_eval, seed=seed)
     model = rq.position_model("mrope", seed)
     with rq.probe_positions(model, swap_rows_cols=True):
         loss = rq.train_positions(model, steps=position_steps, seed=seed, warmup=15)

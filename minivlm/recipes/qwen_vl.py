@@ -42,6 +42,14 @@ CELL = 16  # px: one merged token (2x2 patches of 8 px)
 TRAIN_GRIDS = [(3, 3), (3, 4), (4, 3), (4, 4)]  # (rows, cols) of cells
 TEST_GRIDS = [(3, 3), (4, 4), (2, 6), (6, 2), (3, 6), (6, 6)]
 QUESTIONS = {"left": "what color is the left shape?", "top": "what color is the top shape?"}
+# the position task taken apart (M-RoPE): accuracy split by the other axis on these, and the
+# trained model re-scored on PROBE_GRIDS with the position ids of each probe_positions(**PROBES[k])
+BREAKDOWN = (("top", (3, 3)), ("top", (2, 6)), ("top", (3, 6)), ("left", (3, 3)),
+             ("left", (6, 2)))
+PROBE_GRIDS = ((3, 3), (2, 6), (3, 6), (6, 2))
+PROBES = {"resume 4": dict(resume=4), "resume 6": dict(resume=6),
+          "no columns": dict(drop_columns=True),
+          "resume 4, no columns": dict(resume=4, drop_columns=True)}
 RESOLUTIONS = (16, 32, 64)  # px: 1, 4, 16 LM tokens
 SMALL_Q = "what color is the shape?"
 
