@@ -27,7 +27,7 @@ Per seed it runs :mod:`minivlm.recipes.qwen_vl`:
 The "const" arms are the recipe's first version (constant 3e-3), kept to show why it was
 replaced: with it seed 2 never learned the position task, and three small-shape runs (windowed
 seeds 3 and 4, full seed 4) read the colour at only 0.36-0.52. Regenerate (seeds 0-4; about
-7 minutes of CPU time, single-threaded)::
+8 minutes of CPU time, single-threaded)::
 
   python experiments/qwen_vl.py --out experiments/results/qwen_vl.json
 
