@@ -14,13 +14,20 @@ Per seed it runs :mod:`minivlm.recipes.qwen_vl`:
                           "left / top shape" on 3x3..4x4 canvases,       per grid, unseen incl.;
                           warm-up + cosine learning rate                 final loss
     mrope const, 1d const the same at a constant learning rate           the same
+    mrope breakdown,      the mrope / mrope const models, examples       accuracy by where the
+    mrope const breakdown split by the other axis                        answer lies on it
+    mrope probes          the mrope model with the text after the image  left / top accuracy
+                          resumed at start + 4 or 6 (not + max(h, w)),   on 3x3, 2x6, 3x6, 6x2
+                          and / or no column index on the image tokens
+    mrope swap            trained with rows on the width section's       left / top accuracy
+                          frequencies and columns on the height's        per grid; final loss
     text 0, text 0.5      shapes_lm inside Qwen2VL, VQA tuning with      caption perplexity
                           0 or half of each batch text-only              before / after
 
 The "const" arms are the recipe's first version (constant 3e-3), kept to show why it was
 replaced: with it seed 2 never learned the position task, and three small-shape runs (windowed
 seeds 3 and 4, full seed 4) read the colour at only 0.36-0.52. Regenerate (seeds 0-4; about
-6 minutes of CPU time, single-threaded)::
+8 minutes of CPU time, single-threaded)::
 
   python experiments/qwen_vl.py --out experiments/results/qwen_vl.json
 
@@ -49,6 +56,20 @@ def one_seed(seed: int, steps: int, position_steps: int, forget_steps: int, n_ev
         loss = rq.train_positions(model, steps=position_steps, seed=seed, warmup=warmup)
         res[arm] = {**rq.position_accuracy(model, n=n_eval, seed=seed),
                     "final_loss": sum(loss[-10:]) / len(loss[-10:])}
+        if arm.startswith("mrope"):
+            res[f"{arm} breakdown"] = {f"{kind} {g[0]}x{g[1]}": rq.position_breakdown(
+                model, g, kind, n=n_eval, seed=seed) for kind, g in rq.BREAKDOWN}
+        if arm == "mrope":
+            res["mrope probes"] = {}
+            for name, kw in rq.PROBES.items():
+                with rq.probe_positions(model, **kw):
+                    res["mrope probes"][name] = rq.position_accuracy(
+                        model, grids=rq.PROBE_GRIDS, n=n_eval, seed=seed)
+    model = rq.position_model("mrope", seed)
+    with rq.probe_positions(model, swap_rows_cols=True):
+        loss = rq.train_positions(model, steps=position_steps, seed=seed, warmup=15)
+        res["mrope swap"] = {**rq.position_accuracy(model, n=n_eval, seed=seed),
+                             "final_loss": sum(loss[-10:]) / len(loss[-10:])}
     for frac in (0.0, 0.5):
         res[f"text {frac}"] = rq.forgetting(frac, steps=forget_steps, seed=seed,
                                                 scenes=scenes)

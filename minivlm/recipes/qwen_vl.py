@@ -8,7 +8,9 @@
   (tokens follow the image); with Qwen2.5-VL windows or full attention in the vision encoder.
 * :func:`vision_time` — vision-encoder CPU time on one large image, windowed vs full.
 * :func:`train_positions` / :func:`position_accuracy` — "what color is the left / top shape?"
-  on canvases of 16-px cells of several grid sizes, M-RoPE vs 1-D positions, incl. unseen sizes.
+  on canvases of 16-px cells of several grid sizes, M-RoPE vs 1-D positions, incl. unseen sizes;
+  :func:`position_breakdown` and :func:`probe_positions` take apart why M-RoPE's "top" fails on
+  wide grids.
 * :func:`forgetting` — the text perplexity of a pretrained LM (the zoo's ``shapes_lm``) after
   visual instruction tuning with and without text-only data in the mix.
 """
@@ -16,6 +18,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -38,6 +42,14 @@ CELL = 16  # px: one merged token (2x2 patches of 8 px)
 TRAIN_GRIDS = [(3, 3), (3, 4), (4, 3), (4, 4)]  # (rows, cols) of cells
 TEST_GRIDS = [(3, 3), (4, 4), (2, 6), (6, 2), (3, 6), (6, 6)]
 QUESTIONS = {"left": "what color is the left shape?", "top": "what color is the top shape?"}
+# the position task taken apart (M-RoPE): accuracy split by the other axis on these, and the
+# trained model re-scored on PROBE_GRIDS with the position ids of each probe_positions(**PROBES[k])
+BREAKDOWN = (("top", (3, 3)), ("top", (2, 6)), ("top", (3, 6)), ("left", (3, 3)),
+             ("left", (6, 2)))
+PROBE_GRIDS = ((3, 3), (2, 6), (3, 6), (6, 2))
+PROBES = {"resume 4": dict(resume=4), "resume 6": dict(resume=6),
+          "no columns": dict(drop_columns=True),
+          "resume 4, no columns": dict(resume=4, drop_columns=True)}
 RESOLUTIONS = (16, 32, 64)  # px: 1, 4, 16 LM tokens
 SMALL_Q = "what color is the shape?"
 
@@ -199,22 +211,41 @@ def tile_bank(n: int = 240, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return at_resolution(pixel_values(render(scenes, seed=seed)), CELL), torch.from_numpy(colors)
 
 
-def position_example(rng: np.random.Generator, grid: tuple[int, int], kind: str,
-                     tiles: torch.Tensor, colors: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """A canvas of ``grid`` cells with two shapes of different colours in different columns
-    (``kind="left"``) or rows (``"top"``); the answer is the left / top one's colour."""
+def _position_cells(rng: np.random.Generator, grid: tuple[int, int], kind: str,
+                    colors: torch.Tensor) -> tuple[tuple[int, int], tuple[int, int], int, int]:
+    """Two cells (row, col) differing in column (``"left"``) or row (``"top"``) and two tiles
+    of different colours for them."""
     gh, gw = grid
     while True:
         a, b = rng.choice(gh * gw, 2, replace=False)
         (ra, ca), (rb, cb) = divmod(int(a), gw), divmod(int(b), gw)
-        i, j = rng.choice(len(tiles), 2, replace=False)
+        i, j = rng.choice(len(colors), 2, replace=False)
         if (ca != cb if kind == "left" else ra != rb) and colors[i] != colors[j]:
-            break
+            return (ra, ca), (rb, cb), int(i), int(j)
+
+
+def _position_scene(rng: np.random.Generator, grid: tuple[int, int], kind: str,
+                    tiles: torch.Tensor, colors: torch.Tensor
+                    ) -> tuple[torch.Tensor, int, int]:
+    """(canvas, answer colour, the answer shape's offset from the other one along the axis
+    the question does *not* ask about: columns for "top", rows for "left")."""
+    (ra, ca), (rb, cb), i, j = _position_cells(rng, grid, kind, colors)
+    gh, gw = grid
     canvas = torch.full((3, gh * CELL, gw * CELL), -0.0)
     for (r, c), t in (((ra, ca), i), ((rb, cb), j)):
         canvas[:, r * CELL:(r + 1) * CELL, c * CELL:(c + 1) * CELL] = tiles[t]
     first = (ca < cb) if kind == "left" else (ra < rb)
-    return canvas, int(colors[i] if first else colors[j])
+    ans, other = ((ra, ca), (rb, cb)) if first else ((rb, cb), (ra, ca))
+    axis = 1 if kind == "top" else 0
+    return canvas, int(colors[i] if first else colors[j]), ans[axis] - other[axis]
+
+
+def position_example(rng: np.random.Generator, grid: tuple[int, int], kind: str,
+                     tiles: torch.Tensor, colors: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """A canvas of ``grid`` cells with two shapes of different colours in different columns
+    (``kind="left"``) or rows (``"top"``); the answer is the left / top one's colour."""
+    canvas, y, _ = _position_scene(rng, grid, kind, tiles, colors)
+    return canvas, y
 
 
 def position_model(positions: str, seed: int = 0) -> Qwen2VL:
@@ -250,22 +281,85 @@ def train_positions(model: Qwen2VL, steps: int = 150, batch_size: int = 32, lr: 
 
 
 @torch.no_grad()
+def _position_eval(model: Qwen2VL, grid: tuple[int, int], kind: str, n: int, seed: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(correct (n,) bool, other-axis offset (n,)) on held-out tiles and canvases."""
+    model.eval()
+    tiles, colors = tile_bank(seed=500 + seed)
+    rng = np.random.default_rng([seed, grid[0], grid[1]])
+    ex = [_position_scene(rng, grid, kind, tiles, colors) for _ in range(n)]
+    ids = [prompt_ids(_n_tokens(ex[0][0], model.config), QUESTIONS[kind])] * n
+    pred = readout(model, collate([e[0] for e in ex], ids, model.config), COLOR_IDS).argmax(-1)
+    return pred == torch.tensor([e[1] for e in ex]), torch.tensor([e[2] for e in ex])
+
+
 def position_accuracy(model: Qwen2VL, grids=tuple(TEST_GRIDS), n: int = 100,
                       seed: int = 0) -> dict[str, dict[str, float]]:
     """{"left"/"top": {"3x3": acc, ...}} on held-out tiles and canvases."""
-    model.eval()
-    tiles, colors = tile_bank(seed=500 + seed)
     out: dict[str, dict[str, float]] = {"left": {}, "top": {}}
     for kind in out:
         for g in grids:
-            rng = np.random.default_rng([seed, g[0], g[1]])
-            ex = [position_example(rng, g, kind, tiles, colors) for _ in range(n)]
-            ids = [prompt_ids(_n_tokens(ex[0][0], model.config), QUESTIONS[kind])] * n
-            batch = collate([e[0] for e in ex], ids, model.config)
-            pred = readout(model, batch, COLOR_IDS).argmax(-1)
-            out[kind][f"{g[0]}x{g[1]}"] = (pred == torch.tensor([e[1] for e in ex])
-                                          ).float().mean().item()
+            ok, _ = _position_eval(model, g, kind, n, seed)
+            out[kind][f"{g[0]}x{g[1]}"] = ok.float().mean().item()
     return out
+
+
+def position_breakdown(model: Qwen2VL, grid: tuple[int, int], kind: str, n: int = 100,
+                       seed: int = 0) -> dict[str, float | None]:
+    """Accuracy on the examples of :func:`position_accuracy` split by where the answer shape
+    lies on the *other* axis: ``"before"`` (for "top": also left of the other shape; for
+    "left": also above it), ``"level"`` (same column / row) or ``"after"``. A model that reads
+    only the asked axis scores about the same in all three."""
+    ok, off = _position_eval(model, grid, kind, n, seed)
+    out: dict[str, float | None] = {"all": ok.float().mean().item()}
+    for name, sel in (("before", off < 0), ("level", off == 0), ("after", off > 0)):
+        out[name] = ok[sel].float().mean().item() if bool(sel.any()) else None
+    return out
+
+
+@contextmanager
+def probe_positions(model: Qwen2VL, resume: int | None = None, drop_columns: bool = False,
+                    swap_rows_cols: bool = False) -> Iterator[Qwen2VL]:
+    """Change the M-RoPE ids ``model`` gives its LM inside the ``with`` block (one image per
+    row; the lecture's diagnosis of the position task):
+
+    * ``resume``: the text after the image resumes at start + ``resume`` instead of
+      start + max(h, w) (3 or 4 on the training grids, 6 on 2x6);
+    * ``drop_columns``: every image token's column index is the image's start, so the width
+      section carries no column;
+    * ``swap_rows_cols``: rows turn with the width section's (slowest) frequencies and columns
+      with the height section's (a model must be trained so).
+    """
+    if model.config.positions != "mrope":
+        raise ValueError(f"probe_positions: expected an M-RoPE model, got positions="
+                         f"{model.config.positions!r}")
+    base = model.position_ids  # the class's method, bound
+
+    def ids(input_ids: torch.Tensor, image_grid_thw: torch.Tensor | None,
+            attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        pos = base(input_ids, image_grid_thw, attention_mask).clone()  # (3, B, T)
+        img = input_ids == model.config.image_token_id  # (B, T)
+        if resume is not None:
+            for b in range(input_ids.shape[0]):
+                where = img[b].nonzero().flatten()
+                if len(where) == 0 or int(where[-1] - where[0]) + 1 != len(where):
+                    raise ValueError(f"probe_positions(resume=...): row {b} must hold one "
+                                     f"image (one run of image tokens)")
+                start, end = int(where[0]), int(where[-1]) + 1
+                if end == input_ids.shape[1]:
+                    continue  # no text after the image
+                pos[:, b, end:] += resume - int(pos[0, b, end] - pos[0, b, start])
+                if attention_mask is not None:
+                    pos[:, b] *= attention_mask[b].to(pos.device).long()  # padding stays 0
+        if drop_columns:
+            pos[2][img] = pos[0][img]  # one frame: the time index is the image's start
+        return pos[[0, 2, 1]] if swap_rows_cols else pos
+
+    model.position_ids = ids  # an instance attribute hides the method
+    try:
+        yield model
+    finally:
+        del model.position_ids
 
 
 # --------------------------------------------------------------------------- forgetting
