@@ -27,10 +27,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minivlm.nn.attention import padding_mask
-from minivlm.nn.bert import BertEncoder, BertMLMHead, TextConfig, init_weights
-from minivlm.nn.blocks import TransformerBlock, get_activation
+from minivlm.nn.bert import BertMLMHead, embedding_layer, init_weights, run_blocks
+from minivlm.nn.blocks import get_activation
 from minivlm.nn.config import MLPHidden, TransformerSizes, divisible, one_of
-from minivlm.nn.vit import PatchGrid, check_padded_images, embed_padded_images
+from minivlm.nn.vit import PatchGrid, embed_padded_images, vit_blocks
 from minivlm.objectives import (
     mask_tokens,
     masked_cross_entropy,
@@ -221,15 +221,9 @@ class ViLT(nn.Module):
         cfg = replace(config or ViLTConfig(), **overrides)
         self.config = cfg
         D, p = cfg.dim, cfg.patch_size
-        # text: BERT's embedding layer (word + position + segment, LayerNorm) = a BertEncoder
-        # with no layers; ``text_embeddings.embed(ids)`` -> (B, T, D)
-        self.text_embeddings = BertEncoder(
-            TextConfig(
-                vocab_size=cfg.vocab_size, max_len=cfg.max_text_len, dim=D, depth=0,
-                num_heads=cfg.num_heads, eps=cfg.eps, type_vocab_size=cfg.type_vocab_size,
-                pad_id=cfg.pad_id, dropout=cfg.dropout,
-            )
-        )  # fmt: skip
+        # text: BERT's embedding layer (word + position + segment, LayerNorm), (B, T) -> (B, T, D)
+        self.text_embeddings = embedding_layer(cfg, type_vocab_size=cfg.type_vocab_size,
+                                               dropout=cfg.dropout)  # fmt: skip
         # image: ViT's patch embedding, CLS token and learned positions for image_size
         self.patch_embed = nn.Conv2d(cfg.in_chans, D, kernel_size=p, stride=p)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
@@ -237,14 +231,7 @@ class ViLT(nn.Module):
         self.image_drop = nn.Dropout(cfg.dropout)
         # modality-type embeddings t^type (row 0) and v^type (row 1) (HF: token_type_embeddings)
         self.modality_embeddings = nn.Embedding(cfg.modality_type_vocab_size, D)
-        self.blocks = nn.ModuleList(
-            TransformerBlock(
-                D, cfg.num_heads, mlp_hidden=cfg.hidden, eps=cfg.eps, mlp=cfg.act,
-                qkv_bias=cfg.qkv_bias, out_bias=True, mlp_bias=True, prenorm=True,
-                dropout=cfg.dropout,
-            )
-            for _ in range(cfg.depth)
-        )  # fmt: skip
+        self.blocks = vit_blocks(cfg)  # depth pre-norm blocks, as ViT's
         self.norm = nn.LayerNorm(D, eps=cfg.eps)
         self.pooler = nn.Linear(D, D) if cfg.pooler else None
         # heads
@@ -279,8 +266,6 @@ class ViLT(nn.Module):
         [image CLS + pos[0]; patch_i + pos_i] (ViT's embedding, §3.1), patches in raster
         order, positions resized to each image's real patch grid
         (:func:`~minivlm.nn.vit.embed_padded_images`)."""
-        check_padded_images(pixel_values, pixel_mask, self.config.in_chans,
-                            self.config.patch_size, "ViLT")  # fmt: skip
         image, mask = embed_padded_images(pixel_values, pixel_mask, self.patch_embed,
                                           self.cls_token, self.pos_embed, "ViLT")  # fmt: skip
         return self.image_drop(image), mask  # (B, 1+N, D), (B, 1+N)
@@ -352,11 +337,8 @@ class ViLT(nn.Module):
         T = input_ids.shape[1]
         # (B, 1, 1, L) True where a key is a real token; no mask at all when nothing is padded
         attn_mask = None if bool(joint.all()) else padding_mask(joint)
-        attns: list[Tensor] | None = [] if need_weights else None
-        for blk in self.blocks:
-            x = blk(x, mask=attn_mask, need_weights=need_weights)  # (B, L, D)
-            if attns is not None:
-                attns.append(blk.last_attn)
+        x, _, attns, _ = run_blocks(self.blocks, x, attn_mask, None, None, need_weights, False,
+                                    "ViLT")  # fmt: skip  (B, L, D), one (B, H, L, L) map a layer
         x = self.norm(x)  # (B, T+1+N, D)
         pooled = torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None  # (B, D)
 

@@ -16,6 +16,7 @@ checks) are shared with :mod:`minivlm.nn.causal_text`. Checkpoint conversion:
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -163,6 +164,17 @@ def text_blocks(cfg: TextConfig) -> nn.ModuleList:
         )
         for i in range(cfg.depth)
     )
+
+
+def embedding_layer(cfg: Any, **overrides: Any) -> BertEncoder:
+    """BERT's embedding layer alone (word + position + segment, LayerNorm): a
+    :class:`BertEncoder` of 0 layers, ``.embed(ids)`` -> (B, T, D), sized from a single-stream
+    model's config (``vocab_size``, ``max_text_len``, ``dim``, ``num_heads``, ``eps``,
+    ``pad_id``; ViLT, VLMo); ``overrides`` set other :class:`TextConfig` fields."""
+    return BertEncoder(TextConfig(
+        vocab_size=cfg.vocab_size, max_len=cfg.max_text_len, dim=cfg.dim, depth=0,
+        num_heads=cfg.num_heads, eps=cfg.eps, pad_id=cfg.pad_id, **overrides,
+    ))  # fmt: skip
 
 
 def check_ids(name: str, input_ids: Tensor, cfg: TextConfig) -> None:

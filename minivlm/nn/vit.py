@@ -7,6 +7,7 @@ CLS token, adds learned positions and runs pre-norm transformer blocks.
 :func:`clip_vision_config` is CLIP's variant (also LLaVA's vision tower).
 For images padded to a common size (ViLT): :func:`embed_padded_images` (with
 :func:`check_padded_images`, :func:`patch_grid_mask`, :func:`interpolate_patch_positions`).
+:func:`vit_blocks` builds the pre-norm blocks of a ViT (and of ViLT, which has the same).
 """
 
 from __future__ import annotations
@@ -291,13 +292,16 @@ def embed_padded_images(
 ) -> tuple[Tensor, Tensor]:
     """ViT's embedding of images padded at the right and bottom (ViLT §3.1, HF's rule).
 
-    pixel_values (B, C, H, W), pixel_mask (B, H, W) 1/0 or None; ``patch_embed`` the
+    pixel_values (B, C, H, W), pixel_mask (B, H, W) 1/0 or None, checked first
+    (:func:`check_padded_images`, errors naming ``where``); ``patch_embed`` the
     Conv2d(C, D, p, stride p), ``cls_token`` (1, 1, D), ``pos_embed`` (1, 1 + g*g, D) learned
     for a (g, g) grid (the caller keeps them as its own parameters). Returns the tokens
     [CLS + pos[0]; patch_i + pos_i] (B, 1+N, D), patches in raster order, with the positions
     resized to each image's real patch region (zeros at padding patches), and their 1/0 mask
     (B, 1+N). A patch is padding where the mask, resized to the grid (nearest), is 0.
     """
+    check_padded_images(pixel_values, pixel_mask, patch_embed.in_channels,
+                        patch_embed.kernel_size[0], where)  # fmt: skip
     x = patch_embed(pixel_values.to(patch_embed.weight.dtype))  # (B, D, h, w)
     B, D, h, w = x.shape
     g = int(round((pos_embed.shape[1] - 1) ** 0.5))
@@ -316,6 +320,19 @@ def embed_padded_images(
 # ---------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------
+
+
+def vit_blocks(cfg: ViTConfig) -> nn.ModuleList:
+    """``cfg.depth`` pre-norm :class:`TransformerBlock` s of width ``cfg.dim`` (biases everywhere,
+    ``cfg.act`` MLP of ``cfg.hidden``): a ViT's, and ViLT's (its config has the same names)."""
+    return nn.ModuleList(
+        TransformerBlock(
+            cfg.dim, cfg.num_heads, mlp_hidden=cfg.hidden, eps=cfg.eps, mlp=cfg.act,
+            qkv_bias=cfg.qkv_bias, out_bias=True, mlp_bias=True, prenorm=True,
+            dropout=cfg.dropout,
+        )
+        for _ in range(cfg.depth)
+    )  # fmt: skip
 
 
 class ViT(nn.Module):
@@ -343,21 +360,7 @@ class ViT(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_prefix_tokens + cfg.num_patches, D))
         self.pos_drop = nn.Dropout(cfg.dropout)
         self.norm_pre = nn.LayerNorm(D, eps=cfg.eps) if cfg.pre_norm else nn.Identity()
-        self.blocks = nn.ModuleList(
-            TransformerBlock(
-                D,
-                cfg.num_heads,
-                mlp_hidden=cfg.hidden,
-                eps=cfg.eps,
-                mlp=cfg.act,
-                qkv_bias=cfg.qkv_bias,
-                out_bias=True,
-                mlp_bias=True,
-                prenorm=True,
-                dropout=cfg.dropout,
-            )
-            for _ in range(cfg.depth)
-        )
+        self.blocks = vit_blocks(cfg)
         self.norm = nn.LayerNorm(D, eps=cfg.eps) if cfg.final_norm else nn.Identity()
         self.fc_norm = nn.LayerNorm(D, eps=cfg.eps) if cfg.fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(cfg.dropout)
