@@ -332,7 +332,6 @@ class ViLT(nn.Module):
         elsewhere (:func:`mask_tokens`); ``vqa_labels`` (B,) answer ids (-100 = skip) or
         (B, num_answers) soft scores. An unknown keyword raises TypeError.
         """
-        cfg = self.config
         x, joint = self.embed(input_ids, pixel_values, attention_mask, pixel_mask, token_type_ids)
         T = input_ids.shape[1]
         # (B, 1, 1, L) True where a key is a real token; no mask at all when nothing is padded
@@ -353,14 +352,14 @@ class ViLT(nn.Module):
         self._check_targets(out, itm_labels, mlm_labels, vqa_labels)
 
         losses: list[Tensor] = []
-        if itm_labels is not None:
-            out.loss_itm = self._itm_loss(out.itm_logits, itm_labels)
+        if itm_labels is not None:  # image-text matching (§3.2): 2-way CE on the pooled token
+            out.loss_itm = masked_cross_entropy(out.itm_logits, itm_labels.long())
             losses.append(out.loss_itm)
-            if cfg.wpa_weight > 0:
+            if self.config.wpa_weight > 0:
                 out.loss_wpa = self._wpa_loss(x, joint, T, itm_labels)
-                losses.append(cfg.wpa_weight * out.loss_wpa)
-        if mlm_labels is not None:
-            out.loss_mlm = self._mlm_loss(out.mlm_logits, mlm_labels)
+                losses.append(self.config.wpa_weight * out.loss_wpa)
+        if mlm_labels is not None:  # masked language modelling (§3.2): the ids at masked places
+            out.loss_mlm = masked_cross_entropy(out.mlm_logits, mlm_labels.long())  # all B·T places
             losses.append(out.loss_mlm)
         if vqa_labels is not None:
             out.loss_vqa = self._vqa_loss(out.vqa_logits, vqa_labels)
@@ -399,14 +398,6 @@ class ViLT(nn.Module):
                              f"({B}, {A}), got {vqa.dtype} {tuple(vqa.shape)}")  # fmt: skip
 
     # -- losses -------------------------------------------------------------
-
-    def _itm_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """Image-text matching (§3.2): 2-way cross-entropy on the pooled token."""
-        return masked_cross_entropy(logits, labels.long())
-
-    def _mlm_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """Masked language modelling (§3.2): predict the original ids at masked positions."""
-        return masked_cross_entropy(logits.flatten(0, 1), labels.flatten().long())
 
     def _vqa_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         """VQA as answer classification (§4, VQAv2). Soft scores (B, A) with ``vqa_loss="bce"``:
