@@ -30,7 +30,8 @@ from minivlm.nn.attention import padding_mask
 from minivlm.nn.bert import BertMLMHead, embedding_layer, init_weights, run_blocks
 from minivlm.nn.blocks import get_activation
 from minivlm.nn.config import MLPHidden, TransformerSizes, divisible, one_of
-from minivlm.nn.vit import PatchGrid, embed_padded_images, vit_blocks
+from minivlm.nn.padded_images import embed_padded_images
+from minivlm.nn.vit import PatchGrid, vit_blocks
 from minivlm.objectives import (
     mask_tokens,
     masked_cross_entropy,
@@ -265,7 +266,7 @@ class ViLT(nn.Module):
         """(B, C, H, W) images -> image tokens (B, 1+N, D) and their 1/0 mask (B, 1+N):
         [image CLS + pos[0]; patch_i + pos_i] (ViT's embedding, §3.1), patches in raster
         order, positions resized to each image's real patch grid
-        (:func:`~minivlm.nn.vit.embed_padded_images`)."""
+        (:func:`~minivlm.nn.padded_images.embed_padded_images`)."""
         image, mask = embed_padded_images(pixel_values, pixel_mask, self.patch_embed,
                                           self.cls_token, self.pos_embed, "ViLT")  # fmt: skip
         return self.image_drop(image), mask  # (B, 1+N, D), (B, 1+N)
@@ -282,11 +283,10 @@ class ViLT(nn.Module):
         """The transformer's input z0 (B, T+1+N, D) and the joint 1/0 mask (B, T+1+N)."""
         self._check_embed(input_ids, pixel_values, attention_mask)
         text = self.text_embeddings.embed(input_ids, token_type_ids=token_type_ids)  # (B, T, D)
-        if attention_mask is None:
-            attention_mask = torch.ones(input_ids.shape, dtype=torch.long, device=text.device)
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask  # (B, T)
         image, image_mask = self.embed_image(pixel_values, pixel_mask)  # (B, 1+N, D), (B, 1+N)
         return build_single_stream_input(
-            text, image, attention_mask.long(), image_mask, self.modality_embeddings, image_type
+            text, image, mask.long(), image_mask, self.modality_embeddings, image_type
         )
 
     def _check_embed(
