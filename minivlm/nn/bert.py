@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from minivlm.nn.attention import causal_mask, padding_mask
-from minivlm.nn.blocks import TransformerBlock, get_activation, init_weights
+from minivlm.nn.blocks import encoder_blocks, get_activation, init_weights
 from minivlm.nn.config import MLPHidden, TransformerSizes, divisible
 from minivlm.utils import raise_first
 
@@ -146,24 +146,8 @@ class TextOutput:
 
 
 def text_blocks(cfg: TextConfig) -> nn.ModuleList:
-    cross = set(cfg.cross_attention_ids)
-    return nn.ModuleList(
-        TransformerBlock(
-            cfg.dim,
-            cfg.num_heads,
-            mlp_hidden=cfg.hidden,
-            cross_attention=i in cross,
-            kv_dim=cfg.kv_dim,
-            eps=cfg.eps,
-            mlp=cfg.act,
-            qkv_bias=cfg.qkv_bias,
-            out_bias=True,
-            mlp_bias=True,
-            prenorm=cfg.prenorm,
-            dropout=cfg.dropout,
-        )
-        for i in range(cfg.depth)
-    )
+    """BERT's layers (post-norm unless ``cfg.prenorm``), cross-attention where the config says."""
+    return encoder_blocks(cfg, cfg.prenorm, cfg.cross_attention_ids, cfg.kv_dim)
 
 
 def embedding_layer(cfg: Any, **overrides: Any) -> BertEncoder:

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minivlm.nn.blocks import TransformerBlock, get_activation, init_weights
+from minivlm.nn.blocks import encoder_blocks, get_activation, init_weights
 from minivlm.nn.config import MLPHidden, TransformerSizes, divisible, one_of
 from minivlm.utils import raise_first
 
@@ -194,16 +194,9 @@ def resample_pos_embed(
 
 
 def vit_blocks(cfg: ViTConfig) -> nn.ModuleList:
-    """``cfg.depth`` pre-norm :class:`TransformerBlock` s of width ``cfg.dim`` (biases everywhere,
-    ``cfg.act`` MLP of ``cfg.hidden``): a ViT's, and ViLT's (its config has the same names)."""
-    return nn.ModuleList(
-        TransformerBlock(
-            cfg.dim, cfg.num_heads, mlp_hidden=cfg.hidden, eps=cfg.eps, mlp=cfg.act,
-            qkv_bias=cfg.qkv_bias, out_bias=True, mlp_bias=True, prenorm=True,
-            dropout=cfg.dropout,
-        )
-        for _ in range(cfg.depth)
-    )  # fmt: skip
+    """A ViT's ``cfg.depth`` pre-norm layers (:func:`~minivlm.nn.blocks.encoder_blocks`); also
+    ViLT's, whose config has the same names."""
+    return encoder_blocks(cfg, prenorm=True)
 
 
 class ViT(nn.Module):
