@@ -39,6 +39,8 @@ from minivlm.nn.attention import MultiHeadAttention, causal_mask, padding_mask
 from minivlm.nn.bert import BertEncoder, BertMLMHead, TextConfig, check_ids
 from minivlm.nn.config import MomentumDistillation, as_part, in_vocab, temp_in_range
 from minivlm.nn.decoding import generate
+from minivlm.nn.lm import lm_loss
+from minivlm.nn.parts import FrozenParts
 from minivlm.nn.vit import ViT, ViTConfig
 from minivlm.objectives import (
     concat_all_gather,
@@ -192,7 +194,7 @@ class DecoderSelfAttention(nn.Module):
         return self.norm(x + a)  # (B, T, D)
 
 
-class Blip(nn.Module):
+class Blip(FrozenParts, nn.Module):
     """BLIP's MED (§3.1-3.2). Modules: ``image_encoder`` (ViT), ``text_encoder`` (BERT, every
     layer with cross-attention), ``vision_proj``/``text_proj``, ``itm_head``; with ``decoder``,
     ``decoder_attn`` (one causal self-attention per layer) and ``lm_head`` (tied to the word
@@ -226,11 +228,9 @@ class Blip(nn.Module):
             self.register_buffer("text_queue", F.normalize(torch.randn(E, cfg.queue_size), dim=0))
             self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 
-    def train(self, mode: bool = True) -> Blip:
-        super().train(mode)
-        if self.config.use_momentum:
-            self.momentum.eval()
-        return self
+    def frozen_modules(self) -> list[nn.Module]:
+        """The momentum encoders (EMA copies): no gradients, always in eval mode."""
+        return [self.momentum] if self.config.use_momentum else []
 
     def momentum_pairs(self) -> list[tuple[Tensor, Tensor]]:
         """(online, momentum) parameter pairs for the EMA update."""
@@ -362,9 +362,8 @@ class Blip(nn.Module):
         if cfg.lm_weight and cfg.decoder:
             ids, _, out.lm_labels = decoder_inputs(input_ids, mask, cfg.dec_token_id)
             out.lm_logits = self.lm_logits(ids, attention_mask=mask, image_embeds=image_embeds)
-            out.loss_lm = F.cross_entropy(out.lm_logits[:, :-1].flatten(0, 1).float(),
-                                          out.lm_labels[:, 1:].flatten(), ignore_index=-100,
-                                          label_smoothing=cfg.label_smoothing)  # fmt: skip
+            out.loss_lm = lm_loss(out.lm_logits, out.lm_labels,
+                                  label_smoothing=cfg.label_smoothing)  # t predicts token t+1
         out.loss = (cfg.itc_weight * out.loss_itc + cfg.itm_weight * out.loss_itm
                     + cfg.lm_weight * out.loss_lm)  # fmt: skip
         return out

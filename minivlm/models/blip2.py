@@ -39,7 +39,8 @@ import torch.nn.functional as F
 
 from minivlm.nn.bert import BertMLMHead, init_weights
 from minivlm.nn.config import ContrastiveHead, as_part, temp_in_range
-from minivlm.nn.lm import IGNORE_INDEX, DecoderLM, LMConfig
+from minivlm.nn.lm import IGNORE_INDEX, DecoderLM, LMConfig, lm_loss
+from minivlm.nn.parts import FrozenParts, MethodModule
 from minivlm.nn.qformer import QFormer, QFormerConfig, QFormerOutput, itc_similarity, qformer_masks
 from minivlm.nn.vit import ViT, ViTConfig
 from minivlm.objectives import (
@@ -164,7 +165,7 @@ class Blip2Output:
 # ---------------------------------------------------------------------------
 
 
-class Blip2(ClampedTemperature, nn.Module):
+class Blip2(FrozenParts, ClampedTemperature, nn.Module):
     """BLIP-2: frozen ViT -> Q-Former (learned queries) -> linear -> frozen decoder LM.
 
     Modules: ``vision_encoder`` (:class:`~minivlm.nn.vit.ViT`, frozen), ``query_tokens``
@@ -208,11 +209,7 @@ class Blip2(ClampedTemperature, nn.Module):
         if cfg.lm is not None:
             self.language_model = language_model or DecoderLM(cfg.lm)
             self.language_projection = nn.Linear(D, cfg.lm.dim)
-        if cfg.freeze_vision:
-            self.vision_encoder.requires_grad_(False)
-        if cfg.freeze_lm and self.language_model is not None:
-            self.language_model.requires_grad_(False)
-        self.train()
+        self.freeze_parts()  # no gradients, always in eval mode (as the paper's code)
 
     def frozen_modules(self) -> list[nn.Module]:
         """The frozen image encoder / LM (always in eval mode, no gradients)."""
@@ -220,13 +217,6 @@ class Blip2(ClampedTemperature, nn.Module):
         if self.config.freeze_lm and self.language_model is not None:
             mods.append(self.language_model)
         return mods
-
-    def train(self, mode: bool = True) -> Blip2:
-        """Set the training mode; frozen modules stay in eval mode (as the paper's code)."""
-        super().train(mode)
-        for m in self.frozen_modules():
-            m.eval()
-        return self
 
     def no_weight_decay(self) -> set[str]:
         return {"query_tokens", "temp"}
@@ -316,11 +306,7 @@ class Blip2(ClampedTemperature, nn.Module):
         itg_labels = dec_ids.masked_fill(mask == 0, IGNORE_INDEX)  # (B, T)
         out_itg = self.qformer(queries, dec_ids, mask, image_embeds, mask="itg")
         itg_logits = self.itg_head(out_itg.text_output)  # (B, T, V)
-        V = itg_logits.shape[-1]
-        loss_itg = F.cross_entropy(
-            itg_logits[:, :-1].reshape(-1, V).float(), itg_labels[:, 1:].reshape(-1),
-            ignore_index=IGNORE_INDEX, label_smoothing=ls,
-        )  # fmt: skip  position t predicts token t+1
+        loss_itg = lm_loss(itg_logits, itg_labels, label_smoothing=ls)  # t predicts token t+1
 
         loss = cfg.itc_weight * loss_itc + cfg.itm_weight * loss_itm + cfg.itg_weight * loss_itg
         return Blip2Stage1Output(
@@ -448,21 +434,10 @@ class Blip2(ClampedTemperature, nn.Module):
                              f"{tuple(prompt_ids.shape)}")  # fmt: skip
 
 
-class Blip2Stage2(nn.Module):
+class Blip2Stage2(MethodModule):
     """BLIP-2's stage 2 as a module to train: ``forward`` is :meth:`Blip2.stage2` of the wrapped
     model (same parameters; ``train(Blip2Stage2(model), ...)`` updates ``model``)."""
 
     def __init__(self, model: Blip2) -> None:
-        super().__init__()
         model._check_has_lm("stage2")
-        self.model = model
-
-    def no_weight_decay(self) -> set[str]:
-        return {f"model.{name}" for name in self.model.no_weight_decay()}
-
-    def forward(self, pixel_values: Tensor, input_ids: Tensor,
-                attention_mask: Tensor | None = None, labels: Tensor | None = None,
-                qformer_input_ids: Tensor | None = None,
-                qformer_attention_mask: Tensor | None = None) -> Blip2Output:  # fmt: skip
-        return self.model.stage2(pixel_values, input_ids, attention_mask, labels,
-                                 qformer_input_ids, qformer_attention_mask)  # fmt: skip
+        super().__init__(model, "stage2")

@@ -36,7 +36,7 @@ import torch.nn as nn
 from minivlm.nn.attention import MultiHeadAttention
 from minivlm.nn.blocks import MLP, RMSNorm, SwiGLU
 from minivlm.nn.lm import DecoderLM, LMConfig, lm_loss
-from minivlm.nn.parts import config_around
+from minivlm.nn.parts import config_around, needs_grad
 from minivlm.nn.vit import ViT, ViTConfig
 
 Tensor = torch.Tensor
@@ -296,9 +296,7 @@ class Flamingo(nn.Module):
                              f"{tuple(pixel_values.shape)}")
         B, N = pixel_values.shape[:2]
         vit = self.vision_tower
-        need = torch.is_grad_enabled() and (pixel_values.requires_grad
-                                            or any(p.requires_grad for p in vit.parameters()))
-        with torch.set_grad_enabled(need):
+        with torch.set_grad_enabled(needs_grad(vit, pixel_values)):
             x = vit.embed(pixel_values.flatten(0, 1))  # (B·N_img, S, d_v)
             for blk in vit.blocks:
                 x = blk(x)

@@ -45,7 +45,7 @@ from minivlm.data.chat import (
 from minivlm.nn.blocks import MLP, get_activation
 from minivlm.nn.config import as_part
 from minivlm.nn.lm import DecoderLM, LMConfig
-from minivlm.nn.parts import config_around
+from minivlm.nn.parts import config_around, needs_grad
 from minivlm.nn.vit import ViT, ViTConfig, clip_vision_config
 from minivlm.utils import raise_first
 
@@ -296,11 +296,8 @@ class LLaVA(nn.Module):
         pixels that need no gradient, the tower runs under ``torch.no_grad``.
         """
         vit, cfg = self.vision_tower, self.config
-        need_grad = torch.is_grad_enabled() and (
-            pixel_values.requires_grad or any(p.requires_grad for p in vit.parameters())
-        )
         layers = cfg.feature_layers
-        with torch.set_grad_enabled(need_grad):
+        with torch.set_grad_enabled(needs_grad(vit, pixel_values)):
             x = vit.embed(pixel_values)  # (B, P+N, d_v), input of block 0 = hidden state 0
             hidden = {0: x}
             for i, blk in enumerate(vit.blocks[: max(layers)], start=1):

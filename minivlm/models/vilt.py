@@ -27,10 +27,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minivlm.nn.attention import padding_mask
-from minivlm.nn.bert import BertEncoder, BertMLMHead, TextConfig, init_weights
-from minivlm.nn.blocks import TransformerBlock, get_activation
+from minivlm.nn.bert import BertMLMHead, embedding_layer, init_weights, run_blocks
+from minivlm.nn.blocks import get_activation
 from minivlm.nn.config import MLPHidden, TransformerSizes, divisible, one_of
-from minivlm.nn.vit import PatchGrid, check_padded_images, embed_padded_images
+from minivlm.nn.padded_images import embed_padded_images
+from minivlm.nn.vit import PatchGrid, vit_blocks
 from minivlm.objectives import (
     mask_tokens,
     masked_cross_entropy,
@@ -221,15 +222,9 @@ class ViLT(nn.Module):
         cfg = replace(config or ViLTConfig(), **overrides)
         self.config = cfg
         D, p = cfg.dim, cfg.patch_size
-        # text: BERT's embedding layer (word + position + segment, LayerNorm) = a BertEncoder
-        # with no layers; ``text_embeddings.embed(ids)`` -> (B, T, D)
-        self.text_embeddings = BertEncoder(
-            TextConfig(
-                vocab_size=cfg.vocab_size, max_len=cfg.max_text_len, dim=D, depth=0,
-                num_heads=cfg.num_heads, eps=cfg.eps, type_vocab_size=cfg.type_vocab_size,
-                pad_id=cfg.pad_id, dropout=cfg.dropout,
-            )
-        )  # fmt: skip
+        # text: BERT's embedding layer (word + position + segment, LayerNorm), (B, T) -> (B, T, D)
+        self.text_embeddings = embedding_layer(cfg, type_vocab_size=cfg.type_vocab_size,
+                                               dropout=cfg.dropout)  # fmt: skip
         # image: ViT's patch embedding, CLS token and learned positions for image_size
         self.patch_embed = nn.Conv2d(cfg.in_chans, D, kernel_size=p, stride=p)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
@@ -237,14 +232,7 @@ class ViLT(nn.Module):
         self.image_drop = nn.Dropout(cfg.dropout)
         # modality-type embeddings t^type (row 0) and v^type (row 1) (HF: token_type_embeddings)
         self.modality_embeddings = nn.Embedding(cfg.modality_type_vocab_size, D)
-        self.blocks = nn.ModuleList(
-            TransformerBlock(
-                D, cfg.num_heads, mlp_hidden=cfg.hidden, eps=cfg.eps, mlp=cfg.act,
-                qkv_bias=cfg.qkv_bias, out_bias=True, mlp_bias=True, prenorm=True,
-                dropout=cfg.dropout,
-            )
-            for _ in range(cfg.depth)
-        )  # fmt: skip
+        self.blocks = vit_blocks(cfg)  # depth pre-norm blocks, as ViT's
         self.norm = nn.LayerNorm(D, eps=cfg.eps)
         self.pooler = nn.Linear(D, D) if cfg.pooler else None
         # heads
@@ -278,9 +266,7 @@ class ViLT(nn.Module):
         """(B, C, H, W) images -> image tokens (B, 1+N, D) and their 1/0 mask (B, 1+N):
         [image CLS + pos[0]; patch_i + pos_i] (ViT's embedding, §3.1), patches in raster
         order, positions resized to each image's real patch grid
-        (:func:`~minivlm.nn.vit.embed_padded_images`)."""
-        check_padded_images(pixel_values, pixel_mask, self.config.in_chans,
-                            self.config.patch_size, "ViLT")  # fmt: skip
+        (:func:`~minivlm.nn.padded_images.embed_padded_images`)."""
         image, mask = embed_padded_images(pixel_values, pixel_mask, self.patch_embed,
                                           self.cls_token, self.pos_embed, "ViLT")  # fmt: skip
         return self.image_drop(image), mask  # (B, 1+N, D), (B, 1+N)
@@ -297,11 +283,10 @@ class ViLT(nn.Module):
         """The transformer's input z0 (B, T+1+N, D) and the joint 1/0 mask (B, T+1+N)."""
         self._check_embed(input_ids, pixel_values, attention_mask)
         text = self.text_embeddings.embed(input_ids, token_type_ids=token_type_ids)  # (B, T, D)
-        if attention_mask is None:
-            attention_mask = torch.ones(input_ids.shape, dtype=torch.long, device=text.device)
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask  # (B, T)
         image, image_mask = self.embed_image(pixel_values, pixel_mask)  # (B, 1+N, D), (B, 1+N)
         return build_single_stream_input(
-            text, image, attention_mask.long(), image_mask, self.modality_embeddings, image_type
+            text, image, mask.long(), image_mask, self.modality_embeddings, image_type
         )
 
     def _check_embed(
@@ -347,16 +332,12 @@ class ViLT(nn.Module):
         elsewhere (:func:`mask_tokens`); ``vqa_labels`` (B,) answer ids (-100 = skip) or
         (B, num_answers) soft scores. An unknown keyword raises TypeError.
         """
-        cfg = self.config
         x, joint = self.embed(input_ids, pixel_values, attention_mask, pixel_mask, token_type_ids)
         T = input_ids.shape[1]
         # (B, 1, 1, L) True where a key is a real token; no mask at all when nothing is padded
         attn_mask = None if bool(joint.all()) else padding_mask(joint)
-        attns: list[Tensor] | None = [] if need_weights else None
-        for blk in self.blocks:
-            x = blk(x, mask=attn_mask, need_weights=need_weights)  # (B, L, D)
-            if attns is not None:
-                attns.append(blk.last_attn)
+        x, _, attns, _ = run_blocks(self.blocks, x, attn_mask, None, None, need_weights, False,
+                                    "ViLT")  # fmt: skip  (B, L, D), one (B, H, L, L) map a layer
         x = self.norm(x)  # (B, T+1+N, D)
         pooled = torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None  # (B, D)
 
@@ -371,14 +352,14 @@ class ViLT(nn.Module):
         self._check_targets(out, itm_labels, mlm_labels, vqa_labels)
 
         losses: list[Tensor] = []
-        if itm_labels is not None:
-            out.loss_itm = self._itm_loss(out.itm_logits, itm_labels)
+        if itm_labels is not None:  # image-text matching (§3.2): 2-way CE on the pooled token
+            out.loss_itm = masked_cross_entropy(out.itm_logits, itm_labels.long())
             losses.append(out.loss_itm)
-            if cfg.wpa_weight > 0:
+            if self.config.wpa_weight > 0:
                 out.loss_wpa = self._wpa_loss(x, joint, T, itm_labels)
-                losses.append(cfg.wpa_weight * out.loss_wpa)
-        if mlm_labels is not None:
-            out.loss_mlm = self._mlm_loss(out.mlm_logits, mlm_labels)
+                losses.append(self.config.wpa_weight * out.loss_wpa)
+        if mlm_labels is not None:  # masked language modelling (§3.2): the ids at masked places
+            out.loss_mlm = masked_cross_entropy(out.mlm_logits, mlm_labels.long())  # all B·T places
             losses.append(out.loss_mlm)
         if vqa_labels is not None:
             out.loss_vqa = self._vqa_loss(out.vqa_logits, vqa_labels)
@@ -417,14 +398,6 @@ class ViLT(nn.Module):
                              f"({B}, {A}), got {vqa.dtype} {tuple(vqa.shape)}")  # fmt: skip
 
     # -- losses -------------------------------------------------------------
-
-    def _itm_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """Image-text matching (§3.2): 2-way cross-entropy on the pooled token."""
-        return masked_cross_entropy(logits, labels.long())
-
-    def _mlm_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """Masked language modelling (§3.2): predict the original ids at masked positions."""
-        return masked_cross_entropy(logits.flatten(0, 1), labels.flatten().long())
 
     def _vqa_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         """VQA as answer classification (§4, VQAv2). Soft scores (B, A) with ``vqa_loss="bce"``:

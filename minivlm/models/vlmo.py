@@ -44,7 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minivlm.nn.attention import padding_mask
-from minivlm.nn.bert import BertEncoder, BertMLMHead, TextConfig, check_len, init_weights
+from minivlm.nn.bert import BertMLMHead, check_len, embedding_layer, init_weights
 from minivlm.nn.blocks import MultiwayBlock
 from minivlm.nn.config import divisible, in_vocab, one_of
 from minivlm.nn.relpos import MultiwayPositionBias
@@ -191,10 +191,7 @@ class VLMo(nn.Module):
         self.config = cfg
         D = cfg.dim
         # text: BERT's embedding layer (word + position, LayerNorm): a BertEncoder of 0 layers
-        self.text_embeddings = BertEncoder(TextConfig(
-            vocab_size=cfg.vocab_size, max_len=cfg.max_text_len, dim=D, depth=0,
-            num_heads=cfg.num_heads, eps=cfg.eps, type_vocab_size=0, pad_id=cfg.pad_id,
-        ))  # fmt: skip
+        self.text_embeddings = embedding_layer(cfg, type_vocab_size=0)
         # image: ViT's patch embedding, CLS, positions, and BEiT's [M] embedding for MIM
         self.patch_embed = nn.Conv2d(cfg.in_chans, D, cfg.patch_size, stride=cfg.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D))

@@ -16,12 +16,13 @@ checks) are shared with :mod:`minivlm.nn.causal_text`. Checkpoint conversion:
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 import torch.nn as nn
 
 from minivlm.nn.attention import causal_mask, padding_mask
-from minivlm.nn.blocks import TransformerBlock, get_activation, init_weights
+from minivlm.nn.blocks import encoder_blocks, get_activation, init_weights
 from minivlm.nn.config import MLPHidden, TransformerSizes, divisible
 from minivlm.utils import raise_first
 
@@ -145,24 +146,19 @@ class TextOutput:
 
 
 def text_blocks(cfg: TextConfig) -> nn.ModuleList:
-    cross = set(cfg.cross_attention_ids)
-    return nn.ModuleList(
-        TransformerBlock(
-            cfg.dim,
-            cfg.num_heads,
-            mlp_hidden=cfg.hidden,
-            cross_attention=i in cross,
-            kv_dim=cfg.kv_dim,
-            eps=cfg.eps,
-            mlp=cfg.act,
-            qkv_bias=cfg.qkv_bias,
-            out_bias=True,
-            mlp_bias=True,
-            prenorm=cfg.prenorm,
-            dropout=cfg.dropout,
-        )
-        for i in range(cfg.depth)
-    )
+    """BERT's layers (post-norm unless ``cfg.prenorm``), cross-attention where the config says."""
+    return encoder_blocks(cfg, cfg.prenorm, cfg.cross_attention_ids, cfg.kv_dim)
+
+
+def embedding_layer(cfg: Any, **overrides: Any) -> BertEncoder:
+    """BERT's embedding layer alone (word + position + segment, LayerNorm): a
+    :class:`BertEncoder` of 0 layers, ``.embed(ids)`` -> (B, T, D), sized from a single-stream
+    model's config (``vocab_size``, ``max_text_len``, ``dim``, ``num_heads``, ``eps``,
+    ``pad_id``; ViLT, VLMo); ``overrides`` set other :class:`TextConfig` fields."""
+    return BertEncoder(TextConfig(
+        vocab_size=cfg.vocab_size, max_len=cfg.max_text_len, dim=cfg.dim, depth=0,
+        num_heads=cfg.num_heads, eps=cfg.eps, pad_id=cfg.pad_id, **overrides,
+    ))  # fmt: skip
 
 
 def check_ids(name: str, input_ids: Tensor, cfg: TextConfig) -> None:

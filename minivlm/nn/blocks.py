@@ -11,6 +11,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -236,6 +239,23 @@ class TransformerBlock(nn.Module):
         if self.cross_attention:
             x = self.cross_attention_step(x, context, context_mask, need_weights)
         return self.mlp_step(x)
+
+
+def encoder_blocks(cfg: Any, prenorm: bool, cross_attention_ids: Iterable[int] = (),
+                   kv_dim: int | None = None) -> nn.ModuleList:  # fmt: skip
+    """The ``cfg.depth`` layers of a BERT (post-norm) or ViT / ViLT (pre-norm) encoder, sized
+    by the config's ``dim``, ``num_heads``, ``hidden`` (MLP width), ``act``, ``eps``,
+    ``qkv_bias``, ``dropout``; biases everywhere; cross-attention (to ``kv_dim``-wide states)
+    in the layers ``cross_attention_ids``."""
+    cross = set(cross_attention_ids)
+    return nn.ModuleList(
+        TransformerBlock(
+            cfg.dim, cfg.num_heads, mlp_hidden=cfg.hidden, cross_attention=i in cross,
+            kv_dim=kv_dim, eps=cfg.eps, mlp=cfg.act, qkv_bias=cfg.qkv_bias, out_bias=True,
+            mlp_bias=True, prenorm=prenorm, dropout=cfg.dropout,
+        )
+        for i in range(cfg.depth)
+    )  # fmt: skip
 
 
 class MultiwayBlock(nn.Module):

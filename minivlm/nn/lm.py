@@ -142,12 +142,14 @@ class LMOutput:
     attentions: list[Tensor] | None = None
 
 
-def lm_loss(logits: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
+def lm_loss(logits: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX,
+            label_smoothing: float = 0.0) -> Tensor:  # fmt: skip
     """Next-token cross-entropy: position t predicts ``labels[:, t+1]``.
 
     logits (B, T, V), labels (B, T); positions whose label is ``ignore_index``
     are skipped. The shift happens here, as in Hugging Face's causal LMs, so
     ``labels`` may simply be ``input_ids`` (with padding set to -100).
+    ``label_smoothing`` as in ``F.cross_entropy`` (BLIP's and BLIP-2's text decoders: 0.1).
     """
     if labels.shape != logits.shape[:2]:
         raise ValueError(
@@ -157,7 +159,8 @@ def lm_loss(logits: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX) ->
     shift_logits = logits[:, :-1].float()  # (B, T-1, V) predictions for positions 1..T-1
     shift_labels = labels[:, 1:]  # (B, T-1)
     return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
-                           shift_labels.reshape(-1), ignore_index=ignore_index)
+                           shift_labels.reshape(-1), ignore_index=ignore_index,
+                           label_smoothing=label_smoothing)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- model

@@ -4,18 +4,34 @@ LLaVA and Flamingo take a trained :class:`~minivlm.nn.vit.ViT` (``vision_encoder
 :class:`~minivlm.nn.lm.DecoderLM` (``language_model=``), e.g. from the zoo. Their config then
 comes from those modules' configs, and a module that does not fit gets a clear error:
 :func:`config_around` does both, once for every such model.
+
+The rest serves any model with pretrained or stand-by parts: :class:`FrozenParts` keeps frozen
+parts (BLIP-2's image encoder and LM, BLIP's momentum model) without gradients and in eval mode,
+:func:`needs_grad` says whether a tower must record gradients at all, and :class:`MethodModule`
+turns one method of a model (BLIP-2's ``stage2``) into a module that ``minivlm.train.train`` runs.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import fields, replace
 from typing import Any
 
+import torch
+import torch.nn as nn
+
 from minivlm.nn.lm import DecoderLM
 from minivlm.nn.vit import ViT
 
-__all__ = ["check_same_config", "config_around", "parts_of"]
+__all__ = [
+    "FrozenParts",
+    "MethodModule",
+    "check_same_config",
+    "config_around",
+    "needs_grad",
+    "parts_of",
+]
 
 # keyword -> (the config part it fills, the class it must be, where a learner gets one)
 _GIVEN = {
@@ -74,3 +90,64 @@ def check_same_config(owner: str, module_name: str, got: Any, config_name: str, 
             f"{config_name}: {'; '.join(diff)}); leave out config to take the sizes from the "
             "modules, or build it from theirs"
         )
+
+
+# ---------------------------------------------------------------------------
+# Frozen parts, and one method as the module to train
+# ---------------------------------------------------------------------------
+
+
+class FrozenParts:
+    """Mixed into an ``nn.Module`` (before it in the bases) whose :meth:`frozen_modules` get no
+    gradients and stay in eval mode whatever ``train()`` sets (BLIP-2 §3: the frozen image
+    encoder and LM; the paper's code does the same)."""
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """The parts to keep frozen (none here; a model overrides this)."""
+        return []
+
+    def freeze_parts(self) -> None:
+        """Turn off the gradients of the frozen parts and put them in eval mode."""
+        for m in self.frozen_modules():
+            m.requires_grad_(False)
+        self.train(self.training)  # type: ignore[attr-defined]
+
+    def train(self, mode: bool = True) -> Any:
+        """Set the training mode; the frozen parts stay in eval mode."""
+        super().train(mode)  # type: ignore[misc]
+        for m in self.frozen_modules():
+            m.eval()
+        return self
+
+
+def needs_grad(module: nn.Module, *inputs: torch.Tensor) -> bool:
+    """Whether running ``module`` on ``inputs`` must record gradients: grad mode is on and some
+    input or parameter of ``module`` requires a gradient (else a frozen tower can run under
+    ``torch.no_grad``, and keep no activations)."""
+    return torch.is_grad_enabled() and (
+        any(x.requires_grad for x in inputs) or any(p.requires_grad for p in module.parameters())
+    )
+
+
+class MethodModule(nn.Module):
+    """A module whose ``forward`` is one method of ``model`` (same parameters, under the prefix
+    ``model.``), so that ``train(MethodModule(blip2, "stage2"), ...)`` trains ``blip2`` through
+    ``blip2.stage2``. Keywords in ``bound`` are fixed (``MethodModule(coca, "forward",
+    return_loss=True)``). ``forward`` has the method's signature, so the training loop passes it
+    the batch keys that the method takes; ``no_weight_decay`` is the model's, prefixed."""
+
+    def __init__(self, model: nn.Module, method: str, **bound: Any) -> None:
+        super().__init__()
+        if not callable(getattr(model, method, None)):
+            raise ValueError(f"MethodModule: {type(model).__name__} has no method {method!r}")
+        self.model = model
+        self.method, self.bound = method, bound
+
+    @property
+    def forward(self) -> Callable[..., Any]:  # type: ignore[override]
+        fn = getattr(self.model, self.method)
+        return functools.partial(fn, **self.bound) if self.bound else fn
+
+    def no_weight_decay(self) -> set[str]:
+        names = getattr(self.model, "no_weight_decay", set)()
+        return {f"model.{name}" for name in names}

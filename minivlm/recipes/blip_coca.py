@@ -38,6 +38,7 @@ from minivlm.models.blip import Blip
 from minivlm.models.coca import CoCa
 from minivlm.nn.attention import MultiHeadAttention
 from minivlm.nn.blocks import MLP
+from minivlm.nn.parts import MethodModule
 from minivlm.recipes.albef_noise import corrupt_captions, eval_pairs, init_from_scratch_
 from minivlm.train import TrainConfig, train
 
@@ -271,17 +272,6 @@ def make_coca(seed: int, caption_weight: float, contrastive_weight: float) -> Co
     return fan_in_init_(model)
 
 
-class _CoCaLoss(torch.nn.Module):
-    """Adapter for the training loop: CoCa's forward with ``return_loss=True``."""
-
-    def __init__(self, model: CoCa) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixel_values: Tensor, input_ids: Tensor) -> Any:
-        return self.model(pixel_values, input_ids, return_loss=True)
-
-
 @torch.no_grad()
 def caption_scores(model: CoCa, images: Tensor, captions: list[str]) -> dict[str, float]:
     """Teacher-forced next-token accuracy on the true captions, and exact match of greedy ones."""
@@ -307,7 +297,8 @@ def run_coca(cfg: CoCaConfig) -> tuple[dict[str, Any], dict[str, CoCa]]:
     for name, lam_cap, lam_con in cfg.arms:
         c0 = time.process_time()
         model = make_coca(cfg.seed, lam_cap, lam_con)
-        loss = fit(_CoCaLoss(model), pairs, cfg.steps, cfg.batch_size, cfg.lr, cfg.seed)
+        with_loss = MethodModule(model, "forward", return_loss=True)  # CoCa's loss, to train
+        loss = fit(with_loss, pairs, cfg.steps, cfg.batch_size, cfg.lr, cfg.seed)
         out[name] = {"caption_weight": lam_cap, "contrastive_weight": lam_con,
                      "r1": itc_r1(model, images, captions),
                      **caption_scores(model, images, captions), "final_loss": loss[-1],

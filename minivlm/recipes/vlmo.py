@@ -38,6 +38,7 @@ from minivlm.data import ShapesWorld
 from minivlm.models.beit import blockwise_mask_batch
 from minivlm.models.vlmo import VLMo
 from minivlm.nn.blocks import MultiwayBlock, TransformerBlock
+from minivlm.nn.parts import MethodModule
 from minivlm.objectives import mask_tokens
 from minivlm.recipes.mae_beit import train_tokenizer
 from minivlm.recipes.vilt_binding import (
@@ -209,17 +210,6 @@ def train_pairs(model: VLMo, data: Any, steps: int, seed: int, batch_size: int =
 # ---------------------------------------------------------------------------
 
 
-class _Stage(nn.Module):
-    """Wraps ``model.mdm`` so :func:`minivlm.train.train` can run one stage."""
-
-    def __init__(self, model: VLMo) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, **batch: torch.Tensor):
-        return self.model.mdm(**batch)
-
-
 def image_stage(model: VLMo, images: torch.Tensor, tokens: torch.Tensor, steps: int, seed: int,
                 batch_size: int = 32, lr: float = 1e-3, mask_ratio: float = 0.4) -> list[float]:
     """VLMo's image stage (§2.3): BEiT masked image modelling on images only, blockwise masks of
@@ -235,7 +225,7 @@ def image_stage(model: VLMo, images: torch.Tensor, tokens: torch.Tensor, steps: 
                         "bool_masked_pos": masks})  # fmt: skip
     cfg = TrainConfig(steps=steps, lr=lr, batch_size=batch_size, warmup_steps=max(1, steps // 10),
                       seed=seed, progress=False, log_every=max(1, steps))  # fmt: skip
-    return train(_Stage(model), batches, cfg, device="cpu").history["loss"]
+    return train(MethodModule(model, "mdm"), batches, cfg, device="cpu").history["loss"]
 
 
 def masked_captions(ids: torch.Tensor, seed: int, mask_id: int, vocab: int):
@@ -259,7 +249,7 @@ def text_stage(model: VLMo, ids: torch.Tensor, am: torch.Tensor, steps: int, see
         batches.append({"input_ids": masked, "attention_mask": am[i], "mlm_labels": labels})
     cfg = TrainConfig(steps=steps, lr=lr, batch_size=batch_size, warmup_steps=max(1, steps // 10),
                       seed=seed, progress=False, log_every=max(1, steps))  # fmt: skip
-    return train(_Stage(model), batches, cfg, device="cpu").history["loss"]
+    return train(MethodModule(model, "mdm"), batches, cfg, device="cpu").history["loss"]
 
 
 @torch.no_grad()
