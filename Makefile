@@ -20,7 +20,9 @@ UNIT_ENV := OMP_NUM_THREADS=1
 # the end of one phase while the other core finishes that phase's last long file. The zoo's
 # components (tests/test_zoo_cache.py, one unit each) go first; tests/conftest.py holds back the
 # files that load them (most notebooks, exercise 04/05 checks) until every build has finished
-ALL_PAR := -n 2 --dist loadfile --no-loadscope-reorder
+# (tests/pytest_early.py, loaded before the plugins in the controller and both workers, spares each
+# the 2.6 CPU-s grammar that nbval's nbformat -> jsonschema would build)
+ALL_PAR := -n 2 --dist loadfile --no-loadscope-reorder -p tests.pytest_early
 
 .PHONY: install lab test lint unit notebooks student slides sysdeps browser sandbox bench lock clean-venv
 

@@ -4,17 +4,16 @@ The notebooks and the exercise 04/05 training checks load the cached components.
 runs one pool of two workers for everything; instead of a separate `minivlm zoo build --jobs 2`
 step before it (whose second core idled while the last component trained), each component's
 build is one unit of the pool's work: tests/conftest.py hands the builds out first, longest
-first, and holds back the files that load the zoo (``_USES_ZOO``) until every build here has
+first, and holds back the files that load the zoo (its ``_uses_zoo``) until every build here has
 finished, while the other files fill the cores. A component already cached and valid is only
 verified (SHA-256 of the weights, recipe, vocabulary); a failed build fails here, loudly.
-Each build runs the command line in its own process, exactly as the separate step did, so the
-weights are the same bits (single-threaded, seeded; see minivlm.zoo "Cost").
+Each build runs in the worker, before any test there (the builds are the first units handed
+out), through the code `minivlm zoo build` runs; a build is single-threaded and seeded, so the
+weights are the same bits as the command line's (minivlm.zoo "Cost"; tests/test_zoo.py checks
+same seed, same bits), without a process start per component.
 """
 
 from __future__ import annotations
-
-import subprocess
-import sys
 
 import pytest
 
@@ -24,19 +23,17 @@ from minivlm import zoo
 @pytest.mark.parametrize("name", zoo.list_components())
 def test_component_is_built_and_verified(name: str, record_property) -> None:
     try:
-        zoo.verify(name)
+        record = zoo.verify(name)
         record_property("zoo", f"{name}: up to date ({zoo.paths(name)[0]})")
         return  # cached and valid: nothing to build
     except zoo.ZooCacheError:
         pass
-    cmd = [sys.executable, "-m", "minivlm", "zoo", "build", "--name", name]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    assert proc.returncode == 0, (
-        f"`{' '.join(cmd[1:])}` exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
-    )
+    zoo.build(name)  # what `minivlm zoo build --name N` runs; raises if the build fails
     record = zoo.verify(name)  # raises ZooCacheError saying what is wrong
     assert record["name"] == name and record["version"] == zoo.VERSION
-    # the build's own summary line ("shapes_lm: built in 39.0 s, 3.2 MB; held-out ..."), which
-    # tests/conftest.py prints at the end of the test report
-    built = [line for line in proc.stdout.splitlines() if line.startswith(f"{name}: built")]
-    record_property("zoo", built[-1] if built else f"{name}: built")
+    # the line `minivlm zoo build` prints; tests/conftest.py prints it at the end of the report
+    record_property(
+        "zoo",
+        f"{name}: built in {record['build_seconds']:.1f} s, {record['bytes'] / 1e6:.1f} MB; "
+        f"{zoo._summary(record)}",
+    )
