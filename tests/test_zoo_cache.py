@@ -20,6 +20,9 @@ import pytest
 from minivlm import zoo
 
 
+# a build is 40-110 CPU-s on an idle core; the pool's 600 s per-test limit (pyproject.toml) could
+# stop one on a loaded machine, where the separate `minivlm zoo build` step had no limit at all
+@pytest.mark.timeout(3600)
 @pytest.mark.parametrize("name", zoo.list_components())
 def test_component_is_built_and_verified(name: str, record_property) -> None:
     try:
