@@ -150,6 +150,8 @@ def pytest_xdist_make_scheduler(config, log):
             )
 
         def _assign_work_unit(self, node) -> None:
+            if not self.workqueue:
+                return
             waiting = self._builds_left()
             scope = next((s for s in self.workqueue if not (waiting and _uses_zoo(s))), None)
             if scope is None:
