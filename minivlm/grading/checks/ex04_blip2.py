@@ -1,4 +1,4 @@
-"""Checks of exercise 04 (BLIP-2): the Q-Former's three attention masks and the ITC score.
+"""Checks of exercise 04 (BLIP-2): the Q-Former's three attention masks, the ITC score and loss.
 
 References (Li et al. 2023, "BLIP-2: Bootstrapping Language-Image Pre-training with Frozen
 Image Encoders and Large Language Models"): the self-attention masks of §3.2 / Figure 2 (right),
@@ -6,7 +6,12 @@ Image Encoders and Large Language Models"): the self-attention masks of §3.2 / 
 §3.2 (ITC: "the highest [similarity] as the image-text similarity" over the query outputs),
 ``minivlm.models.blip2.itc_similarity`` applied to L2-normalised inputs (the library normalises
 before it calls ``itc_similarity``; the learner's function gets raw embeddings and normalises
-itself; neither divides by the temperature).
+itself; neither divides by the temperature); and the ITC loss, the mean of the image->text and
+text->image cross-entropies of the scores over the temperature
+(``minivlm.models.blip2.Blip2.stage1``'s, without label smoothing). The training check
+(``ex04_qformer_train``) cannot tell a one-directional or wrong-axis ITC loss from the right one,
+so the loss is a function of its own, checked on score matrices that are not symmetric (and one
+"hub" caption) where either half alone is far from their mean; the training step calls it.
 
 Masks are boolean, True where the row position may attend to the column position, layout
 ``[queries (Q); text (T)]``. A float 0/1 mask fails on its dtype: ``attend`` and
