@@ -370,7 +370,7 @@ def test_source_passes_all_checks_and_student_fails_them_cleanly():
         assert solution not in stu_code, solution
     for signature in ("def itc_mask(num_query", "def itm_mask(num_query",
                       "def itg_mask(num_query", "def itc_score(query_embeds",
-                      "def itc_loss(scores, temp"):
+                      "def itc_loss(scores"):
         assert signature in stu_code
     assert "qformer_masks_by_blocks" not in stu_code  # the solution-tagged cell is dropped
     assert "def train_stage1(seed" in stu_code and "loss_itg =" not in stu_code
