@@ -7,14 +7,8 @@ import torch
 import torch.nn.functional as F
 
 import minivlm
-from minivlm.nn.lm import (
-    DecoderLM,
-    LMConfig,
-    lm_loss,
-    sample_next,
-    top_k_filter,
-    top_p_filter,
-)
+from minivlm.nn.decoding import sample_next, top_k_filter, top_p_filter
+from minivlm.nn.lm import DecoderLM, LMConfig, lm_loss
 
 transformers = pytest.importorskip("transformers")
 

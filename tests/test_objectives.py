@@ -3,7 +3,9 @@
 The functions themselves are tested where their model is (test_albef: EMA, queues, hard
 negatives, distillation; test_vilt: masking, ITM negatives); this file checks the wiring."""
 
+import importlib
 import math
+import pkgutil
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +26,22 @@ def test_models_use_the_shared_objectives_not_copies():
     assert vilt.mask_tokens is O.mask_tokens and vilt.sample_itm_negatives is O.sample_itm_negatives
     assert blip2.sample_hard_negatives is O.sample_hard_negatives
     assert blip2.same_pair_mask is O.same_pair_mask
+
+
+def test_the_package_exports_exactly_what_its_modules_define():
+    """One module per family; ``from minivlm.objectives import X`` works for each public X."""
+    names = [m.name for m in pkgutil.iter_modules(O.__path__)]
+    assert {"masking", "negatives", "distillation", "momentum", "transport"} <= set(names)
+    defined: dict[str, str] = {}
+    for name in names:
+        mod = importlib.import_module(f"minivlm.objectives.{name}")
+        assert mod.__doc__ and "§" in mod.__doc__, f"{name}: the docstring cites the papers"
+        for public in mod.__all__:
+            assert getattr(mod, public).__module__ == mod.__name__, public  # defined there
+            assert public not in defined, f"{public} in {name} and {defined[public]}"
+            defined[public] = name
+            assert getattr(O, public) is getattr(mod, public), public
+    assert sorted(defined) == O.__all__
 
 
 def test_soft_cross_entropy_with_one_hot_targets_is_cross_entropy():

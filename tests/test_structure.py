@@ -77,6 +77,16 @@ def test_a_model_file_imports_no_other_model_file(model):
     assert not others, f"{model} imports {others}; move the shared part to nn/ or objectives"
 
 
+def test_the_objectives_import_no_other_part_of_minivlm():
+    """Models import the shared objectives, so the objectives cannot import a model (nor the
+    layers built on models); they are plain functions on tensors."""
+    parts = [m for m in MODULES if m.startswith("minivlm.objectives")]
+    assert len(parts) > 1
+    for m in parts:
+        outside = sorted(d for d in GRAPH[m] if not d.startswith("minivlm.objectives"))
+        assert not outside, f"{m} imports {outside}"
+
+
 def test_minivlm_has_no_import_cycle():
     """No module imports one that imports it back, directly or through others. A package's
     ``__init__`` is left out (a package re-exporting its parts is not a cycle)."""

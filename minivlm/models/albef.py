@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minivlm.nn.bert import BertEncoder, BertMLMHead, TextConfig, TextOutput
-from minivlm.nn.config import as_part, in_vocab
+from minivlm.nn.config import MomentumDistillation, as_part, in_vocab
 from minivlm.nn.vit import ViT, ViTConfig
 from minivlm.objectives import (
     ClampedTemperature,
@@ -68,7 +68,7 @@ def albef_vision_config(**overrides: Any) -> ViTConfig:
 
 
 @dataclass
-class ALBEFConfig:
+class ALBEFConfig(MomentumDistillation):
     """Sizes and switches of ALBEF (defaults: the paper's ViT-B/16 + BERT-base 6+6 model).
 
     vision: the ViT (:func:`albef_vision_config`); text: the BERT (a :class:`TextConfig`,
@@ -81,7 +81,8 @@ class ALBEFConfig:
     queue_size: K momentum features kept per modality (65,536). momentum: EMA coefficient m
         (0.995). alpha: distillation weight α (0.4), ramped from 0 over the first
         ``alpha_warmup_steps`` steps (the paper: the first epoch; 0 = no ramp); ``distill=False``
-        trains on one-hot targets only (§3.3 off).
+        trains on one-hot targets only (§3.3 off). These seven, from ``embed_dim``, are the
+        fields of :class:`~minivlm.nn.config.MomentumDistillation`.
     mlm_probability: BERT masking rate (0.15); ``mask_token_id`` and ``special_token_ids``
         (never masked or drawn as replacements) are BERT-base-uncased's by default.
     itm_exclude_duplicates: hard negatives also skip copies of the positive caption and, given
@@ -93,13 +94,6 @@ class ALBEFConfig:
     text: TextConfig = field(default_factory=TextConfig)
     fusion_from: int = 6
     vocab_size: int | None = None
-    embed_dim: int = 256
-    temp: float = 0.07
-    temp_min: float = 0.001
-    temp_max: float = 0.5
-    queue_size: int = 65536
-    momentum: float = 0.995
-    alpha: float = 0.4
     alpha_warmup_steps: int = 0
     distill: bool = True
     mlm_probability: float = 0.15

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from minivlm.nn.attention import MultiHeadAttention, causal_mask, padding_mask
 from minivlm.nn.bert import BertEncoder, BertMLMHead, TextConfig, check_ids
-from minivlm.nn.config import as_part, in_vocab
+from minivlm.nn.config import MomentumDistillation, as_part, in_vocab, temp_in_range
 from minivlm.nn.decoding import generate
 from minivlm.nn.vit import ViT, ViTConfig
 from minivlm.objectives import (
@@ -74,13 +74,15 @@ def blip_text_config(**overrides: Any) -> TextConfig:
 
 
 @dataclass
-class BlipConfig:
+class BlipConfig(MomentumDistillation):
     """Sizes and switches of BLIP (defaults: ViT-B/16 + BERT-base, the paper's base model).
 
     vision / text: the ViT and the BERT (dicts are merged into the defaults); every text layer
         cross-attends to the image (``kv_dim`` = ViT width, set here). vocab_size overrides text.
     decoder: build the decoder's own self-attention and LM head (False: the retrieval model,
         ITC + ITM, as ``BlipForImageTextRetrieval``).
+    embed_dim, temp, temp_min, temp_max, queue_size, momentum, alpha: ITC as ALBEF's
+        (:class:`~minivlm.nn.config.MomentumDistillation`), BLIP's queue 57,600 long.
     use_momentum: ALBEF's momentum encoders, queues of ``queue_size`` and soft ITC targets with
         weight ``alpha`` (§3.2); False: in-batch ITC with one-hot targets, no EMA copy.
     learn_temp: τ is a parameter (clamped to [temp_min, temp_max]); False: a fixed buffer.
@@ -92,15 +94,9 @@ class BlipConfig:
     vision: ViTConfig = field(default_factory=blip_vision_config)
     text: TextConfig = field(default_factory=blip_text_config)
     vocab_size: int | None = None
-    embed_dim: int = 256
     decoder: bool = True
     use_momentum: bool = True
-    queue_size: int = 57600
-    momentum: float = 0.995
-    alpha: float = 0.4
-    temp: float = 0.07
-    temp_min: float = 0.001
-    temp_max: float = 0.5
+    queue_size: int = 57600  # MomentumDistillation's field, BLIP's default
     learn_temp: bool = True
     cls_token_id: int = 101
     enc_token_id: int = 30523
@@ -128,9 +124,7 @@ class BlipConfig:
                                              "sep_token_id", "pad_token_id")],
             (self.queue_size >= 1, f"queue_size must be >= 1, got {self.queue_size}"),
             (0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}"),
-            (0.0 < self.temp_min <= self.temp <= self.temp_max,
-             f"need 0 < temp_min <= temp <= temp_max, got {self.temp_min}, {self.temp}, "
-             f"{self.temp_max}"),
+            temp_in_range(self),
         ])  # fmt: skip
 
 

@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minivlm.nn.bert import BertMLMHead, init_weights
-from minivlm.nn.config import as_part
+from minivlm.nn.config import ContrastiveHead, as_part, temp_in_range
 from minivlm.nn.lm import IGNORE_INDEX, DecoderLM, LMConfig
 from minivlm.nn.qformer import QFormer, QFormerConfig, QFormerOutput, itc_similarity, qformer_masks
 from minivlm.nn.vit import ViT, ViTConfig
@@ -82,7 +82,7 @@ def blip2_vision_config(**overrides: Any) -> ViTConfig:
 
 
 @dataclass
-class Blip2Config:
+class Blip2Config(ContrastiveHead):
     """Sizes and switches of BLIP-2 (defaults: ViT-g/14 + the paper's Q-Former, no LM).
 
     vision: the frozen image encoder (:func:`blip2_vision_config`); qformer: a
@@ -90,7 +90,8 @@ class Blip2Config:
         ``None``: stage 1 only, no ``language_model`` / ``language_projection``). Dicts are
         merged into the defaults.
     embed_dim: ITC embedding size E (256). temp: learnable ITC temperature τ (0.07), clamped to
-        [temp_min, temp_max] as in the paper's code. label_smoothing: for ITC and ITG (0.1).
+        [temp_min, temp_max] as in the paper's code (these four: ALBEF's,
+        :class:`~minivlm.nn.config.ContrastiveHead`). label_smoothing: for ITC and ITG (0.1).
     dec_token_id: the id that replaces the first ([CLS]) token for ITG (LAVIS's [DEC]).
     itm_exclude_duplicates: never draw a copy of the positive caption (or, given ``index``,
         another caption of the same image) as its hard negative.
@@ -103,10 +104,6 @@ class Blip2Config:
     vision: ViTConfig = field(default_factory=blip2_vision_config)
     qformer: QFormerConfig = field(default_factory=QFormerConfig)
     lm: LMConfig | None = None
-    embed_dim: int = 256
-    temp: float = 0.07
-    temp_min: float = 0.001
-    temp_max: float = 0.5
     label_smoothing: float = 0.1
     dec_token_id: int = 30522
     itm_exclude_duplicates: bool = True
@@ -127,8 +124,7 @@ class Blip2Config:
             (not self.qformer.text or 0 <= self.dec_token_id < self.qformer.vocab_size,
              f"dec_token_id {self.dec_token_id} is outside the Q-Former vocabulary "
              f"0..{self.qformer.vocab_size - 1}"),
-            (0.0 < self.temp_min <= self.temp <= self.temp_max, "need 0 < temp_min <= temp <= "
-             f"temp_max, got {self.temp_min}, {self.temp}, {self.temp_max}"),
+            temp_in_range(self),
         ]  # fmt: skip
         raise_first("Blip2Config: ", checks)
 

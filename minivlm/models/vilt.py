@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from minivlm.nn.attention import padding_mask
 from minivlm.nn.bert import BertEncoder, BertMLMHead, TextConfig, init_weights
 from minivlm.nn.blocks import TransformerBlock, get_activation
-from minivlm.nn.config import MLPHidden, divisible, one_of
+from minivlm.nn.config import MLPHidden, TransformerSizes, divisible, one_of
 from minivlm.nn.vit import PatchGrid, check_padded_images, embed_padded_images
 from minivlm.objectives import (
     mask_tokens,
@@ -60,8 +60,10 @@ TEXT_TYPE, IMAGE_TYPE = 0, 1  # modality-type ids (§3.1): t^type for words, v^t
 
 
 @dataclass
-class ViLTConfig(PatchGrid, MLPHidden):
-    """Sizes and switches of ViLT (defaults: ViLT-B/32 as Hugging Face's ``ViltConfig()``).
+class ViLTConfig(TransformerSizes, PatchGrid, MLPHidden):
+    """Sizes and switches of ViLT (defaults: ViLT-B/32 as Hugging Face's ``ViltConfig()``: the
+    :class:`~minivlm.nn.config.TransformerSizes` defaults, BERT's LayerNorm eps 1e-12, with the
+    MLP width from ``mlp_ratio``, and a :class:`~minivlm.nn.vit.PatchGrid` of 384 px, 32 px).
 
     Text (BERT's embedding layer): ``vocab_size`` words, ``max_text_len`` learned positions
     (40 in the paper's code), ``type_vocab_size`` segments (always 0 here). Image (ViT's):
@@ -82,16 +84,10 @@ class ViLTConfig(PatchGrid, MLPHidden):
     type_vocab_size: int = 2
     modality_type_vocab_size: int = 2
     pad_id: int | None = 0
-    image_size: int = 384
-    patch_size: int = 32
-    in_chans: int = 3
-    dim: int = 768
-    depth: int = 12
-    num_heads: int = 12
+    image_size: int = 384  # PatchGrid's field, ViLT's default
+    patch_size: int = 32  # PatchGrid's field, ViLT's default
     mlp_ratio: float = 4.0
-    mlp_hidden: int | None = None  # overrides mlp_ratio when given
-    act: str = "gelu"
-    eps: float = 1e-12
+    mlp_hidden: int | None = None  # TransformerSizes' field; None: int(dim * mlp_ratio)
     qkv_bias: bool = True
     dropout: float = 0.0
     pooler: bool = True

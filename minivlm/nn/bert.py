@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from minivlm.nn.attention import causal_mask, padding_mask
 from minivlm.nn.blocks import TransformerBlock, get_activation, init_weights
-from minivlm.nn.config import MLPHidden, divisible
+from minivlm.nn.config import MLPHidden, TransformerSizes, divisible
 from minivlm.utils import raise_first
 
 Tensor = torch.Tensor
@@ -34,8 +34,9 @@ Tensor = torch.Tensor
 
 
 @dataclass
-class TextConfig(MLPHidden):
-    """Sizes and switches of a text transformer (defaults: BERT-base, uncased).
+class TextConfig(TransformerSizes, MLPHidden):
+    """Sizes and switches of a text transformer (defaults: BERT-base, uncased: the
+    :class:`~minivlm.nn.config.TransformerSizes` defaults, with the MLP width from ``mlp_ratio``).
 
     Cross-attention (to image tokens of width ``kv_dim``, default ``dim``) is
     added to layer ``i`` when ``i`` is in ``cross_attention_layers``, or when
@@ -49,13 +50,8 @@ class TextConfig(MLPHidden):
 
     vocab_size: int = 30522
     max_len: int = 512
-    dim: int = 768
-    depth: int = 12
-    num_heads: int = 12
     mlp_ratio: float = 4.0
-    mlp_hidden: int | None = None  # overrides mlp_ratio when given
-    act: str = "gelu"
-    eps: float = 1e-12
+    mlp_hidden: int | None = None  # TransformerSizes' field; None: int(dim * mlp_ratio)
     causal: bool = False
     prenorm: bool = False
     qkv_bias: bool = True
@@ -107,19 +103,14 @@ class TextConfig(MLPHidden):
 
 
 @dataclass
-class BertSizes:
-    """The sizes of a post-norm BERT as a model's config names them (defaults: BERT-base): a
-    base of the UNITER and Pixel-BERT configs, which add their image inputs and heads and build
-    their encoder from :meth:`text_config`."""
+class BertSizes(TransformerSizes):
+    """The sizes of a post-norm BERT as a model's config names them (defaults: BERT-base,
+    :class:`~minivlm.nn.config.TransformerSizes`, 30,522 words, 512 positions): a base of the
+    UNITER and Pixel-BERT configs, which add their image inputs and heads and build their
+    encoder from :meth:`text_config`."""
 
     vocab_size: int = 30522
     max_len: int = 512
-    dim: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    mlp_hidden: int = 3072
-    act: str = "gelu"
-    eps: float = 1e-12
     dropout: float = 0.0
 
     def text_config(self) -> TextConfig:

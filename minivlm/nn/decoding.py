@@ -1,10 +1,14 @@
-"""Caption decoding for image-conditioned text decoders (BLIP §3.1, CoCa §3.2): greedy, beam
+"""Sampling and caption decoding.
+
+Sampling (used by :meth:`minivlm.nn.lm.DecoderLM.generate` too): :func:`top_k_filter`,
+:func:`top_p_filter` (nucleus sampling, Holtzman et al. 2020, §3.1) and :func:`sample_next`.
+
+Caption decoding for image-conditioned text decoders (BLIP §3.1, CoCa §3.2): greedy, beam
 search and nucleus sampling over one ``next_logits`` function.
 
 A captioner hands :func:`generate` a function ``next_logits(ids, rows)`` that maps the tokens so
 far, ids (N, t), to the logits of the next token (N, V); ``rows`` (N,) says which image of the
-batch each row belongs to (beam search keeps ``num_beams`` rows per image). Nucleus filtering
-and sampling are :func:`minivlm.nn.lm.top_p_filter` / :func:`~minivlm.nn.lm.sample_next`.
+batch each row belongs to (beam search keeps ``num_beams`` rows per image).
 
 * greedy: the arg-max token at every step;
 * beam search: keep the ``num_beams`` prefixes of highest total log-probability, finish a beam
@@ -20,13 +24,74 @@ from collections.abc import Callable
 
 import torch
 
-from minivlm.nn.lm import sample_next
-
 Tensor = torch.Tensor
 
-__all__ = ["METHODS", "generate"]
+__all__ = ["METHODS", "generate", "sample_next", "top_k_filter", "top_p_filter"]
 
 METHODS = ("greedy", "beam", "nucleus")
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def top_k_filter(logits: Tensor, k: int) -> Tensor:
+    """Keep the ``k`` largest logits in the last dimension, set the rest to -inf.
+
+    (Fan et al. 2018, §5.4.) Ties with the k-th value are kept.
+    """
+    if not isinstance(k, int) or k <= 0:
+        raise ValueError(f"top_k_filter: expected a positive int k, got {k!r}")
+    if k >= logits.shape[-1]:
+        return logits
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]  # (..., 1) the k-th largest
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: Tensor, p: float) -> Tensor:
+    """Nucleus filtering (Holtzman et al. 2020, §3.1).
+
+    Keep the smallest set of tokens whose cumulative probability is >= ``p``
+    (the most likely token is always kept); set the others to -inf.
+    """
+    if not 0.0 < p <= 1.0:
+        raise ValueError(f"top_p_filter: expected 0 < p <= 1, got {p!r}")
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = logits.sort(dim=-1, descending=True)  # (..., V)
+    probs = sorted_logits.float().softmax(dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs  # probability of the tokens ranked above
+    drop_sorted = mass_before >= p  # the set above already reaches p: not needed
+    drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def sample_next(
+    logits: Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Pick the next token from logits (..., V) -> LongTensor (...).
+
+    temperature 0 is greedy (argmax). Otherwise: divide by the temperature,
+    apply top-k then top-p filtering, and draw from the softmax with ``generator``.
+    """
+    if temperature < 0:
+        raise ValueError(f"sample_next: temperature must be >= 0, got {temperature}")
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    lead, V = logits.shape[:-1], logits.shape[-1]
+    x = logits.reshape(-1, V).float() / temperature  # (N, V)
+    if top_k is not None:
+        x = top_k_filter(x, top_k)
+    if top_p is not None:
+        x = top_p_filter(x, top_p)
+    probs = x.softmax(dim=-1)  # (N, V)
+    return torch.multinomial(probs, 1, generator=generator).reshape(lead)
+
+
+# --------------------------------------------------------------------------- decoding
 
 
 @torch.no_grad()

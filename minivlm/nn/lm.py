@@ -20,8 +20,8 @@ weights of a ``transformers.LlamaForCausalLM`` and reproduces its logits.
 Generation (:meth:`DecoderLM.generate`) runs the prompt once, keeps each
 layer's keys and values in a :class:`~minivlm.nn.attention.KVCache`, then feeds
 one new token per step. Sampling is split into plain functions a notebook can
-show: :func:`top_k_filter`, :func:`top_p_filter` (nucleus sampling, Holtzman et
-al. 2020, §3.1) and :func:`sample_next`.
+show, in :mod:`minivlm.nn.decoding`: ``top_k_filter``, ``top_p_filter`` (nucleus
+sampling, Holtzman et al. 2020, §3.1) and ``sample_next``.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from minivlm.nn.attention import KVCache, RotaryEmbedding, sectioned_rope
 from minivlm.nn.blocks import RMSNorm, TransformerBlock, init_weights
+from minivlm.nn.decoding import sample_next
 
 Tensor = torch.Tensor
 
@@ -157,66 +158,6 @@ def lm_loss(logits: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX) ->
     shift_labels = labels[:, 1:]  # (B, T-1)
     return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
                            shift_labels.reshape(-1), ignore_index=ignore_index)
-
-
-# --------------------------------------------------------------------------- sampling
-
-
-def top_k_filter(logits: Tensor, k: int) -> Tensor:
-    """Keep the ``k`` largest logits in the last dimension, set the rest to -inf.
-
-    (Fan et al. 2018, §5.4.) Ties with the k-th value are kept.
-    """
-    if not isinstance(k, int) or k <= 0:
-        raise ValueError(f"top_k_filter: expected a positive int k, got {k!r}")
-    if k >= logits.shape[-1]:
-        return logits
-    kth = torch.topk(logits, k, dim=-1).values[..., -1:]  # (..., 1) the k-th largest
-    return logits.masked_fill(logits < kth, float("-inf"))
-
-
-def top_p_filter(logits: Tensor, p: float) -> Tensor:
-    """Nucleus filtering (Holtzman et al. 2020, §3.1).
-
-    Keep the smallest set of tokens whose cumulative probability is >= ``p``
-    (the most likely token is always kept); set the others to -inf.
-    """
-    if not 0.0 < p <= 1.0:
-        raise ValueError(f"top_p_filter: expected 0 < p <= 1, got {p!r}")
-    if p >= 1.0:
-        return logits
-    sorted_logits, order = logits.sort(dim=-1, descending=True)  # (..., V)
-    probs = sorted_logits.float().softmax(dim=-1)
-    mass_before = probs.cumsum(dim=-1) - probs  # probability of the tokens ranked above
-    drop_sorted = mass_before >= p  # the set above already reaches p: not needed
-    drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
-    return logits.masked_fill(drop, float("-inf"))
-
-
-def sample_next(
-    logits: Tensor,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Pick the next token from logits (..., V) -> LongTensor (...).
-
-    temperature 0 is greedy (argmax). Otherwise: divide by the temperature,
-    apply top-k then top-p filtering, and draw from the softmax with ``generator``.
-    """
-    if temperature < 0:
-        raise ValueError(f"sample_next: temperature must be >= 0, got {temperature}")
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    lead, V = logits.shape[:-1], logits.shape[-1]
-    x = logits.reshape(-1, V).float() / temperature  # (N, V)
-    if top_k is not None:
-        x = top_k_filter(x, top_k)
-    if top_p is not None:
-        x = top_p_filter(x, top_p)
-    probs = x.softmax(dim=-1)  # (N, V)
-    return torch.multinomial(probs, 1, generator=generator).reshape(lead)
 
 
 # --------------------------------------------------------------------------- model

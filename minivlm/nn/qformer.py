@@ -24,7 +24,7 @@ import torch.nn as nn
 from minivlm.nn.attention import combine_masks, padding_mask
 from minivlm.nn.bert import init_weights
 from minivlm.nn.blocks import MLP, TransformerBlock, get_activation
-from minivlm.nn.config import divisible
+from minivlm.nn.config import TransformerSizes, divisible
 from minivlm.utils import raise_first
 
 Tensor = torch.Tensor
@@ -33,8 +33,9 @@ __all__ = ["QFormer", "QFormerConfig", "QFormerOutput", "itc_similarity", "qform
 
 
 @dataclass
-class QFormerConfig:
-    """Sizes of the Q-Former (defaults: the paper's, initialised from BERT-base).
+class QFormerConfig(TransformerSizes):
+    """Sizes of the Q-Former (defaults: the paper's, initialised from BERT-base: the
+    :class:`~minivlm.nn.config.TransformerSizes` defaults).
 
     cross_attention_freq: layer i cross-attends to the image when ``i % freq == 0`` (2).
     num_query_tokens: Q learned queries (32).
@@ -45,12 +46,6 @@ class QFormerConfig:
         longest text, and the padding id.
     """
 
-    dim: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    mlp_hidden: int = 3072
-    act: str = "gelu"
-    eps: float = 1e-12
     cross_attention_freq: int = 2
     num_query_tokens: int = 32
     text: bool = True

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minivlm.nn.blocks import TransformerBlock, get_activation, init_weights
-from minivlm.nn.config import MLPHidden, divisible, one_of
+from minivlm.nn.config import MLPHidden, TransformerSizes, divisible, one_of
 from minivlm.utils import raise_first
 
 Tensor = torch.Tensor
@@ -50,12 +50,16 @@ def patchify(images: Tensor, patch_size: int) -> Tensor:
 # ---------------------------------------------------------------------------
 
 
+@dataclass
 class PatchGrid:
-    """``grid_size`` and ``num_patches`` of a config with ``image_size`` and ``patch_size``
-    (a base of the ViT, ViLT, MAE and BEiT configs; it adds no dataclass fields)."""
+    """The image a patch embedding reads, ``in_chans`` x ``image_size`` x ``image_size``, cut into
+    ``patch_size`` squares (defaults: ViT-B/16's 224 px RGB), with ``grid_size`` and
+    ``num_patches``. A field group (:mod:`minivlm.nn.config`) of the ViT, ViLT, MAE, BEiT and
+    VLMo configs."""
 
-    image_size: int
-    patch_size: int
+    image_size: int = 224
+    patch_size: int = 16
+    in_chans: int = 3
 
     @property
     def grid_size(self) -> int:
@@ -68,25 +72,19 @@ class PatchGrid:
 
 
 @dataclass
-class ViTSizes(PatchGrid):
+class ViTSizes(TransformerSizes, PatchGrid):
     """The sizes of a pre-norm ViT encoder as a model's config names them (defaults: ViT-B/16 at
-    224 px, LayerNorm eps 1e-6): a base of the MAE, BEiT and VLMo configs, which add their own
-    heads and switches."""
+    224 px, :class:`PatchGrid` and :class:`~minivlm.nn.config.TransformerSizes`, with LayerNorm
+    eps 1e-6): a base of the MAE, BEiT and VLMo configs, which add their own heads and switches."""
 
-    image_size: int = 224
-    patch_size: int = 16
-    in_chans: int = 3
-    dim: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    mlp_hidden: int = 3072
-    act: str = "gelu"
-    eps: float = 1e-6
+    eps: float = 1e-6  # TransformerSizes' field, ViT's default
 
 
 @dataclass
-class ViTConfig(PatchGrid, MLPHidden):
-    """Sizes and switches of a Vision Transformer (defaults: ViT-B/16 at 224 px).
+class ViTConfig(TransformerSizes, PatchGrid, MLPHidden):
+    """Sizes and switches of a Vision Transformer (defaults: ViT-B/16 at 224 px: the
+    :class:`PatchGrid` and :class:`~minivlm.nn.config.TransformerSizes` defaults, with the MLP
+    width from ``mlp_ratio`` and LayerNorm eps 1e-6).
 
     ``pre_norm`` adds a LayerNorm between the embeddings and the first block
     (CLIP's ``ln_pre``); ``final_norm`` normalises every output token;
@@ -94,17 +92,10 @@ class ViTConfig(PatchGrid, MLPHidden):
     ``global_pool="avg"``). ``num_classes > 0`` adds a linear classifier head.
     """
 
-    image_size: int = 224
-    patch_size: int = 16
-    in_chans: int = 3
-    dim: int = 768
-    depth: int = 12
-    num_heads: int = 12
     mlp_ratio: float = 4.0
-    mlp_hidden: int | None = None  # overrides mlp_ratio when given
+    mlp_hidden: int | None = None  # TransformerSizes' field; None: int(dim * mlp_ratio)
+    eps: float = 1e-6  # TransformerSizes' field, ViT's default
     qkv_bias: bool = True
-    act: str = "gelu"
-    eps: float = 1e-6
     class_token: bool = True
     pre_norm: bool = False
     final_norm: bool = True

@@ -32,6 +32,14 @@ def _logits(image_embeds: Tensor, text_embeds: Tensor, logit_scale: Tensor) -> T
     return contrastive_logits(img, txt, logit_scale)  # (N, N) = exp(s) * cosines
 
 
+def _scaled(sim: Tensor, logit_scale: Tensor, how: str) -> Tensor:
+    """Cosines turned into logits, as the reference does ("exp": times exp(logit_scale) =
+    1/τ) or as a mistake does: "raw" times logit_scale, "tau" divided by it, "divide"
+    divided by exp(logit_scale), "none" not scaled."""
+    return {"exp": logit_scale.exp() * sim, "raw": logit_scale * sim, "tau": sim / logit_scale,
+            "divide": sim / logit_scale.exp(), "none": sim}[how]
+
+
 # ----------------------------------------------------------------------------- clip_loss
 def _ref_clip_loss(image_embeds: Tensor, text_embeds: Tensor, logit_scale: Tensor) -> Tensor:
     logits = _logits(image_embeds, text_embeds, logit_scale)  # (N, N) rows: images
@@ -53,8 +61,7 @@ def _loss_variant(*, scale: str = "exp", normalise: str = "both", direction: str
         if normalise == "columns":
             img, txt = F.normalize(img, dim=0), F.normalize(txt, dim=0)
         sim = img @ txt.T  # (N, N)
-        logits = {"exp": logit_scale.exp() * sim, "raw": logit_scale * sim,
-                  "tau": sim / logit_scale, "divide": sim / logit_scale.exp()}[scale]
+        logits = _scaled(sim, logit_scale, scale)
         n = logits.shape[0]
         if softmax == "matrix":  # one softmax over all N*N entries
             logp = logits.reshape(-1).log_softmax(0).reshape(n, n)
@@ -205,8 +212,7 @@ def _predict_variant(*, scale: str = "exp", normalise: bool = True, dim: int = -
     def zero_shot_predict(image_embeds: Tensor, weights: Tensor, logit_scale: Tensor) -> Tensor:
         img = F.normalize(image_embeds, dim=-1) if normalise else image_embeds
         sim = img @ weights.T  # (B, C)
-        logits = {"exp": logit_scale.exp() * sim, "none": sim, "raw": logit_scale * sim,
-                  "divide": sim / logit_scale.exp()}[scale]
+        logits = _scaled(sim, logit_scale, scale)
         if transpose:
             logits = logits.T
         if output == "logits":

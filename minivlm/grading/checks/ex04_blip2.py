@@ -73,6 +73,8 @@ INVERTED = ("inverted: True must mean 'may attend' (minivlm's attend and "
 TEXT_FIRST = ("the layout is [queries; text]: positions 0..Q-1 are the Q learned queries and "
               "positions Q..Q+T-1 the text tokens (the Q-Former concatenates the queries "
               "first); yours puts the text first")
+SQUARE = ("the mask is square, (Q+T, Q+T): every position, query or text, is both a row and "
+          "a column")
 
 
 def _explain_mask(case: Case, got: list, expected: list) -> str | None:
@@ -110,97 +112,89 @@ def _mask_cases(kind: str):
     return cases
 
 
-register_check(
-    "itc_mask(num_query, num_text)", _ref_mask("itc"), points=1,
-    returns="(Q+T, Q+T) bool",
-    mistakes=[
-        ("the text can see the queries: in ITC each modality is encoded on its own (uni-modal "
-         "mask), so text rows must be False in the query columns; otherwise the text feature "
-         "would already contain the image and the contrast is trivial",
-         lambda Q, T: _mask(Q, T, tq="all", tt="all")),
-        ("the queries can see the text: in ITC the query outputs must come from the image "
-         "alone, so query rows must be False in the text columns (no information leak)",
-         lambda Q, T: _mask(Q, T, qt="all", tq="none", tt="all")),
-        ("that is the ITM mask (everyone sees everyone); ITC's is uni-modal: queries see only "
-         "queries and text sees only text", lambda Q, T: _mask(Q, T, qt="all", tt="all")),
-        ("only the query block is True: the text rows must see the text (text sees text), "
-         "or their softmax has nothing to attend to",
-         lambda Q, T: _mask(Q, T, tq="none", tt="none")),
-        ("the text part is causal: in ITC the text side is bi-directional, like BERT (its "
-         "[CLS] output summarises the whole caption); only ITG is causal",
-         lambda Q, T: _mask(Q, T, tq="none")),
-        (INVERTED, lambda Q, T: ~_mask(Q, T, tq="none", tt="all")),
-        (TEXT_FIRST, lambda Q, T: _mask(Q, T, text_first=True, tq="none", tt="all")),
-        ("the mask is square, (Q+T, Q+T): every position, query or text, is both a row (who "
-         "attends) and a column (who is attended to)",
-         lambda Q, T: torch.ones(Q, T, dtype=torch.bool)),
-    ],
-    explain=_explain_mask,
-)(_mask_cases("itc"))
+def _mask_check(kind: str, *, points: float, mistakes: list) -> None:
+    """Register the check of ``{kind}_mask(num_query, num_text)``. The three masks share the
+    reference (their entry of ``qformer_masks``), the cases, the block-by-block explanation
+    and the output's shape; each has its own points and the mistakes typical of it."""
+    register_check(
+        f"{kind}_mask(num_query, num_text)", _ref_mask(kind), points=points,
+        returns="(Q+T, Q+T) bool", mistakes=mistakes, explain=_explain_mask,
+    )(_mask_cases(kind))
 
-register_check(
-    "itm_mask(num_query, num_text)", _ref_mask("itm"), points=1,
-    returns="(Q+T, Q+T) bool",
-    mistakes=[
-        ("inverted: ITM is bi-directional, every position may attend to every other, so the "
-         "mask is all True (True = may attend)", lambda Q, T: torch.zeros(Q + T, Q + T,
-                                                                          dtype=torch.bool)),
-        ("that is the ITC mask; ITM lets queries and text see each other (all True), so that "
-         "the queries fuse the image with the caption",
-         lambda Q, T: _mask(Q, T, tq="none", tt="all")),
-        ("that is the ITG mask; ITM is bi-directional: all True",
-         lambda Q, T: _mask(Q, T)),
-        ("the mask is square, (Q+T, Q+T): every position, query or text, is both a row and "
-         "a column", lambda Q, T: torch.ones(Q, T, dtype=torch.bool)),
-        ("the mask is square, (Q+T, Q+T): every position, query or text, is both a row and "
-         "a column", lambda Q, T: torch.ones(T, Q, dtype=torch.bool)),
-        ("the mask covers both queries and text: (Q+T, Q+T), not (Q, Q)",
-         lambda Q, T: torch.ones(Q, Q, dtype=torch.bool)),
-        ("the mask covers both queries and text: (Q+T, Q+T), not (T, T)",
-         lambda Q, T: torch.ones(T, T, dtype=torch.bool)),
-    ],
-    explain=_explain_mask,
-)(_mask_cases("itm"))
 
-register_check(
-    "itg_mask(num_query, num_text)", _ref_mask("itg"), points=2,
-    returns="(Q+T, Q+T) bool",
-    mistakes=[
-        ("off by one: text token t must also attend to itself, so the diagonal of the text "
-         "block is True (causal = columns j <= i; tril keeps the diagonal by default)",
-         lambda Q, T: _mask(Q, T, diag=-1)),
-        ("off by one: text token t may see token t+1, one step into the future it must "
-         "predict", lambda Q, T: _mask(Q, T, diag=1)),
-        ("the queries can see the text: in ITG the query rows must be False in the text "
-         "columns; otherwise the queries read the caption and pass it back to the text, which "
-         "then 'generates' what it has already seen (an information leak)",
-         lambda Q, T: _mask(Q, T, qt="all")),
-        ("the queries can see (part of) the text: query rows must be False in every text "
-         "column", lambda Q, T: _mask(Q, T, qt="causal")),
-        ("a plain causal mask over all Q+T positions: the text part is right, but query i sees "
-         "only queries 0..i; in BLIP-2 the queries see all queries (bi-directional among "
-         "themselves) and none of the text",
-         lambda Q, T: torch.ones(Q + T, Q + T, dtype=torch.bool).tril()),
-        ("the text cannot see the queries: in ITG every text token sees all Q queries, that is "
-         "how the image reaches the text it generates (image-grounded)",
-         lambda Q, T: _mask(Q, T, tq="none")),
-        ("the text is bi-directional: ITG generates the caption left to right, so text token t "
-         "sees only the text tokens 0..t (causal) besides the queries",
-         lambda Q, T: _mask(Q, T, tt="all")),
-        ("that is the ITM mask (all see all); in ITG the queries see only the queries and the "
-         "text is causal", lambda Q, T: torch.ones(Q + T, Q + T, dtype=torch.bool)),
-        ("transposed: mask[i, j] says whether row i may attend to column j; yours lets column "
-         "j attend to row i (the text block is upper triangular and the queries see the text)",
-         lambda Q, T: _mask(Q, T).T),
-        ("the text block is upper triangular: text token t sees the tokens after it; use the "
-         "lower triangle (columns j <= i, tril)", lambda Q, T: _mask(Q, T, tt="anticausal")),
-        (INVERTED, lambda Q, T: ~_mask(Q, T)),
-        (TEXT_FIRST, lambda Q, T: _mask(Q, T, text_first=True)),
-        ("the mask is square, (Q+T, Q+T): every position, query or text, is both a row and "
-         "a column", lambda Q, T: torch.ones(Q, T, dtype=torch.bool)),
-    ],
-    explain=_explain_mask,
-)(_mask_cases("itg"))
+_mask_check("itc", points=1, mistakes=[
+    ("the text can see the queries: in ITC each modality is encoded on its own (uni-modal "
+     "mask), so text rows must be False in the query columns; otherwise the text feature "
+     "would already contain the image and the contrast is trivial",
+     lambda Q, T: _mask(Q, T, tq="all", tt="all")),
+    ("the queries can see the text: in ITC the query outputs must come from the image "
+     "alone, so query rows must be False in the text columns (no information leak)",
+     lambda Q, T: _mask(Q, T, qt="all", tq="none", tt="all")),
+    ("that is the ITM mask (everyone sees everyone); ITC's is uni-modal: queries see only "
+     "queries and text sees only text", lambda Q, T: _mask(Q, T, qt="all", tt="all")),
+    ("only the query block is True: the text rows must see the text (text sees text), "
+     "or their softmax has nothing to attend to",
+     lambda Q, T: _mask(Q, T, tq="none", tt="none")),
+    ("the text part is causal: in ITC the text side is bi-directional, like BERT (its "
+     "[CLS] output summarises the whole caption); only ITG is causal",
+     lambda Q, T: _mask(Q, T, tq="none")),
+    (INVERTED, lambda Q, T: ~_mask(Q, T, tq="none", tt="all")),
+    (TEXT_FIRST, lambda Q, T: _mask(Q, T, text_first=True, tq="none", tt="all")),
+    ("the mask is square, (Q+T, Q+T): every position, query or text, is both a row (who "
+     "attends) and a column (who is attended to)",
+     lambda Q, T: torch.ones(Q, T, dtype=torch.bool)),
+])
+
+_mask_check("itm", points=1, mistakes=[
+    ("inverted: ITM is bi-directional, every position may attend to every other, so the "
+     "mask is all True (True = may attend)",
+     lambda Q, T: torch.zeros(Q + T, Q + T, dtype=torch.bool)),
+    ("that is the ITC mask; ITM lets queries and text see each other (all True), so that "
+     "the queries fuse the image with the caption",
+     lambda Q, T: _mask(Q, T, tq="none", tt="all")),
+    ("that is the ITG mask; ITM is bi-directional: all True",
+     lambda Q, T: _mask(Q, T)),
+    (SQUARE, lambda Q, T: torch.ones(Q, T, dtype=torch.bool)),
+    (SQUARE, lambda Q, T: torch.ones(T, Q, dtype=torch.bool)),
+    ("the mask covers both queries and text: (Q+T, Q+T), not (Q, Q)",
+     lambda Q, T: torch.ones(Q, Q, dtype=torch.bool)),
+    ("the mask covers both queries and text: (Q+T, Q+T), not (T, T)",
+     lambda Q, T: torch.ones(T, T, dtype=torch.bool)),
+])
+
+_mask_check("itg", points=2, mistakes=[
+    ("off by one: text token t must also attend to itself, so the diagonal of the text "
+     "block is True (causal = columns j <= i; tril keeps the diagonal by default)",
+     lambda Q, T: _mask(Q, T, diag=-1)),
+    ("off by one: text token t may see token t+1, one step into the future it must "
+     "predict", lambda Q, T: _mask(Q, T, diag=1)),
+    ("the queries can see the text: in ITG the query rows must be False in the text "
+     "columns; otherwise the queries read the caption and pass it back to the text, which "
+     "then 'generates' what it has already seen (an information leak)",
+     lambda Q, T: _mask(Q, T, qt="all")),
+    ("the queries can see (part of) the text: query rows must be False in every text "
+     "column", lambda Q, T: _mask(Q, T, qt="causal")),
+    ("a plain causal mask over all Q+T positions: the text part is right, but query i sees "
+     "only queries 0..i; in BLIP-2 the queries see all queries (bi-directional among "
+     "themselves) and none of the text",
+     lambda Q, T: torch.ones(Q + T, Q + T, dtype=torch.bool).tril()),
+    ("the text cannot see the queries: in ITG every text token sees all Q queries, that is "
+     "how the image reaches the text it generates (image-grounded)",
+     lambda Q, T: _mask(Q, T, tq="none")),
+    ("the text is bi-directional: ITG generates the caption left to right, so text token t "
+     "sees only the text tokens 0..t (causal) besides the queries",
+     lambda Q, T: _mask(Q, T, tt="all")),
+    ("that is the ITM mask (all see all); in ITG the queries see only the queries and the "
+     "text is causal", lambda Q, T: torch.ones(Q + T, Q + T, dtype=torch.bool)),
+    ("transposed: mask[i, j] says whether row i may attend to column j; yours lets column "
+     "j attend to row i (the text block is upper triangular and the queries see the text)",
+     lambda Q, T: _mask(Q, T).T),
+    ("the text block is upper triangular: text token t sees the tokens after it; use the "
+     "lower triangle (columns j <= i, tril)", lambda Q, T: _mask(Q, T, tt="anticausal")),
+    (INVERTED, lambda Q, T: ~_mask(Q, T)),
+    (TEXT_FIRST, lambda Q, T: _mask(Q, T, text_first=True)),
+    (SQUARE, lambda Q, T: torch.ones(Q, T, dtype=torch.bool)),
+])
 
 
 # ----------------------------------------------------------------------------- ITC score

@@ -5,7 +5,7 @@ References: ``minivlm.models.blip.decoder_inputs`` (Li et al. 2022, BLIP §3.2: 
 the first token, causal AND padding mask, labels -100 at padding and at [DEC]);
 ``minivlm.models.coca.cls_text_mask`` and ``coca_loss`` (Yu et al. 2022, CoCa §3.2: the [CLS]
 appended after the words sees every real word and itself, no padding; loss = λ_cap · caption CE
-over real tokens + λ_con · symmetric contrastive CE); ``minivlm.nn.lm.top_p_filter`` (Holtzman
+over real tokens + λ_con · symmetric contrastive CE); ``minivlm.nn.decoding.top_p_filter`` (Holtzman
 et al. 2020, §3.1: keep the smallest set of most likely tokens whose mass reaches p).
 """
 
@@ -192,7 +192,7 @@ def loss_cases(gen: torch.Generator):
 
 # ----------------------------------------------------------------------------- nucleus
 def _ref_nucleus(logits: Tensor, top_p: float) -> Tensor:
-    from minivlm.nn.lm import top_p_filter
+    from minivlm.nn.decoding import top_p_filter
 
     return top_p_filter(logits, top_p)
 
@@ -219,7 +219,7 @@ def _nucleus_variant(how: str):
 @register_check(
     "nucleus_filter(logits, top_p)", _ref_nucleus, points=2,
     returns="(..., V)",
-    library=("minivlm.nn.lm:top_p_filter",),
+    library=("minivlm.nn.decoding:top_p_filter",),
     mistakes=[
         ("the token whose probability crosses top_p must be kept (keep a token when the mass "
          "of the tokens ranked above it is still below p)", _nucleus_variant("exclusive")),
