@@ -368,14 +368,15 @@ def _loss_variant(*, direction: str = "both", combine: str = "mean", softmax: st
     mistakes=[
         ("your loss is the image->text half alone: a softmax over each row (image i over the "
          "B texts) and none over the columns. Either the text->image half is missing, or its "
-         "softmax runs over the rows again (F.cross_entropy(logits, ...) twice, or log_softmax "
-         "of logits.T over dim=0 / of logits over dim=1 for both). BLIP-2's ITC is symmetric: "
+         "softmax runs over the rows again (F.cross_entropy(logits, targets) twice, or "
+         "logits.T.log_softmax(dim=0), which is logits' rows). BLIP-2's ITC is symmetric: "
          "average F.cross_entropy(logits, targets) and F.cross_entropy(logits.T, targets)",
          _loss_variant(direction="i2t")),
         ("your loss is the text->image half alone: a softmax over each column (text j over the "
          "B images) and none over the rows. Either the image->text half is missing, or its "
-         "softmax runs over the columns again (F.cross_entropy(logits.T, ...) twice, or "
-         "log_softmax over dim=0 for both). Average the row (image->text) and the column "
+         "softmax runs over the columns again (F.cross_entropy(logits.T, targets) twice, or "
+         "logits.log_softmax(dim=0) for both halves). Average the row (image->text) and the "
+         "column "
          "(text->image) cross-entropies", _loss_variant(direction="t2i")),
         ("you summed the two halves; BLIP-2 averages them: (loss_i2t + loss_t2i) / 2",
          _loss_variant(combine="sum")),
@@ -397,8 +398,8 @@ def _loss_variant(*, direction: str = "both", combine: str = "mean", softmax: st
 )
 def itc_loss_cases(gen: torch.Generator):
     def scores(b: int, dtype: torch.dtype = torch.float32) -> Tensor:
-        s = torch.rand(b, b, generator=gen, dtype=dtype) * 1.6 - 0.8  # cosines in [-0.8, 0.8]
-        return s + 0.5 * torch.rand(b, 1, generator=gen, dtype=dtype)  # rows shifted: s != s.T
+        s = torch.rand(b, b, generator=gen, dtype=dtype) * 1.2 - 0.7  # (B, B) in [-0.7, 0.5]
+        return s + 0.4 * torch.rand(b, 1, generator=gen, dtype=dtype)  # each row shifted: s != s.T
 
     def tau(value: float, dtype: torch.dtype = torch.float32) -> Tensor:
         return torch.tensor(value, dtype=dtype)
