@@ -51,12 +51,13 @@ def _explain_train(case: Case, got: list, expected: list) -> str | None:
                 "loss_itc + loss_itg, both with a plus sign, and does position t predict "
                 "token t+1 (logits[:, :-1] against ids[:, 1:])?")
     if moved < 0.5:
-        return ("the ITC temperature never moved from 0.07: divide the similarities by "
-                "model.temp before the cross-entropy, so that it gets a gradient and is learned")
+        return ("the ITC temperature never moved from 0.07: your itc_loss must divide the "
+                "scores by temp before the cross-entropy (does check('itc_loss', itc_loss) "
+                "pass?), so that model.temp gets a gradient and is learned")
     return ("your Q-Former learned, but not like the reference: the ITC pass under itc_mask, "
-            "the similarities itc_score(vision_proj(query outputs), text_proj([CLS] output)) / "
-            "model.temp, the mean of the two cross-entropies (image->text, text->image), the "
-            "ITG pass with data['dec_token_id'] replacing [CLS]")
+            "sim = itc_score(vision_proj(query outputs), text_proj([CLS] output)), plain "
+            "cosines (itc_loss divides by model.temp), the ITG pass with "
+            "data['dec_token_id'] replacing [CLS]")
 
 
 @register_check(
