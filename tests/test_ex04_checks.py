@@ -132,6 +132,44 @@ def score_via_library(query_embeds, text_embeds):
     return itc_similarity(F.normalize(query_embeds, dim=-1), F.normalize(text_embeds, dim=-1))
 
 
+# ----------------------------------------------------------------------------- ITC loss
+def nll_diagonal(logp):  # -log p(positive), the positives on the diagonal
+    return -logp.diagonal().mean()
+
+
+def make_loss(kind):
+    """An ITC loss written the ways a learner might: right ("ce", "log_softmax", "logsumexp")
+    or with one mistake. "i2t_only", "t2i_only": one direction; "rows_twice", "cols_twice":
+    the second half's softmax over the same axis as the first (log_softmax of logits.T over
+    dim=0; F.cross_entropy(logits.T, ...) twice)."""
+
+    def itc_loss(scores, temp):
+        logits = scores / temp  # (B, B)
+        y = torch.arange(len(scores))
+        i2t, t2i = F.cross_entropy(logits, y), F.cross_entropy(logits.T, y)
+        return {
+            "ce": lambda: (i2t + t2i) / 2,
+            "log_softmax": lambda: (nll_diagonal(logits.log_softmax(dim=1))
+                                    + nll_diagonal(logits.log_softmax(dim=0))) / 2,
+            "logsumexp": lambda: ((logits.logsumexp(1) + logits.logsumexp(0)) / 2
+                                  - logits.diagonal()).mean(),
+            "i2t_only": lambda: i2t,
+            "t2i_only": lambda: t2i,
+            "rows_twice": lambda: (nll_diagonal(logits.log_softmax(dim=1))
+                                   + nll_diagonal(logits.T.log_softmax(dim=0))) / 2,
+            "cols_twice": lambda: (F.cross_entropy(logits.T, y) + t2i) / 2,
+            "whole_matrix": lambda: nll_diagonal(logits.flatten().log_softmax(0).view_as(logits)),
+            "summed": lambda: i2t + t2i,
+            "no_temperature": lambda: (F.cross_entropy(scores, y)
+                                       + F.cross_entropy(scores.T, y)) / 2,
+            "temperature_detached": lambda: (F.cross_entropy(scores / temp.item(), y)
+                                             + F.cross_entropy(scores.T / temp.item(), y)) / 2,
+            "sign_flipped": lambda: -(i2t + t2i) / 2,
+        }[kind]()
+
+    return itc_loss
+
+
 RIGHT = [
     ("itc_mask", lambda Q, T: qformer_masks(Q, T)["itc"]),
     ("itc_mask", itc_blocks),
@@ -150,6 +188,9 @@ RIGHT = [
     ("itc_score", make_score(reduce="amax", via="matmul")),
     ("itc_score", make_score(via="loop")),
     ("itc_score", score_cosine_similarity),
+    ("itc_loss", make_loss("ce")),
+    ("itc_loss", make_loss("log_softmax")),
+    ("itc_loss", make_loss("logsumexp")),
 ]
 
 
@@ -242,6 +283,21 @@ BROKEN = [
     ("itc_score", make_score(float32=True), ["dtype float32 but expected float64"]),
     ("itc_score", make_score(detach=True), ["values match",
                                             "does not depend on query_embeds"]),
+    # ITC loss: what the training check (part 5) cannot tell from the right loss (see
+    # ex04_qformer_train's docstring), caught here by its own check
+    ("itc_loss", make_loss("i2t_only"), ["values differ", "image->text half alone"]),
+    ("itc_loss", make_loss("t2i_only"), ["values differ", "text->image half alone"]),
+    ("itc_loss", make_loss("rows_twice"), ["image->text half alone",
+                                           "its softmax runs over the rows again"]),
+    ("itc_loss", make_loss("cols_twice"), ["text->image half alone",
+                                           "its softmax runs over the columns again"]),
+    ("itc_loss", make_loss("whole_matrix"), ["values differ", "all B*B entries"]),
+    ("itc_loss", make_loss("summed"), ["values differ", "summed the two halves"]),
+    ("itc_loss", make_loss("no_temperature"), ["values differ",
+                                               "did not divide by the temperature"]),
+    ("itc_loss", make_loss("temperature_detached"), ["values match",
+                                                     "does not depend on temp"]),
+    ("itc_loss", make_loss("sign_flipped"), ["values differ", "sign is flipped"]),
 ]
 
 
@@ -299,23 +355,27 @@ def test_an_unknown_score_mistake_gets_a_hint():
 
 def test_exercise_04_registers_its_checks():
     names = [c.name for c in list_checks(EXERCISE)]
-    assert names == ["itc_mask", "itm_mask", "itg_mask", "itc_score", "train_stage1"]
-    assert sum(c.points for c in list_checks(EXERCISE)) == 10
-    assert get_check("itc_score").grad
+    assert names == ["itc_mask", "itm_mask", "itg_mask", "itc_score", "itc_loss", "train_stage1"]
+    assert sum(c.points for c in list_checks(EXERCISE)) == 12
+    assert get_check("itc_score").grad and get_check("itc_loss").grad
 
 
 # ----------------------------------------------------------------------------- the notebooks
 @pytest.mark.usefixtures("reuse_references")  # the training reference runs once per process
 def test_source_passes_all_checks_and_student_fails_them_cleanly():
-    stu_code = assert_source_passes_student_fails(SOURCE, EXERCISE, 5, timeout=60, seed=SEED)
+    stu_code = assert_source_passes_student_fails(SOURCE, EXERCISE, 6, timeout=60, seed=SEED)
     assert "BEGIN SOLUTION" not in stu_code
-    for solution in ("is_query[:, None]", ".tril()", "amax(dim=-1)", "F.normalize(query_embeds"):
+    for solution in ("is_query[:, None]", ".tril()", "amax(dim=-1)", "F.normalize(query_embeds",
+                     "F.cross_entropy(logits.T"):
         assert solution not in stu_code, solution
     for signature in ("def itc_mask(num_query", "def itm_mask(num_query",
-                      "def itg_mask(num_query", "def itc_score(query_embeds"):
+                      "def itg_mask(num_query", "def itc_score(query_embeds",
+                      "def itc_loss(scores"):
         assert signature in stu_code
     assert "qformer_masks_by_blocks" not in stu_code  # the solution-tagged cell is dropped
     assert "def train_stage1(seed" in stu_code and "loss_itg =" not in stu_code
+    # the training step's ITC loss is the learner's checked itc_loss, a given line
+    assert "loss_itc = itc_loss(sim, model.temp)" in stu_code
 
 
 def test_committed_student_notebook_is_up_to_date():

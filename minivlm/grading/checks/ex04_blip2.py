@@ -1,4 +1,4 @@
-"""Checks of exercise 04 (BLIP-2): the Q-Former's three attention masks and the ITC score.
+"""Checks of exercise 04 (BLIP-2): the Q-Former's three attention masks, the ITC score and loss.
 
 References (Li et al. 2023, "BLIP-2: Bootstrapping Language-Image Pre-training with Frozen
 Image Encoders and Large Language Models"): the self-attention masks of §3.2 / Figure 2 (right),
@@ -6,7 +6,12 @@ Image Encoders and Large Language Models"): the self-attention masks of §3.2 / 
 §3.2 (ITC: "the highest [similarity] as the image-text similarity" over the query outputs),
 ``minivlm.models.blip2.itc_similarity`` applied to L2-normalised inputs (the library normalises
 before it calls ``itc_similarity``; the learner's function gets raw embeddings and normalises
-itself; neither divides by the temperature).
+itself; neither divides by the temperature); and the ITC loss, the mean of the image->text and
+text->image cross-entropies of the scores over the temperature
+(``minivlm.models.blip2.Blip2.stage1``'s, without label smoothing). The training check
+(``ex04_qformer_train``) cannot tell a one-directional or wrong-axis ITC loss from the right one,
+so the loss is a function of its own, checked on score matrices that are not symmetric (and one
+"hub" caption) where either half alone is far from their mean; the training step calls it.
 
 Masks are boolean, True where the row position may attend to the column position, layout
 ``[queries (Q); text (T)]``. A float 0/1 mask fails on its dtype: ``attend`` and
@@ -326,3 +331,94 @@ def itc_score_cases(gen: torch.Generator):
                hint="the inputs are views: use .reshape or .mT, not .view")
     yield Case("the paper's sizes: 8 images, 32 queries, 8 texts, D = 256", *embeds(8, 8, 32, 256))
     yield Case("float64 embeddings", *embeds(3, 4, 5, 8, torch.float64))
+
+
+# ----------------------------------------------------------------------------- ITC loss
+def _ref_itc_loss(scores: Tensor, temp: Tensor) -> Tensor:
+    # BLIP-2's stage-1 ITC (minivlm.models.blip2.Blip2.stage1, label smoothing 0): the logits are
+    # the scores over τ; pair i is the positive of row i (image -> texts) and of column i
+    # (text -> images); the loss is the mean of the two cross-entropies
+    logits = scores / temp  # (B, B)
+    targets = torch.arange(logits.shape[0])
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+
+def _loss_variant(*, direction: str = "both", combine: str = "mean", softmax: str = "rows",
+                  temp: str = "divide", targets: str = "diagonal", reduction: str = "mean",
+                  sign: float = 1.0):
+    """A wrong ITC loss: the formula with one step changed."""
+
+    def itc_loss(scores: Tensor, temp_: Tensor) -> Tensor:
+        logits = {"divide": scores / temp_, "none": scores, "multiply": scores * temp_}[temp]
+        n = logits.shape[0]
+        if softmax == "matrix":  # one softmax over all B*B entries
+            return sign * -logits.reshape(-1).log_softmax(0).reshape(n, n).diagonal().mean()
+        t = torch.arange(n) if targets == "diagonal" else torch.zeros(n, dtype=torch.long)
+        i2t = F.cross_entropy(logits, t, reduction=reduction)  # softmax over each row
+        t2i = F.cross_entropy(logits.T, t, reduction=reduction)  # over each column
+        loss = {"both": (i2t + t2i) / 2 if combine == "mean" else i2t + t2i,
+                "i2t": i2t, "t2i": t2i}[direction]
+        return sign * loss
+
+    return itc_loss
+
+
+@register_check(
+    "itc_loss(scores, temp)", _ref_itc_loss, points=2, grad=True, returns="() a scalar",
+    mistakes=[
+        ("your loss is the image->text half alone: a softmax over each row (image i over the "
+         "B texts) and none over the columns. Either the text->image half is missing, or its "
+         "softmax runs over the rows again (F.cross_entropy(logits, targets) twice, or "
+         "logits.T.log_softmax(dim=0), which is logits' rows). BLIP-2's ITC is symmetric: "
+         "average F.cross_entropy(logits, targets) and F.cross_entropy(logits.T, targets)",
+         _loss_variant(direction="i2t")),
+        ("your loss is the text->image half alone: a softmax over each column (text j over the "
+         "B images) and none over the rows. Either the image->text half is missing, or its "
+         "softmax runs over the columns again (F.cross_entropy(logits.T, targets) twice, or "
+         "logits.log_softmax(dim=0) for both halves). Average the row (image->text) and the "
+         "column "
+         "(text->image) cross-entropies", _loss_variant(direction="t2i")),
+        ("you summed the two halves; BLIP-2 averages them: (loss_i2t + loss_t2i) / 2",
+         _loss_variant(combine="sum")),
+        ("your softmax runs over all B*B entries of the matrix at once; it must run over each "
+         "row (image->text) and, separately, over each column (text->image)",
+         _loss_variant(softmax="matrix")),
+        ("you did not divide by the temperature: the logits are scores / temp (cosines in "
+         "[-1, 1] alone are too soft to separate a batch, and temp gets no gradient, so it is "
+         "never learned)", _loss_variant(temp="none")),
+        ("you multiplied by the temperature; divide: logits = scores / temp (τ = 0.07 makes "
+         "the cosines about 14 times sharper)", _loss_variant(temp="multiply")),
+        ("the sign is flipped: the loss is the cross-entropy -log p(positive), which is >= 0; "
+         "minimising your value would push the matching pairs apart", _loss_variant(sign=-1.0)),
+        ("wrong targets: the positive of row i (and of column i) is pair i, so the targets are "
+         "torch.arange(B), not zeros", _loss_variant(targets="zeros")),
+        ("you summed the cross-entropy over the batch; take the mean over the B pairs "
+         "(F.cross_entropy's default reduction='mean')", _loss_variant(reduction="sum")),
+    ],
+)
+def itc_loss_cases(gen: torch.Generator):
+    def scores(b: int, dtype: torch.dtype = torch.float32) -> Tensor:
+        s = torch.rand(b, b, generator=gen, dtype=dtype) * 1.2 - 0.7  # (B, B) in [-0.7, 0.5]
+        return s + 0.4 * torch.rand(b, 1, generator=gen, dtype=dtype)  # each row shifted: s != s.T
+
+    def tau(value: float, dtype: torch.dtype = torch.float32) -> Tensor:
+        return torch.tensor(value, dtype=dtype)
+
+    yield Case("6 pairs, τ = 0.07", scores(6), tau(0.07),
+               hint="the scores are not symmetric here, so the image->text half (rows) and "
+                    "the text->image half (columns) differ")
+    hub = torch.full((5, 5), -0.2)  # text 0 is close to every image; each image finds its text
+    hub.fill_diagonal_(0.6)
+    hub[1:, 0] = 0.55
+    yield Case("a 'hub' caption: text 0 scores high with every image", hub, tau(0.07),
+               hint="every image finds its own text (the rows are easy) but text 0 cannot find "
+                    "its image among five near-equal ones: only the column softmax sees it")
+    yield Case("τ = 1, 4 pairs", scores(4), tau(1.0))
+    yield Case("a batch of one pair", scores(1), tau(0.07),
+               hint="with B = 1 the only text is the right one, so the loss is 0; keep the "
+                    "(1, 1) matrix (no .squeeze())")
+    yield Case("τ = 0.001 (the clamp's minimum), 8 pairs", scores(8), tau(0.001),
+               hint="the logits reach about 1,000 and exp overflows: use F.cross_entropy or "
+                    "log_softmax, which subtract the maximum first")
+    yield Case("float64 scores and temperature", scores(5, torch.float64),
+               tau(0.05, torch.float64))
