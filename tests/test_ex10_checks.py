@@ -30,7 +30,8 @@ def make_mrope(how="right"):
         out = torch.zeros(3, B, T, dtype=torch.long)
         k = 0
         for b in range(B):
-            keep = attention_mask[b].bool() if how != "pads" else torch.ones(T, dtype=torch.bool)
+            keep = (attention_mask[b].bool() if how not in ("pads", "pads_after")
+                    else torch.ones(T, dtype=torch.bool))
             ids = input_ids[b][keep].tolist()
             cols, cur, i = [], 0, 0
             while i < len(ids):
@@ -51,6 +52,8 @@ def make_mrope(how="right"):
             if how == "one_d":  # plain running index on all axes
                 cols = [torch.arange(len(ids)).expand(3, -1)]
             out[:, b, keep] = torch.cat(cols, dim=1)
+        if how == "pads_after":  # every slot counted, padding reset to 0: wrong on the left
+            out = out.masked_fill(attention_mask[None] == 0, 0)
         return out
 
     return mrope_positions
@@ -64,6 +67,8 @@ def test_mrope_broken_versions_fail():
     assert_broken_fails_pointedly("mrope_positions", make_mrope("area"), ["max(h, w)"], SEED)
     assert_broken_fails_pointedly("mrope_positions", make_mrope("plus_one"), ["no +1"], SEED)
     assert_broken_fails_pointedly("mrope_positions", make_mrope("pads"), ["padding"], SEED)
+    assert_broken_fails_pointedly("mrope_positions", make_mrope("pads_after"),
+                                  ["left padding", "attention_mask 1"], SEED)
     assert_broken_fails_pointedly("mrope_positions", make_mrope("raster_cols"), [], SEED)
     assert_broken_fails_pointedly("mrope_positions", make_mrope("one_d"), [], SEED)
 

@@ -35,7 +35,7 @@ def _mrope_variant(how: str):
         for b in range(B):
             cur, t = 0, 0
             while t < T:
-                if how != "count_pads" and not attention_mask[b, t]:
+                if how not in ("count_pads", "pads_after") and not attention_mask[b, t]:
                     t += 1
                     continue
                 if input_ids[b, t] != image_token_id:
@@ -57,14 +57,17 @@ def _mrope_variant(how: str):
                 else:
                     cur += max(h, w) // m
                 t += gh * gw
+        if how == "pads_after":  # counted over every slot, padding reset to 0 afterwards
+            pos = pos.masked_fill(attention_mask[None] == 0, 0)
         return pos
 
     return mrope_positions
 
 
 def _mrope_case(gen: torch.Generator, label: str, rows: list[list], grids: list[tuple[int, ...]],
-                merge: int = 2, hint: str | None = None) -> Case:
-    """rows: per row a list of items: an int n (n random text tokens) or "img" (next grid)."""
+                merge: int = 2, hint: str | None = None, left: bool = False) -> Case:
+    """rows: per row a list of items: an int n (n random text tokens) or "img" (next grid).
+    ``left``: pad on the left (batched generation) rather than on the right."""
     gi = iter(grids)
     seqs = []
     for items in rows:
@@ -80,7 +83,8 @@ def _mrope_case(gen: torch.Generator, label: str, rows: list[list], grids: list[
     ids = torch.zeros(len(seqs), T, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for b, s in enumerate(seqs):
-        ids[b, : len(s)], mask[b, : len(s)] = torch.tensor(s), 1
+        at = slice(T - len(s), T) if left else slice(0, len(s))
+        ids[b, at], mask[b, at] = torch.tensor(s), 1
     return Case(label, ids, torch.tensor(grids), IMG, merge, mask, hint=hint)
 
 
@@ -99,6 +103,9 @@ def _mrope_case(gen: torch.Generator, label: str, rows: list[list], grids: list[
          _mrope_variant("swap")),
         ("padding is counted: only tokens with attention_mask 1 advance the position (padding "
          "keeps 0)", _mrope_variant("count_pads")),
+        ("the positions were counted over every slot and the padding reset to 0 afterwards: "
+         "with left padding the first real token must get position 0, so count only the "
+         "tokens with attention_mask 1", _mrope_variant("pads_after")),
     ],
 )
 def mrope_cases(gen: torch.Generator):
@@ -112,6 +119,10 @@ def mrope_cases(gen: torch.Generator):
                       [(1, 4, 4)])
     yield _mrope_case(gen, "merge size 1 (every patch a token)", [[2, "img", 2]], [(1, 3, 5)],
                       merge=1)
+    yield _mrope_case(gen, "left padding (batched generation)", [[1, "img", 3], [4]],
+                      [(1, 4, 4)], left=True,
+                      hint="the first real token of a row is at position 0 wherever the "
+                           "padding sits: count only the tokens with attention_mask 1")
 
 
 # ----------------------------------------------------------------------------- merge order
