@@ -102,7 +102,19 @@ def make_loss(how="right"):
         con = (F.cross_entropy(sim, t) + F.cross_entropy(sim.T, t)) / 2
         if how == "one_way":
             con = F.cross_entropy(sim, t)
-        if how == "mean_of_rows":  # a right answer written out by hand
+        if how == "columns_only":  # text->image alone
+            con = F.cross_entropy(sim.T, t)
+        if how == "halves_summed":
+            con = 2 * con
+        if how == "per_caption":  # a mean per caption, then over the captions
+            lp = logits.log_softmax(-1)
+            nll = -lp.gather(-1, labels[..., None])[..., 0]
+            keep = labels != pad_id
+            cap = torch.stack([nll[b][keep[b]].mean() for b in range(len(nll))]).mean()
+        elif how == "caption_sum":
+            cap = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=pad_id,
+                                  reduction="sum")
+        elif how == "mean_of_rows":  # a right answer written out by hand
             lp = logits.log_softmax(-1)
             keep = labels != pad_id
             nll = -lp.gather(-1, labels.clamp(min=0)[..., None])[..., 0]
@@ -124,6 +136,11 @@ def test_loss_right_passes_and_broken_fail():
     assert_broken_fails_pointedly("coca_loss", make_loss("no_exp"), ["LOG"], SEED)
     assert_broken_fails_pointedly("coca_loss", make_loss("one_way"), ["symmetric"], SEED)
     assert_broken_fails_pointedly("coca_loss", make_loss("padding_zero"), [], SEED)
+    assert_broken_fails_pointedly("coca_loss", make_loss("columns_only"), ["text->image half"],
+                                  SEED)
+    assert_broken_fails_pointedly("coca_loss", make_loss("halves_summed"), ["added"], SEED)
+    assert_broken_fails_pointedly("coca_loss", make_loss("caption_sum"), ["summed"], SEED)
+    assert_broken_fails_pointedly("coca_loss", make_loss("per_caption"), ["per caption"], SEED)
 
 
 # ----------------------------------------------------------------------------- nucleus

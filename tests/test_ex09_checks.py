@@ -94,7 +94,11 @@ def test_resampler_broken_versions_fail():
     assert_broken_fails_pointedly("resampler_attention", make_resampler("no_scale"),
                                   ["1/sqrt(head_dim)"], SEED)
     assert_broken_fails_pointedly("resampler_attention", make_resampler("axis"), ["axis"], SEED)
-    for how in ("scale_D", "untransposed", "interleaved_heads", "no_out"):
+    assert_broken_fails_pointedly("resampler_attention", make_resampler("scale_D"),
+                                  ["sqrt(D)", "head_dim = D / num_heads"], SEED)
+    assert_broken_fails_pointedly("resampler_attention", make_resampler("interleaved_heads"),
+                                  ["heads are split the wrong way"], SEED)
+    for how in ("untransposed", "no_out"):
         r = check("resampler_attention", make_resampler(how), seed=SEED)
         assert not r.passed and r.points == 0, (how, str(r))
 

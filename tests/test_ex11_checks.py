@@ -122,6 +122,11 @@ def make_kl(how="right"):
             return per.mean()
         if how == "sum":
             return per[masked].sum()
+        if how == "unmasked":  # the regions the model saw
+            return per[~masked].mean()
+        if how == "per_image":  # a mean per image, then over the images that have one
+            means = [per[b][masked[b]].mean() for b in range(len(per)) if masked[b].any()]
+            return torch.stack(means).mean()
         return per[masked].mean()
 
     return region_kl_loss
@@ -136,3 +141,5 @@ def test_kl_broken_versions_fail():
     assert_broken_fails_pointedly("region_kl_loss", make_kl("ce"), ["cross-entropy"], SEED)
     assert_broken_fails_pointedly("region_kl_loss", make_kl("all"), ["masked regions"], SEED)
     assert_broken_fails_pointedly("region_kl_loss", make_kl("sum"), ["summed"], SEED)
+    assert_broken_fails_pointedly("region_kl_loss", make_kl("unmasked"), ["NOT masked"], SEED)
+    assert_broken_fails_pointedly("region_kl_loss", make_kl("per_image"), ["per image"], SEED)

@@ -146,10 +146,19 @@ def _loss_variant(how: str):
         sim = scale * image_embeds @ text_embeds.T
         t = torch.arange(len(sim))
         con = F.cross_entropy(sim, t)
-        if how != "one_way":
+        if how == "other_way":
+            con = F.cross_entropy(sim.T, t)
+        elif how == "halves_summed":
+            con = con + F.cross_entropy(sim.T, t)
+        elif how != "one_way":
             con = (con + F.cross_entropy(sim.T, t)) / 2
         ignore = -100 if how == "padding" else pad_id
-        cap = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=ignore)
+        cap = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=ignore,
+                              reduction="sum" if how == "caption_sum" else "mean")
+        if how == "per_caption":  # each caption's mean over its tokens, then the captions'
+            per = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=pad_id,
+                                  reduction="none")  # (B, T), 0 at padding
+            cap = (per.sum(1) / (labels != pad_id).sum(1).clamp_min(1)).mean()
         if how == "swapped":
             return contrastive_weight * cap + caption_weight * con
         return caption_weight * cap + contrastive_weight * con
@@ -169,6 +178,15 @@ def _loss_variant(how: str):
          _loss_variant("no_exp")),
         ("the contrastive loss is symmetric: average image->text and text->image",
          _loss_variant("one_way")),
+        ("only the text->image half (the cross-entropy of sim.T): the contrastive loss "
+         "averages image->text and text->image", _loss_variant("other_way")),
+        ("the two contrastive halves are added: the loss is their mean, (i2t + t2i) / 2",
+         _loss_variant("halves_summed")),
+        ("the captioning cross-entropy is summed over the tokens: take its mean over the "
+         "non-pad tokens (F.cross_entropy's default reduction)", _loss_variant("caption_sum")),
+        ("the captioning loss is averaged per caption, then over the captions: CoCa takes one "
+         "mean over every non-pad token of the batch, so captions of different lengths weigh "
+         "by their length", _loss_variant("per_caption")),
         ("the weights are swapped: caption_weight multiplies the captioning loss",
          _loss_variant("swapped")),
     ],

@@ -104,9 +104,13 @@ def _resampler_variant(how: str):
         q = latents @ wq.T
         k, v = kv @ wk.T, kv @ wv.T
         h = lambda t: t.unflatten(-1, (num_heads, -1)).transpose(1, 2)  # noqa: E731
+        if how == "heads":  # (.., head_dim, H): channel c goes to head c % H
+            h = lambda t: t.unflatten(-1, (-1, num_heads)).permute(0, 3, 1, 2)  # noqa: E731
         q, k, v = h(q), h(k), h(v)
         s = q @ k.transpose(-2, -1)
-        if how != "no_scale":
+        if how == "model_dim_scale":
+            s = s / latents.shape[-1] ** 0.5
+        elif how != "no_scale":
             s = s / q.shape[-1] ** 0.5
         w = s.softmax(dim=-2 if how == "axis" else -1)
         return (w @ v).transpose(1, 2).flatten(2) @ wo.T
@@ -124,6 +128,11 @@ def _resampler_variant(how: str):
         ("the scores are not scaled by 1/sqrt(head_dim)", _resampler_variant("no_scale")),
         ("softmax over the wrong axis: each latent's weights over the keys must sum to 1 "
          "(softmax over the last axis)", _resampler_variant("axis")),
+        ("the scores are divided by sqrt(D), the model width; the scale is 1/sqrt(head_dim), "
+         "head_dim = D / num_heads", _resampler_variant("model_dim_scale")),
+        ("the heads are split the wrong way: (B, S, D) -> (B, S, num_heads, head_dim), so head "
+         "h holds the contiguous channels h*head_dim ... (h+1)*head_dim - 1, then "
+         "transpose(1, 2)", _resampler_variant("heads")),
     ],
 )
 def resampler_cases(gen: torch.Generator):

@@ -174,6 +174,10 @@ def _kl_variant(how: str):
             return per.mean()
         if how == "sum":
             return (per * m).sum()
+        if how == "unmasked":
+            return (per * (1 - m)).sum() / (1 - m).sum()
+        if how == "per_image":  # each image's mean over its masked regions, then the batch's
+            return ((per * m).sum(1) / m.sum(1).clamp_min(1)).mean()
         return (per * m).sum() / m.sum()
 
     return region_kl_loss
@@ -191,6 +195,10 @@ def _kl_variant(how: str):
         ("log p must be log_softmax of the logits, not softmax", _kl_variant("probs")),
         ("averaged over every region; only the masked regions count", _kl_variant("all")),
         ("summed over the masked regions; take their mean", _kl_variant("sum")),
+        ("averaged over the regions that are NOT masked; masked (True) marks the regions to "
+         "score", _kl_variant("unmasked")),
+        ("averaged per image, then over the images: take one mean over every masked region "
+         "of the batch, (kl * masked).sum() / masked.sum()", _kl_variant("per_image")),
     ],
 )
 def kl_cases(gen: torch.Generator):
