@@ -235,7 +235,9 @@ def test_tau_sweep_right_passes_and_shows_the_temperature_effect():
     (dict(sign=-1.0), ["values differ", "none of your models learned", "flipped sign"]),
     (dict(tau="fixed"), ["values differ", "hardly depend on τ"]),
     (dict(zero_grad=False), ["values differ", "at τ =", "a correct sweep"]),
-], ids=["sign", "fixed-tau", "no-zero-grad"])
+    (dict(loss_fn=make_loss(scale="raw")), ["values differ", "without .exp()"]),
+    (dict(loss_fn=make_loss(normalise="none")), ["values differ", "normalise the embeddings"]),
+], ids=["sign", "fixed-tau", "no-zero-grad", "loss-no-exp", "loss-not-normalised"])
 @pytest.mark.usefixtures("reuse_references")
 def test_tau_sweep_broken_fails(variant, words):
     from minivlm.grading.checks.ex01_tau_sweep import _sweep_variant

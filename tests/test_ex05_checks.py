@@ -365,6 +365,10 @@ def make_train(kind):
         model = small.new_llava(seed)
         ids_all, am_all = data["input_ids"], data["attention_mask"]
         labels = ids_all.masked_fill(am_all == 0, -100)  # every real token: not masked
+        if kind == "labels_shifted":  # the answers' labels moved one to the left: the LM
+            right = small.reference_assistant_labels(  # shifts them again (t predicts t+2)
+                ids_all, am_all, data["assistant_header"], data["eos_id"])
+            labels = torch.cat([right[:, 1:], torch.full_like(right[:, :1], -100)], dim=1)
         opt = torch.optim.AdamW(model.projector.parameters(), lr=run.lr)
         for step, idx in enumerate(small.batches(seed, len(ids_all), run)):
             if kind == "untrained":
@@ -390,6 +394,8 @@ def test_train_check_fails_unmasked_labels_and_no_training():
     torch.set_num_threads(1)
     broken = {kind: make_train(kind) for kind in ("labels_not_masked", "untrained")}
     assert_trained_broken_fail("train_projector", broken, "did not learn to answer", SEED)
+    assert_trained_broken_fail("train_projector", {"shifted": make_train("labels_shifted")},
+                               "labels[t] = input_ids[t]", SEED)
 
 
 def test_train_check_untouched_is_not_attempted():

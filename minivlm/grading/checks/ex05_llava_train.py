@@ -34,8 +34,10 @@ def _explain_train(case: Case, got: list, expected: list) -> str | None:
         return ("your projector did not learn to answer (the untrained model is at 0.12-0.16): "
                 "are the labels -100 everywhere but the answers (your assistant_labels, not "
                 "input_ids: a loss on the prompt and the <image> tokens teaches the projector "
-                "to predict the prompt)? does every step run opt.zero_grad(), loss.backward() "
-                "and opt.step() on the projector's parameters?")
+                "to predict the prompt)? are they aligned with input_ids, labels[t] = "
+                "input_ids[t]? (the language model shifts them itself: labels shifted by one "
+                "more train position t to predict token t+2) does every step run "
+                "opt.zero_grad(), loss.backward() and opt.step() on the projector's parameters?")
     return ("your projector learned, but not like the reference: same recipe? the labels of "
             "all chats from assistant_labels, AdamW(model.projector.parameters(), lr=run.lr) "
             "with the warm-up lr = run.lr * min(1, (step + 1) / run.warmup), the batches of "
