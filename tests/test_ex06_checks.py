@@ -46,6 +46,8 @@ def make_decoder(how="right"):
         labels = ids.masked_fill(attention_mask == 0, -100)
         if how != "labels_dec":
             labels[:, 0] = -100
+        if how == "shifted":  # position t labelled with the next token
+            labels = F.pad(labels[:, 1:], (0, 1), value=-100)
         return ids, mask, labels
 
     return decoder_inputs
@@ -63,6 +65,8 @@ def test_decoder_broken_versions_fail():
     assert_broken_fails_pointedly("decoder_inputs", make_decoder("no_dec"), ["[DEC]"], SEED)
     assert_broken_fails_pointedly("decoder_inputs", make_decoder("labels_dec"), ["-100"], SEED)
     assert_broken_fails_pointedly("decoder_inputs", make_decoder("query_pad"), [], SEED)
+    assert_broken_fails_pointedly("decoder_inputs", make_decoder("shifted"),
+                                  ["shifted one position", "labels[t] = ids[t]"], SEED)
 
 
 # ----------------------------------------------------------------------------- [CLS] mask
@@ -161,6 +165,11 @@ def make_nucleus(how="right"):
                         row[k] = float("-inf")
                     mass += float(p[k])
             return out.reshape(logits.shape)
+        if how == "batch_axis":  # probabilities over the rows (dim 0), not the vocabulary
+            ps = torch.softmax(sorted_logits, dim=0)
+            drop = ps.cumsum(-1) - ps >= top_p
+            drop = drop.scatter(-1, order, drop)
+            return logits.masked_fill(drop, float("-inf"))
         if how == "unsorted":
             return logits.masked_fill(drop, float("-inf"))
         drop = drop.scatter(-1, order, drop)
@@ -175,3 +184,5 @@ def test_nucleus_right_passes_and_broken_fail():
     assert_broken_fails_pointedly("nucleus_filter", make_nucleus("exclusive"), ["crosses"], SEED)
     assert_broken_fails_pointedly("nucleus_filter", make_nucleus("unsorted"), ["scatter"], SEED)
     assert_broken_fails_pointedly("nucleus_filter", make_nucleus("zero"), ["-inf"], SEED)
+    assert_broken_fails_pointedly("nucleus_filter", make_nucleus("batch_axis"),
+                                  ["batch axis", "dim=-1"], SEED)

@@ -125,6 +125,8 @@ def make_rank(how="right"):
         p = itm_logits.softmax(-1)[:, 1] if how == "prob" else itm_logits.log_softmax(-1)[:, 1]
         if how == "col0":
             p = itm_logits.log_softmax(-1)[:, 0]
+        if how == "images_axis":  # normalised over the images, not each image's 2 classes
+            p = itm_logits.log_softmax(0)[:, 1]
         top = order[:kk]
         return torch.cat([top[p[top].argsort(descending=True)], order[kk:]])
 
@@ -140,6 +142,7 @@ def test_rank_right_versions_pass(how):  # p(match) orders like log p(match)
     ("dot", ["cosine"]),
     ("all", ["only the dual mode's top k"]),
     ("col0", ["column 1"]),
+    ("images_axis", ["dim=0", "each image's 2 classes"]),
     ("off_by_one", ["differ"]),
 ])
 def test_rank_broken_versions_fail(how, words):

@@ -45,6 +45,8 @@ def _decoder_variant(how: str):
         labels = ids.clone() if how == "labels_pad" else ids.masked_fill(attention_mask == 0, -100)
         if how != "labels_dec":
             labels[:, 0] = -100
+        if how == "shifted":  # position t labelled with token t+1
+            labels = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], -100)], dim=1)
         return ids, mask, labels
 
     return decoder_inputs
@@ -65,6 +67,9 @@ def _decoder_variant(how: str):
         ("padding positions need label -100, so the loss skips them",
          _decoder_variant("labels_pad")),
         ("nothing predicts [DEC]: its label must be -100 too", _decoder_variant("labels_dec")),
+        ("the labels are shifted one position to the left: keep them aligned with the ids "
+         "(labels[t] = ids[t]); the decoder's loss compares logits[:, :-1] with labels[:, 1:] "
+         "itself", _decoder_variant("shifted")),
     ],
 )
 def decoder_cases(gen: torch.Generator):
@@ -219,6 +224,8 @@ def _nucleus_variant(how: str):
     def nucleus_filter(logits, top_p):
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         probs = sorted_logits.softmax(-1)
+        if how == "batch_axis":  # probabilities normalised over the rows, not the vocabulary
+            probs = sorted_logits.softmax(0)
         cum = probs.cumsum(-1)
         if how == "exclusive":  # drops the token that crosses p
             drop = cum > top_p
@@ -243,6 +250,8 @@ def _nucleus_variant(how: str):
          "of the tokens ranked above it is still below p)", _nucleus_variant("exclusive")),
         ("sort in descending order: the nucleus holds the MOST likely tokens",
          _nucleus_variant("ascending")),
+        ("the softmax runs over the batch axis (dim=0): each row's probabilities are over the "
+         "vocabulary, softmax(dim=-1)", _nucleus_variant("batch_axis")),
         ("the drop mask is in sorted order: scatter it back to vocabulary order",
          _nucleus_variant("unsorted")),
         ("removed tokens must get -inf (probability 0), not logit 0", _nucleus_variant("zero")),

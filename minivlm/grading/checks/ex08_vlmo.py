@@ -189,7 +189,9 @@ def _rank_variant(how: str = "right"):
          "(the rest keep their dual order)", _rank_variant("rerank_all")),
         ("the fusion score read column 0 of the ITM logits; column 1 is 'match'",
          _rank_variant("column0")),
-        ("the fusion score is the raw match logit; use log p(match) = log_softmax(logits)[:, 1]",
+        ("the fusion score ranks like the raw match logit: use log p(match) = "
+         "log_softmax(logits, dim=-1)[:, 1], normalised over each image's 2 classes (a "
+         "log_softmax over the images, dim=0, ranks exactly like the raw logit)",
          _rank_variant("raw_logit")),
         ("the top k were not re-ranked: sort them by the fusion score",
          _rank_variant("keep_dual")),
