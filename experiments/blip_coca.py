@@ -14,8 +14,8 @@ Regenerate (3 seeds, about 4 minutes of CPU time, single-threaded)::
   python experiments/blip_coca.py --out experiments/results/blip_coca.json
 
 ``--ablation`` runs instead the tests of why CapFilt's R@1 gain does not show (seeds 0-4, about
-7 minutes of CPU): per seed, the live captioner-filter and retrieval models retrained on
-noisy / filtered / filtered + synthetic data as above, plus an oracle filter (exactly the
+90 s of CPU per seed): per seed, the live captioner-filter and retrieval models retrained on
+noisy / filtered data as above, plus an oracle filter (exactly the
 corrupted pairs dropped), a random filter (as many pairs dropped as the filter drops, at random)
 and the clean pairs alone, each for 100 and for ``--long-steps`` retrieval steps; R@1 also over
 ``--eval-sets`` held-out sets of 40 pairs; with ``--strong-steps N`` also a captioner-filter
