@@ -95,6 +95,11 @@ class MLPHidden:
         return self.mlp_hidden or int(self.dim * self.mlp_ratio)
 
 
+def either(names: list[str]) -> str:
+    """``"a, b or c"``: the alternatives an error message names."""
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
 def as_part(owner: str, name: str, value: Any, build: Callable[..., Any], *types: type) -> Any:
     """``value`` as the config of part ``name`` of ``owner``: a dict goes through ``build``
     (``build(**value)``); the result must be one of ``types`` (default: ``build`` itself when
@@ -106,8 +111,7 @@ def as_part(owner: str, name: str, value: Any, build: Callable[..., Any], *types
     if types and not isinstance(value, types):
         names = [t.__name__ for t in types if t is not type(None)] + ["dict"]
         names += ["None"] * (type(None) in types)
-        expected = ", ".join(names[:-1]) + " or " + names[-1]
-        raise TypeError(f"{owner}.{name}: expected {expected}, got {type(value).__name__}")
+        raise TypeError(f"{owner}.{name}: expected {either(names)}, got {type(value).__name__}")
     return value
 
 
@@ -128,9 +132,7 @@ def in_vocab(cfg: Any, name: str, vocab_size: int) -> tuple[bool, str]:
 def one_of(cfg: Any, name: str, choices: tuple[str, ...]) -> tuple[bool, str]:
     """Row: field ``name`` of ``cfg`` is one of the named ``choices``."""
     value = getattr(cfg, name)
-    names = [repr(c) for c in choices]
-    expected = ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
-    return value in choices, f"{name} must be {expected}, got {value!r}"
+    return value in choices, f"{name} must be {either([repr(c) for c in choices])}, got {value!r}"
 
 
 def temp_in_range(cfg: ContrastiveHead) -> tuple[bool, str]:
